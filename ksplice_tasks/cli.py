@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""`ksplice-create`: the seed's command line on the same doit task graph as `doit prebuild`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+
+from . import graph
+from .errors import UserError
+from .inputs import resolve
+from .reporter import CreateReporter
+
+PROG = "ksplice-create"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every usage error is one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def create_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Create a Ksplice update (a pair of kernel modules) from a source patch.",
+    )
+    p.add_argument("--patch", metavar="PATCH_FILE", help="the source patch to apply")
+    p.add_argument("--diffext", metavar="EXTENSION",
+                   help="take the patch from FILE.EXTENSION files beside FILE")
+    p.add_argument("--prebuild", action="store_true",
+                   help="only do the pre build and set up the post tree")
+    p.add_argument("--config", metavar="ORIG_CONFIG",
+                   help="directory with the running kernel's .config and System.map "
+                        "(default: KERNEL_SOURCE/ksplice)")
+    p.add_argument("--postdir", metavar="DIRECTORY",
+                   help="directory dedicated to the post tree (default: ORIG_CONFIG/post)")
+    p.add_argument("--patch-opt", action="append", metavar="OPTIONS",
+                   help="options for patch(1) (default: -p1); repeatable")
+    p.add_argument("-j", "--jobs", type=int, metavar="JOBS",
+                   help="parallel build jobs (default: $CONCURRENCY_LEVEL or all cores)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the commands run and their output")
+    p.add_argument("--apply", action="store_true",
+                   help="apply the update to the running kernel once it is built")
+    p.add_argument("kernel_source", metavar="KERNEL_SOURCE")
+    return p
+
+
+def create_main(argv: Sequence[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    actions = sum(x is not None and x is not False for x in (args.patch, args.diffext,
+                                                             args.prebuild))
+    if actions != 1:
+        sys.stderr.write(f"{PROG}: error: give exactly one of --patch, --diffext or "
+                         f"--prebuild (got {actions})\n")
+        return 2
+    try:
+        settings = resolve(
+            args.kernel_source,
+            orig=args.config,
+            postdir=args.postdir,
+            jobs=args.jobs,
+            verbose=args.verbose,
+            patch=args.patch,
+            diffext=args.diffext,
+            patch_opts=args.patch_opt,
+        )
+        if not args.prebuild:
+            raise UserError("creating an update from --patch/--diffext is not built yet; "
+                            "only --prebuild works in this version")
+    except UserError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 1
+    print("Starting kernel builds (this process might take a long time)...", flush=True)
+    if not settings.verbose:
+        print(f"For output during this process, run {PROG} with the option -v", flush=True)
+    loader = ModuleTaskLoader(graph.namespace(settings, CreateReporter))
+    rc = DoitMain(loader).run(["prebuild"])
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(create_main())

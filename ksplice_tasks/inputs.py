@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Validate ksplice-create's inputs before anything on disk is touched.
+
+Every check raises UserError with the seed's message, so that a bad command
+line never leaves the tree, the prebuilt tree or the post tree half-modified.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+STATE_DIRNAME = ".ksplice"
+POST_MARKER = ".ksplice-post"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved, validated paths and options shared by every task."""
+
+    ksrc: Path
+    orig: Path
+    postdir: Path
+    jobs: int
+    verbose: bool = False
+    patch: Path | None = None
+    diffext: str | None = None
+    patch_opts: tuple[str, ...] = field(default=("-p1",))
+
+    @property
+    def state(self) -> Path:
+        """Where doit's dep file, stamps and logs live (ORIG_CONFIG is ours to write)."""
+        return self.orig / STATE_DIRNAME
+
+    @property
+    def excluded(self) -> tuple[Path, ...]:
+        """Directories inside KERNEL_SOURCE that belong to ksplice, not to the kernel."""
+        return tuple(p for p in (self.orig, self.postdir) if is_within(p, self.ksrc))
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True when path is root or below it (both already resolved)."""
+    return path == root or root in path.parents
+
+
+def default_jobs() -> int:
+    """The seed honours CONCURRENCY_LEVEL; otherwise use every core."""
+    env = os.environ.get("CONCURRENCY_LEVEL", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return os.cpu_count() or 1
+
+
+_VERSION_RE = re.compile(rb"^VERSION\s*=\s*\d+\s*$", re.M)
+_PATCHLEVEL_RE = re.compile(rb"^PATCHLEVEL\s*=\s*\d+\s*$", re.M)
+
+
+def check_kernel_tree(ksrc: Path) -> None:
+    """A kernel tree has a top Makefile with VERSION/PATCHLEVEL, Kbuild and Kconfig."""
+    if not ksrc.is_dir():
+        raise UserError(f"KERNEL_SOURCE is not a directory: {ksrc}")
+    makefile = ksrc / "Makefile"
+    try:
+        head = makefile.read_bytes()[:4096]
+    except OSError:
+        head = b""
+    if not (
+        _VERSION_RE.search(head)
+        and _PATCHLEVEL_RE.search(head)
+        and (ksrc / "Kbuild").is_file()
+        and (ksrc / "Kconfig").is_file()
+    ):
+        raise UserError(
+            f"Not a kernel source tree: {ksrc} (no top-level Makefile with VERSION and "
+            "PATCHLEVEL, Kbuild and Kconfig)"
+        )
+
+
+def resolve(
+    ksrc: str | Path,
+    orig: str | Path | None = None,
+    postdir: str | Path | None = None,
+    jobs: int | None = None,
+    verbose: bool = False,
+    patch: str | Path | None = None,
+    diffext: str | None = None,
+    patch_opts: tuple[str, ...] | list[str] | None = None,
+) -> Settings:
+    """Check everything the seed checks, in the seed's order, and a few things it missed."""
+    ksrc_p = Path(ksrc).expanduser().resolve()
+    check_kernel_tree(ksrc_p)
+
+    if orig is None:
+        orig_p = ksrc_p / "ksplice"
+    else:
+        orig_p = Path(orig).expanduser().resolve()
+        if is_within(orig_p, ksrc_p):
+            raise UserError(
+                "Aborting: User-specified ORIG_CONFIG cannot be KERNEL_SOURCE or a subdirectory"
+            )
+    if not orig_p.is_dir():
+        raise UserError(f"Failed to find ORIG_CONFIG directory ({orig_p})")
+    if not (orig_p / ".config").is_file():
+        raise UserError(f"Failed to find .config file in ORIG_CONFIG directory ({orig_p})")
+    if not (orig_p / "System.map").is_file():
+        raise UserError(f"Failed to find System.map file in ORIG_CONFIG directory ({orig_p})")
+    if not os.access(orig_p, os.W_OK):
+        raise UserError(
+            f"ORIG_CONFIG directory is not writable ({orig_p}): ksplice keeps its state there"
+        )
+
+    if postdir is None:
+        post_p = orig_p / "post"
+    else:
+        post_p = Path(postdir).expanduser().resolve()
+        if is_within(post_p, ksrc_p):
+            raise UserError(
+                "Aborting: User-specified postdir cannot be KERNEL_SOURCE or a subdirectory"
+            )
+    for precious, what in ((ksrc_p, "KERNEL_SOURCE"), (orig_p, "ORIG_CONFIG")):
+        if is_within(precious, post_p):
+            raise UserError(f"Aborting: postdir {post_p} would contain {what}, which it replaces")
+    check_postdir_is_ours(post_p)
+
+    if jobs is not None and jobs < 1:
+        raise UserError(f"-j needs a positive number of jobs, not {jobs}")
+    patch_p = None
+    if patch is not None:
+        patch_p = Path(patch).expanduser().resolve()
+        if not patch_p.is_file():
+            raise UserError(f"Failed to find patch file ({patch_p})")
+    return Settings(
+        ksrc=ksrc_p,
+        orig=orig_p,
+        postdir=post_p,
+        jobs=jobs or default_jobs(),
+        verbose=verbose,
+        patch=patch_p,
+        diffext=diffext,
+        patch_opts=tuple(patch_opts) if patch_opts else ("-p1",),
+    )
+
+
+def check_postdir_is_ours(postdir: Path) -> None:
+    """The postdir is emptied on every prebuild: refuse one that holds someone else's files."""
+    if postdir.exists():
+        if not postdir.is_dir():
+            raise UserError(f"postdir exists and is not a directory: {postdir}")
+        if any(postdir.iterdir()) and not (postdir / POST_MARKER).exists():
+            raise UserError(
+                f"postdir {postdir} is not empty and was not made by ksplice; "
+                "refusing to replace its contents"
+            )

@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Drive Kbuild: the make command lines, progress from its output, and its logs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .commands import echo
+
+SECTION_FLAGS = "-ffunction-sections -fdata-sections"
+
+# "  CC      kernel/fork.o", "  CC [M]  fs/foo.o", "  AS      arch/x86/entry/entry_64.o"
+_OBJECT_LINE = re.compile(r"^\s+(?:CC|AS)(?: \[M\])?\s+(\S+\.o)\s*$")
+
+
+def section_flag_vars() -> list[str]:
+    """The seed's pre/post build variables: one ELF section per function and per datum."""
+    return [f"CFLAGS_KERNEL={SECTION_FLAGS}", f"CFLAGS_MODULE={SECTION_FLAGS}"]
+
+
+def make_argv(
+    tree: Path,
+    jobs: int,
+    targets: Sequence[str] = (),
+    *,
+    section_flags: bool = True,
+    build_dir: Path | None = None,
+) -> list[str]:
+    """A make command line for a tree; in-tree unless build_dir (O=) is given."""
+    argv = ["make", "-C", str(tree), f"-j{jobs}"]
+    if build_dir is not None:
+        argv.append(f"O={build_dir}")
+    if section_flags:
+        argv += section_flag_vars()
+    return argv + list(targets)
+
+
+def compiled_object(line: str) -> str | None:
+    """The object a Kbuild quiet-mode line says it is compiling, if any."""
+    m = _OBJECT_LINE.match(line)
+    return m.group(1) if m else None
+
+
+@dataclass
+class Progress:
+    """Prints 'phase: done/total objects' at most every `interval` seconds."""
+
+    phase: str
+    total: int | None = None
+    out: TextIO = sys.stdout
+    interval: float = 5.0
+    done: int = 0
+    _last: float = 0.0
+
+    def start(self) -> None:
+        self._last = time.monotonic()
+        self.out.write(f"{self.phase}: started\n")
+        self.out.flush()
+
+    def feed(self, line: str) -> None:
+        if compiled_object(line) is None:
+            return
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.report()
+
+    def report(self, final: bool = False) -> None:
+        of = f"/{self.total}" if self.total else ""
+        tail = " (done)" if final else ""
+        self.out.write(f"{self.phase}: {self.done}{of} objects compiled{tail}\n")
+        self.out.flush()
+
+
+@dataclass(frozen=True)
+class MakeResult:
+    returncode: int
+    objects: int
+    seconds: float
+    log: Path
+
+
+def run_make(
+    argv: Sequence[str],
+    log: Path,
+    progress: Progress,
+    *,
+    verbose: bool = False,
+    env: dict[str, str] | None = None,
+) -> MakeResult:
+    """Run make, keeping its full output in `log` and showing progress (or all of it with -v)."""
+    if verbose:
+        echo(argv)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    progress.start()
+    with open(log, "w", encoding="utf-8", errors="replace") as logf:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logf.write(line)
+            if verbose:
+                progress.out.write(line)
+            progress.feed(line)
+        rc = proc.wait()
+    progress.report(final=True)
+    return MakeResult(rc, progress.done, time.monotonic() - t0, log)
+
+
+_ERROR_LINE = re.compile(r"(\berror\b|\*\*\*)", re.I)
+
+
+def error_excerpt(log: Path, limit: int = 12) -> str:
+    """The compiler's and make's error lines from a build log, for a one-screen message."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    hits = [ln for ln in lines if _ERROR_LINE.search(ln) and "warning" not in ln.lower()]
+    return "\n".join((hits or lines)[-limit:])

@@ -1,0 +1,159 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Phase 0 (`--prebuild`): install ORIG_CONFIG's .config, pre build, snapshot the post tree.
+
+Each function is a doit action and also a plain function: tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import kbuild, snapshot
+from .commands import run
+from .errors import UserError
+from .inputs import Settings
+
+PRE_STAMP = "pre-build.json"
+
+# Symbols Kconfig computes from the compiler, assembler and linker that run it.
+_TOOLCHAIN_PREFIXES = ("CC_", "GCC_", "CLANG_", "AS_", "LD_", "LLD_", "PAHOLE_", "RUSTC_",
+                       "TOOLCHAIN_", "OBJTOOL_")
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """CONFIG_ symbol -> value; unset symbols are absent."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            name, val = line.split("=", 1)
+            out[name[len("CONFIG_"):]] = val
+    return out
+
+
+def config_differences(want: dict[str, str], got: dict[str, str]) -> list[str]:
+    """Human-readable differences, 'SYMBOL: want -> got', sorted by name."""
+    names = sorted(set(want) | set(got))
+    return [f"CONFIG_{n}: {want.get(n, 'unset')} -> {got.get(n, 'unset')}"
+            for n in names if want.get(n) != got.get(n)]
+
+
+def is_toolchain_symbol(diff: str) -> bool:
+    name = diff.split(":", 1)[0][len("CONFIG_"):]
+    return name.startswith(_TOOLCHAIN_PREFIXES) or "_VERSION" in name
+
+
+def check_config_fits(s: Settings) -> list[str]:
+    """Run Kconfig over a private copy of ORIG's .config; it must come back unchanged.
+
+    A .config from another kernel version would be silently "fixed" by the
+    build, and the update built from it would not match the running kernel.
+    Toolchain-derived symbols only warn: they say the compiler differs.
+    """
+    with tempfile.TemporaryDirectory(prefix="ksplice-config-") as tmp:
+        cfg = Path(tmp) / "config"
+        cfg.write_bytes((s.orig / ".config").read_bytes())
+        run(["make", "-C", s.ksrc, "-s", f"KCONFIG_CONFIG={cfg}", "olddefconfig"],
+            verbose=s.verbose, what="make olddefconfig (checking ORIG_CONFIG/.config)")
+        diffs = config_differences(parse_config((s.orig / ".config").read_text()),
+                                   parse_config(cfg.read_text()))
+    serious = [d for d in diffs if not is_toolchain_symbol(d)]
+    if serious:
+        more = f" (and {len(serious) - 3} more)" if len(serious) > 3 else ""
+        raise UserError(
+            "ORIG_CONFIG/.config does not fit KERNEL_SOURCE, is it the running kernel's "
+            f"source? {'; '.join(serious[:3])}{more}"
+        )
+    return diffs
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def install_config(s: Settings) -> None:
+    """The seed copies ORIG_CONFIG/.config into the tree; we check that it fits first."""
+    warnings = check_config_fits(s)
+    for w in warnings:
+        print(f"warning: toolchain differs from the running kernel's: {w}", flush=True)
+    data = (s.orig / ".config").read_bytes()
+    target = s.ksrc / ".config"
+    if not target.is_file() or target.read_bytes() != data:
+        write_atomic(target, data)
+
+
+def previous_object_count(s: Settings) -> int | None:
+    try:
+        return int(json.loads((s.state / PRE_STAMP).read_text())["objects_total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def count_objects(tree: Path, exclude: tuple[Path, ...]) -> int:
+    return sum(1 for rel, e in snapshot.walk(tree, exclude)
+               if rel.endswith(".o") and e.is_file(follow_symlinks=False))
+
+
+def build_pre(s: Settings) -> dict:
+    """The pre build, with one section per function; a vmlinux that fails to link is tolerated.
+
+    Stock 6.1 x86 orphans .text.* sections in vmlinux (DESIGN.md section 3), so
+    the seed never insists on the link; only the objects matter here. The
+    fingerprint of the built tree lets a rerun skip make entirely.
+    """
+    argv = kbuild.make_argv(s.ksrc, s.jobs)
+    progress = kbuild.Progress("pre build", total=previous_object_count(s))
+    log = s.state / "logs" / "pre-build.log"
+    res = kbuild.run_make(argv, log, progress, verbose=s.verbose)
+    if res.returncode != 0:
+        print(f"pre build: make exited {res.returncode}; tolerated as the seed does "
+              f"(section flags can break the vmlinux link); log: {log}", flush=True)
+    if not (s.ksrc / "scripts/mod/modpost").is_file():
+        raise UserError(f"the pre build did not get far enough to build modpost; see {log}:\n"
+                        + kbuild.error_excerpt(log))
+    stamp = {
+        "ksrc": str(s.ksrc),
+        "fingerprint": snapshot.tree_fingerprint(s.ksrc, s.excluded),
+        "returncode": res.returncode,
+        "objects_compiled": res.objects,
+        "objects_total": count_objects(s.ksrc, s.excluded),
+        "seconds": round(res.seconds, 1),
+        "finished": time.time(),
+    }
+    write_atomic(s.state / PRE_STAMP, (json.dumps(stamp, indent=1) + "\n").encode())
+    return {"returncode": res.returncode, "objects": res.objects}
+
+
+def pre_tree_unchanged(s: Settings) -> bool:
+    """doit uptodate check: the tree is exactly as the last pre build left it."""
+    try:
+        stamp = json.loads((s.state / PRE_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    if stamp.get("ksrc") != str(s.ksrc):
+        return False
+    return stamp.get("fingerprint") == snapshot.tree_fingerprint(s.ksrc, s.excluded)
+
+
+def snapshot_post(s: Settings) -> dict:
+    """Hard-link the built pre tree into the post dir (seed: rsync --link-dest)."""
+    print(f"post tree: snapshot of {s.ksrc} into {s.postdir}", flush=True)
+    stats = snapshot.make_post_tree(s.ksrc, s.postdir, s.excluded, verbose=True)
+    return {"linked": stats.linked, "copied": stats.copied}
+
+
+def report_done(s: Settings) -> None:
+    print(f"Prebuild done: KERNEL_SOURCE {s.ksrc}, post tree {s.postdir}", file=sys.stdout,
+          flush=True)

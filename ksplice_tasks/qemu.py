@@ -1,0 +1,218 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Boot a test kernel under qemu (TCG) with a busybox initramfs and run a guest script.
+
+The guest's /init mounts the pseudo filesystems, optionally the host's root
+read-only over virtio-9p (so the guest can run the project's own Python tools
+with `chroot /host`), runs the script, prints its exit status and reboots;
+qemu runs with -no-reboot, so the reboot ends it. A host-side timeout kills
+qemu whatever the guest does, so a boot never hangs a test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+BUSYBOX = Path("/bin/busybox")
+EXIT_MARK = "KSPLICE-GUEST-EXIT="
+BEGIN_MARK = "KSPLICE-GUEST-BEGIN"
+HOST_MOUNT = "/host"
+
+_INIT_HEAD = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s /bin
+"""
+
+# The host's root, read-only, with the guest's own pseudo filesystems and a
+# writable /tmp on top, so `chroot /host python3 ...` works in the guest.
+_INIT_HOSTFS = f"""mkdir -p {HOST_MOUNT}
+if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot {HOST_MOUNT}; then
+    mount -t proc proc {HOST_MOUNT}/proc
+    mount -t sysfs sysfs {HOST_MOUNT}/sys
+    mount -t devtmpfs devtmpfs {HOST_MOUNT}/dev
+    mount -t tmpfs tmpfs {HOST_MOUNT}/tmp
+else
+    echo "{EXIT_MARK}125 (9p mount of the host root failed)"
+    reboot -f
+fi
+"""
+
+_INIT_TAIL = f"""echo {BEGIN_MARK}
+sh /guest.sh
+echo "{EXIT_MARK}$?"
+sync
+reboot -f
+"""
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """What the serial console showed and how the guest script ended."""
+
+    output: str
+    status: int | None
+    timed_out: bool
+    seconds: float
+
+    @property
+    def guest_output(self) -> str:
+        """The serial output after /init started the guest script."""
+        _, _, after = self.output.partition(BEGIN_MARK)
+        return after.split(EXIT_MARK)[0] if after else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0 and not self.timed_out
+
+
+def init_script(hostfs: bool) -> str:
+    return _INIT_HEAD + (_INIT_HOSTFS if hostfs else "") + _INIT_TAIL
+
+
+def cpio_list(init: Path, guest: Path, files: Sequence[tuple[str, Path]] = ()) -> str:
+    """gen_init_cpio's input: device nodes without root, busybox, /init and the script."""
+    lines = [
+        "dir /dev 0755 0 0",
+        "nod /dev/console 0600 0 0 c 5 1",
+        "nod /dev/null 0666 0 0 c 1 3",
+        "dir /proc 0755 0 0",
+        "dir /sys 0755 0 0",
+        "dir /tmp 1777 0 0",
+        "dir /bin 0755 0 0",
+        "dir /sbin 0755 0 0",
+        "dir /root 0700 0 0",
+        f"file /bin/busybox {BUSYBOX} 0755 0 0",
+        f"file /init {init} 0755 0 0",
+        f"file /guest.sh {guest} 0755 0 0",
+    ]
+    dirs = {"/dev", "/proc", "/sys", "/tmp", "/bin", "/sbin", "/root"}
+    for dest, src in files:
+        parent = os.path.dirname(dest)
+        parts = [p for p in parent.split("/") if p]
+        for i in range(len(parts)):
+            d = "/" + "/".join(parts[: i + 1])
+            if d not in dirs:
+                dirs.add(d)
+                lines.append(f"dir {d} 0755 0 0")
+        lines.append(f"file {dest} {src} 0644 0 0")
+    return "\n".join(lines) + "\n"
+
+
+def make_initramfs(
+    gen_init_cpio: Path,
+    script: str,
+    out: Path,
+    *,
+    hostfs: bool = False,
+    files: Sequence[tuple[str, Path]] = (),
+) -> Path:
+    """Pack a gzip'd initramfs with the kernel's own gen_init_cpio (no root needed)."""
+    if not BUSYBOX.exists():
+        raise UserError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+    with tempfile.TemporaryDirectory(prefix="ksplice-initramfs-") as tmp:
+        t = Path(tmp)
+        (t / "init").write_text(init_script(hostfs))
+        (t / "guest.sh").write_text(script)
+        (t / "list").write_text(cpio_list(t / "init", t / "guest.sh", files))
+        cpio = subprocess.run(
+            [str(gen_init_cpio), str(t / "list")], capture_output=True, check=False
+        )
+        if cpio.returncode != 0:
+            raise UserError(f"gen_init_cpio failed: {cpio.stderr.decode(errors='replace')}")
+        gz = subprocess.run(["gzip", "-1", "-n"], input=cpio.stdout, capture_output=True,
+                            check=True)
+        tmp_out = t / "initramfs.cpio.gz"
+        tmp_out.write_bytes(gz.stdout)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp_out), str(out))
+    return out
+
+
+def qemu_argv(
+    bzimage: Path,
+    initramfs: Path,
+    *,
+    cpus: int = 1,
+    memory_mb: int = 512,
+    hostfs: bool = False,
+    append: str = "",
+) -> list[str]:
+    """TCG only: this machine's /dev/kvm dies with "KVM internal error" (DESIGN.md)."""
+    argv = [
+        "qemu-system-x86_64",
+        "-accel", "tcg",
+        "-m", str(memory_mb),
+        "-kernel", str(bzimage),
+        "-initrd", str(initramfs),
+        # loglevel=4: warnings and oopses reach the console, chatter does not.
+        "-append", f"console=ttyS0 loglevel=4 panic=-1 oops=panic {append}".strip(),
+        "-display", "none",
+        "-serial", "stdio",
+        "-monitor", "none",
+        "-no-reboot",
+    ]
+    if cpus > 1:
+        # Without ACPI the CPUs come from MP tables, which need one core per socket.
+        argv += ["-smp", f"{cpus},sockets={cpus},cores=1"]
+    if hostfs:
+        argv += [
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]
+    return argv
+
+
+_EXIT_RE = re.compile(re.escape(EXIT_MARK) + r"(\d+)")
+
+
+def parse_status(output: str) -> int | None:
+    """The guest script's exit status, or None when the guest never reported one."""
+    m = _EXIT_RE.findall(output)
+    return int(m[-1]) if m else None
+
+
+def boot(
+    bzimage: Path,
+    gen_init_cpio: Path,
+    script: str,
+    *,
+    cpus: int = 1,
+    hostfs: bool = False,
+    timeout: float = 180.0,
+    memory_mb: int | None = None,
+    files: Sequence[tuple[str, Path]] = (),
+    append: str = "",
+) -> BootResult:
+    """Boot, run `script` with busybox sh as root, and always return within `timeout`."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise UserError("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    mem = memory_mb or (1024 if hostfs else 256)
+    with tempfile.TemporaryDirectory(prefix="ksplice-boot-") as tmp:
+        initrd = make_initramfs(gen_init_cpio, script, Path(tmp) / "initramfs.cpio.gz",
+                                hostfs=hostfs, files=files)
+        argv = qemu_argv(bzimage, initrd, cpus=cpus, memory_mb=mem, hostfs=hostfs,
+                         append=append)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
+        try:
+            raw, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            raw, _ = proc.communicate()
+        seconds = time.monotonic() - t0
+    output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return BootResult(output, parse_status(output), timed_out, seconds)

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Small helpers shared by the test tiers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_create(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """ksplice-create exactly as a user runs it, in a child process."""
+    return subprocess.run([sys.executable, "-m", "ksplice_tasks.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, check=False)
+
+
+def run_doit(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`doit` on a private copy of dodo.py, so persisted variables stay in workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dodo.py", workdir / "dodo.py")
+    doit = Path(sys.executable).with_name("doit")
+    cmd = [str(doit)] if doit.exists() else [sys.executable, "-m", "doit"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*cmd, *args], cwd=workdir, capture_output=True, text=True,
+                          check=False, env=env)
+
+
+def make_fake_kernel_tree(root: Path) -> Path:
+    """Just enough of a kernel tree for input validation: Makefile, Kbuild, Kconfig."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\n")
+    (root / "Kbuild").write_text("# fake\n")
+    (root / "Kconfig").write_text("# fake\n")
+    (root / "kernel").mkdir(exist_ok=True)
+    (root / "kernel" / "fork.c").write_text("int x;\n")
+    return root
+
+
+def make_orig(root: Path, config: bool = True, sysmap: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    if config:
+        (root / ".config").write_text("CONFIG_64BIT=y\n")
+    if sysmap:
+        (root / "System.map").write_text("ffffffff81000000 T _stext\n")
+    return root

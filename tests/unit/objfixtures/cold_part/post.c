@@ -1,0 +1,10 @@
+#include "kernelish.h"
+int f(int x)
+{
+	if (unlikely(x > 1000)) {
+		report_error(x);
+		printk("value %d too big\n", x);
+		return -1;
+	}
+	return x * 6 + printk("ok %d\n", x);
+}

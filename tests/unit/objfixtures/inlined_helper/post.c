@@ -1,0 +1,4 @@
+#include "kernelish.h"
+static inline int scale(int x) { return x * 5 + 4; }
+int f(int x) { return scale(x) + 1; }
+int g(int x) { return x + 100; }

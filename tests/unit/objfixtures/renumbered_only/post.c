@@ -1,0 +1,4 @@
+#include "kernelish.h"
+int first(int x) { static int n; n ^= x; return n + printk("first %d\n", x); }
+int f(int x) { return printk("f %d\n", x); }
+int g(int x) { static int n; n += x; return n + printk("g\n"); }

@@ -1,0 +1,3 @@
+#include "kernelish.h"
+static noinline int helper(int x) { asm(""); return x - 10; }
+int api_b(int x) { return helper(x) * 3; }
