@@ -26,7 +26,7 @@ import json
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -500,73 +500,138 @@ def correlate(pre_names: Iterable[str], post_names: Iterable[str],
 
 # -- line-number-only changes -----------------------------------------------
 
-def _line_only_text(pre: ObjectView, post: ObjectView, pname: str, qname: str) -> bool:
-    """True when two functions differ only in __LINE__ immediates.
+LineMap = Callable[[int], "int | None"]
 
-    A differing instruction must be ``mov $imm, %reg`` on both sides, with a
-    plausible line number, feeding the next call, which must go to a function
-    known to take a line number in that register (``__might_sleep``...) or to a
-    printk-style function.
+
+def line_map_from_patch(patch: str, source: str) -> LineMap | None:
+    """Pre line -> post line for ``source`` as a unified diff moves it.
+
+    Lines the patch deletes map to None.  Returns None when the patch does not
+    touch ``source`` (then every line maps to itself).
+    """
+    hunks: list[tuple[int, int, list[str]]] = []
+    cur: list[str] | None = None
+    want = False
+    for line in patch.splitlines():
+        if line.startswith("+++ "):
+            name = line[4:].split("\t")[0].strip()
+            name = name[2:] if name[:2] in ("a/", "b/") else name
+            want = name == source or name.endswith("/" + source) or source.endswith("/" + name)
+            cur = None
+            continue
+        m = re.match(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@", line)
+        if m and want:
+            cur = []
+            hunks.append((int(m.group(1)), int(m.group(2)), cur))
+            continue
+        if cur is not None and line[:1] in (" ", "-", "+", ""):
+            cur.append(line[:1] or " ")
+    if not hunks:
+        return None
+    table: dict[int, int | None] = {}
+    shifts: list[tuple[int, int]] = []  # (first pre line after a hunk, shift)
+    for a, b, body in hunks:
+        for op in body:
+            if op == " ":
+                table[a] = b
+                a, b = a + 1, b + 1
+            elif op == "-":
+                table[a] = None
+                a += 1
+            else:
+                b += 1
+        shifts.append((a, b - a))
+
+    def mapping(line: int) -> int | None:
+        if line in table:
+            return table[line]
+        shift = 0
+        for first, s in shifts:
+            if line >= first:
+                shift = s
+        return line + shift
+
+    return mapping
+
+
+def _line_candidates(pre: ObjectView, post: ObjectView, pname: str,
+                     qname: str) -> list[tuple[bool, int, int]] | None:
+    """The (trusted, pre, post) line immediates two functions differ in, or None.
+
+    None means the functions differ in something other than line numbers.  A
+    differing instruction must be ``mov $imm, %reg`` on both sides, with a
+    plausible line number, feeding the next call (or tail call).  The value is
+    *trusted* when that callee takes a line number in that register
+    (``__might_sleep``...); for printk-style callees it is only a candidate.
     """
     pp, qp = pre.funcs[pname], post.funcs[qname]
     if len(pp) != len(qp):
-        return False
+        return None
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out: list[tuple[bool, int, int]] = []
     for a, b in zip(pp, qp, strict=True):
         if a.end - a.start != b.end - b.start:
-            return False
+            return None
         fa, fb = pre.fingerprint(a), post.fingerprint(b)
         if fa == fb:
             continue
         (ba, ka), (bb, kb) = fa, fb  # type: ignore[misc]
         if ka != kb:
-            return False
+            return None
         diffs = [i for i in range(len(ba)) if ba[i] != bb[i]]
         ia = list(md.disasm_lite(ba, 0))
         ib = list(md.disasm_lite(bb, 0))
         if [(x[0], x[1]) for x in ia] != [(x[0], x[1]) for x in ib]:
-            return False
+            return None
+        starts = [x[0] for x in ib]
         calls = _call_targets(post, b, ib)
         seen: set[int] = set()
         for d in diffs:
-            j = bisect.bisect_right([x[0] for x in ib], d) - 1
+            j = bisect.bisect_right(starts, d) - 1
             if j in seen:
                 continue
             seen.add(j)
-            if not _is_line_mov(ia[j], ib[j]):
-                return False
-            callee, reg = _next_call(ib, j, calls), ib[j][3].split(",")[0].strip()
+            vals = _line_mov(ia[j], ib[j])
+            if vals is None:
+                return None
+            reg = ib[j][3].split(",")[0].strip()
+            callee = _next_call(ib, j, calls)
             if callee is None:
-                return False
+                return None
             if callee in _LINE_ARG_CALLS:
                 if reg not in _LINE_ARG_CALLS[callee]:
-                    return False
-            elif not (_PRINTK_RE.match(callee) and reg in _ARG_REGS):
-                return False
-    return True
+                    return None
+                out.append((True, *vals))
+            elif _PRINTK_RE.match(callee) and reg in _ARG_REGS:
+                out.append((False, *vals))
+            else:
+                return None
+    return out
 
 
-def _is_line_mov(a: tuple, b: tuple) -> bool:
+def _line_mov(a: tuple, b: tuple) -> tuple[int, int] | None:
     if a[2] != "mov" or b[2] != "mov":
-        return False
+        return None
     ra, _, va = a[3].partition(",")
     rb, _, vb = b[3].partition(",")
     if ra.strip() != rb.strip() or ra.strip() not in _ARG_REGS:
-        return False
+        return None
     try:
         x, y = int(va.strip(), 0), int(vb.strip(), 0)
     except ValueError:
-        return False
-    return 0 < x < 1_000_000 and 0 < y < 1_000_000 and x != y
+        return None
+    if 0 < x < 1_000_000 and 0 < y < 1_000_000 and x != y:
+        return x, y
+    return None
 
 
 def _call_targets(view: ObjectView, part: Item, insns: list[tuple]) -> dict[int, str]:
-    """Offset (in the part) of each call instruction -> callee name."""
+    """Offset (in the part) of each call or tail-call instruction -> callee name."""
     sec = view.obj.sections[part.shndx]
     rel = {r.offset - part.start: r for r in view.relocs_in(part.shndx, part.start, part.end)}
     out = {}
     for addr, size, mnem, _ops in insns:
-        if mnem == "call" and (addr + size - 4) in rel:
+        if mnem in ("call", "jmp") and (addr + size - 4) in rel:
             kind, what, _off = view.target(sec, rel[addr + size - 4])
             out[addr] = what if isinstance(what, str) else getattr(what, "name", "")
     return out
@@ -574,7 +639,7 @@ def _call_targets(view: ObjectView, part: Item, insns: list[tuple]) -> dict[int,
 
 def _next_call(insns: list[tuple], j: int, calls: dict[int, str]) -> str | None:
     for addr, _size, mnem, _ops in insns[j + 1:j + 40]:
-        if mnem == "call":
+        if mnem == "call" or (mnem == "jmp" and addr in calls):
             return calls.get(addr)
         if mnem in ("ret", "jmp", "ud2"):
             return None
@@ -583,8 +648,15 @@ def _next_call(insns: list[tuple], j: int, calls: dict[int, str]) -> str | None:
 
 # -- the diff ----------------------------------------------------------------
 
-def diff_views(pre: ObjectView, post: ObjectView) -> ObjDiff:
-    """Compare two indexed objects; raise ObjdiffRefusal for data changes."""
+def diff_views(pre: ObjectView, post: ObjectView, line_map: LineMap | None = None) -> ObjDiff:
+    """Compare two indexed objects; raise ObjdiffRefusal for data changes.
+
+    ``line_map`` (from :func:`line_map_from_patch`) makes __LINE__ detection
+    exact: a value counts as a line number only where the patch moves that line
+    to exactly that place.  Without it, __bug_table lines and arguments of
+    line-taking helpers are trusted, and printk-style arguments are accepted
+    only when their shift equals one of those trusted shifts.
+    """
     pre_refs, post_refs = pre.referrers(), post.referrers()
     pre_names = [it.name for it in pre.items if it.kind != "section"]
     post_names = [it.name for it in post.items if it.kind != "section"]
@@ -598,32 +670,41 @@ def diff_views(pre: ObjectView, post: ObjectView) -> ObjDiff:
 
     pre_bugs, post_bugs = pre.bug_entries(), post.bug_entries()
     matched_pre = set()
+    pending: dict[str, list[tuple[bool, int, int]]] = {}
     for qname in sorted(post.funcs):
         pname = ren.get(qname)
         if pname is None or pname not in pre.funcs:
             res.new.append(qname)
             continue
         matched_pre.add(pname)
-        bug_a = [(b[0], b[1], b[2], b[3]) for b in pre_bugs.get(pname, [])]
-        bug_b = [(ren.get(b[0], b[0]), b[1], b[2], b[3]) for b in post_bugs.get(qname, [])]
-        lines_differ = ([b[4] for b in pre_bugs.get(pname, [])]
-                        != [b[4] for b in post_bugs.get(qname, [])])
-        same_code = pre.func_fingerprint(pname) == post.func_fingerprint(qname)
-        if bug_a != bug_b:
+        ba, bb = pre_bugs.get(pname, []), post_bugs.get(qname, [])
+        if [b[:4] for b in ba] != [(ren.get(b[0], b[0]), *b[1:4]) for b in bb]:
             res.changed.append(qname)
-        elif same_code:
-            if lines_differ:
-                res.line_only.append(qname)
-        elif _line_only_text(pre, post, pname, qname):
-            res.line_only.append(qname)
+            continue
+        cands = [(True, x[4], y[4]) for x, y in zip(ba, bb, strict=True) if x[4] != y[4]]
+        if pre.func_fingerprint(pname) != post.func_fingerprint(qname):
+            text = _line_candidates(pre, post, pname, qname)
+            if text is None:
+                res.changed.append(qname)
+                continue
+            cands += text
+        if cands:
+            pending[qname] = cands
+    trusted = {b - a for cs in pending.values() for t, a, b in cs if t}
+    for qname, cands in pending.items():
+        if line_map is not None:
+            ok = all(line_map(a) == b for _t, a, b in cands)
         else:
-            res.changed.append(qname)
+            ok = all(t or (b - a) in trusted for t, a, b in cands)
+        (res.line_only if ok else res.changed).append(qname)
+    res.changed.sort()
+    res.line_only.sort()
     res.removed = sorted(n for n in pre.funcs if n not in matched_pre)
     for name in res.keep:
         for part in post.funcs[name]:
             if part.shndx not in res.section_indices:
                 res.section_indices.append(part.shndx)
-    res.section_indices.sort()
+    res.section_indices.sort(key=lambda i: (post.obj.sections[i].name, i))
     res.sections = [post.obj.sections[i].name for i in res.section_indices]
     return res
 
@@ -665,9 +746,11 @@ def _check_data(pre: ObjectView, post: ObjectView, ren: dict[str, str], res: Obj
     res.new_data.sort()
 
 
-def diff_objects(pre_path: str | Path, post_path: str | Path) -> ObjDiff:
+def diff_objects(pre_path: str | Path, post_path: str | Path,
+                 line_map: LineMap | None = None) -> ObjDiff:
     """Diff two objects on disk.  Raises ObjdiffRefusal or ElfFormatError."""
-    return diff_views(ObjectView(read_object(pre_path)), ObjectView(read_object(post_path)))
+    return diff_views(ObjectView(read_object(pre_path)), ObjectView(read_object(post_path)),
+                      line_map)
 
 
 def format_text(d: ObjDiff) -> str:
@@ -690,9 +773,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("post")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--full", action="store_true", help="with --json: all fields")
+    ap.add_argument("--patch", help="unified diff, to tell __LINE__ shifts exactly")
+    ap.add_argument("--source", help="with --patch: the object's source file (e.g. fs/x.c)")
     args = ap.parse_args(argv)
     try:
-        d = diff_objects(args.pre, args.post)
+        lmap = None
+        if args.patch and args.source:
+            lmap = line_map_from_patch(Path(args.patch).read_text(errors="replace"), args.source)
+        d = diff_objects(args.pre, args.post, lmap)
     except (ObjdiffRefusal, ElfFormatError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ksplice-objdiff: error: {msg}", file=sys.stderr)
