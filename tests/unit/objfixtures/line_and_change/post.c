@@ -1,4 +1,4 @@
 /* shift */
 #include "kernelish.h"
-int f(int x) { WARN_ON(x > 100); return x + 1; }
-int g(int x) { WARN_ON(x < -100); return x + 5; }
+int f(int x) { WARN_ON(x == 77777); return x + 1; }
+int g(int x) { WARN_ON(x == -77777); return x + 5; }

@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""objdiff against the fixture pairs, each with its exact expected result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CASES, expectation
+
+from ksplice_tasks import objdiff
+from ksplice_tasks.objdiff import ObjdiffRefusal, diff_objects, line_map_from_patch
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fixture(case, fixture_pair):
+    pre, post = fixture_pair(case)
+    exp = expectation(case)
+    if "refused" in exp:
+        with pytest.raises(ObjdiffRefusal, match=exp["refused"]):
+            diff_objects(pre, post)
+        return
+    d = diff_objects(pre, post)
+    got = d.summary()
+    assert got == {k: exp[k] for k in got}
+
+
+def test_fixture_suite_is_large_enough():
+    assert len(CASES) >= 15
+
+
+@pytest.mark.parametrize("case", ["changed_body", "switch_table", "cold_part", "line_only"])
+def test_object_against_itself_is_empty(case, fixture_pair):
+    pre, _post = fixture_pair(case)
+    d = diff_objects(pre, pre)
+    assert d.summary() == {"changed": [], "new": [], "removed": [], "line_only": [],
+                           "sections": []}
+
+
+def test_cli_json(fixture_pair, capsys):
+    pre, post = fixture_pair("new_function")
+    assert objdiff.main([str(pre), str(post), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"changed": ["f"], "new": ["clamp"], "removed": [], "line_only": [],
+                   "sections": [".text.clamp", ".text.f"]}
+
+
+def test_cli_text(fixture_pair, capsys):
+    pre, post = fixture_pair("removed_function")
+    assert objdiff.main([str(pre), str(post)]) == 0
+    out = capsys.readouterr().out
+    assert "changed: f\n" in out and "removed: old_helper\n" in out
+
+
+def test_cli_refusal_is_one_line(fixture_pair, capsys):
+    pre, post = fixture_pair("data_change")
+    assert objdiff.main([str(pre), str(post), "--json"]) == 1
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    lines = cap.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ksplice-objdiff: error: ")
+    assert "'counter'" in lines[0]
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"not an elf")
+    assert objdiff.main([str(junk), str(junk)]) == 1
+    assert capsys.readouterr().err.startswith("ksplice-objdiff: error: ")
+
+
+PATCH = """\
+--- a/dir/x.c
++++ b/dir/x.c
+@@ -1,3 +1,5 @@
++/* one */
++/* two */
+ #include "kernelish.h"
+ int f(int x) { return x; }
+-int g(int x) { return x; }
++int g(int x) { return x + 1; }
+"""
+
+
+def test_line_map_from_patch():
+    m = line_map_from_patch(PATCH, "dir/x.c")
+    assert m is not None
+    assert [m(1), m(2), m(3), m(10)] == [3, 4, None, 12]
+    assert line_map_from_patch(PATCH, "other.c") is None
+
+
+def test_line_map_decides_printk_line(fixture_pair):
+    # Line-only fixture: every line moved down by two; a map that says so agrees,
+    # a map that says nothing moved turns the printk line into a change.
+    pre, post = fixture_pair("line_only")
+    d = diff_objects(pre, post, line_map=lambda n: n + 2)
+    assert d.line_only == ["f", "g", "h"] and d.changed == []
+    d = diff_objects(pre, post, line_map=lambda n: n)
+    assert set(d.changed) == {"f", "g", "h"}
+
+
+def test_correlate_prefers_referrers():
+    pre = ["count.0", "count.1"]
+    post = ["count.0", "count.1", "count.2"]
+    pre_refs = {"count.0": frozenset({"a"}), "count.1": frozenset({"b"})}
+    post_refs = {"count.0": frozenset({"z"}), "count.1": frozenset({"a"}),
+                 "count.2": frozenset({"b"})}
+    m = objdiff.correlate(pre, post, pre_refs, post_refs)
+    assert m["count.1"] == "count.0" and m["count.2"] == "count.1"
+    assert "count.0" not in m
+
+
+def test_static_locals_pair_by_their_functions(fixture_pair):
+    pre, post = fixture_pair("static_local")
+    d = diff_objects(pre, post)
+    pv = objdiff.ObjectView(objdiff.read_object(pre))
+    qv = objdiff.ObjectView(objdiff.read_object(post))
+    owner_pre = {n: set(f) for n, f in pv.referrers().items() if n.startswith("count.")}
+    owner_post = {n: set(f) for n, f in qv.referrers().items() if n.startswith("count.")}
+    assert [owner_post[n] for n in d.new_data] == [{"z"}]
+    for q, owners in owner_post.items():
+        if q in d.new_data:
+            continue
+        p = d.renames.get(q, q)
+        assert owner_pre[p] == owners

@@ -1,0 +1,275 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The passes, each output through readelf, ld -r and link-and-run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CASES, FIXTURES, expectation
+from oracles import driver, ld_r, link_and_run, readelf_clean
+
+from ksplice_tasks import objmanip
+from ksplice_tasks.elfread import SHN_UNDEF, STB_GLOBAL, read_object
+from ksplice_tasks.elfwrite import write_object
+from ksplice_tasks.objdiff import diff_objects
+from ksplice_tasks.objmanip import (
+    RelocRecord,
+    globalize,
+    keep_helper,
+    keep_primary,
+    restore_relocs,
+    rmsyms,
+    sizelist,
+)
+
+TAG = "____0_t3stk1d0"
+RUNNABLE = [c for c in CASES if "refused" not in expectation(c)]
+
+
+def _globalized(tmp: Path, obj: Path, name: str) -> Path:
+    """The "running kernel": the object with its local symbols made global."""
+    syms = {s.name for s in read_object(obj).symbols
+            if s.name and s.type in (1, 2) and s.bind == 0}
+    out = tmp / name
+    subprocess.run(["objcopy", *[f"--globalize-symbol={s}" for s in sorted(syms)],
+                    str(obj), str(out)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("case", RUNNABLE)
+def test_keep_primary_links_and_runs_like_post(case, fixture_pair, stubs_o, tmp_path):
+    pre, post = fixture_pair(case)
+    d = diff_objects(pre, post)
+    prim, recs = keep_primary(read_object(post), d.keep, TAG, "_post", d.renames, d.new_data)
+    prim, aliases = globalize(prim, TAG + "_post")
+    out = tmp_path / "primary.o"
+    write_object(prim, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+    assert all(isinstance(r, RelocRecord) for r in recs)
+    kept_funcs = {s.name for s in prim.symbols if s.type == 2 and s.bind != STB_GLOBAL
+                  or (s.type == 2 and not s.name.endswith("_global"))}
+    assert kept_funcs == {n + TAG + "_post" for n in d.keep} | {
+        s for s in kept_funcs if ".cold" in s}
+    # Nothing left points outside the kept object except undefined table users.
+    assert not any(prim.symbols[r.sym].shndx == SHN_UNDEF
+                   for k, rl in prim.relocs.items() if prim.sections[k].is_exec
+                   and not prim.sections[k].name.startswith(".altinstr")
+                   for r in rl)
+    # Link-and-run: new code + records resolved against the pre object must
+    # behave exactly like the post object.
+    restored = tmp_path / "restored.o"
+    write_object(restore_relocs(prim, recs), restored)
+    readelf_clean(restored)
+    # Line-only functions are deliberately not replaced: they differ in the
+    # line numbers they print, nothing else.
+    run = [f for f in expectation(case)["run"] if f not in d.line_only]
+    # The driver calls the original names; like ksplice, each changed pre
+    # function's entry is overwritten with a jmp to its replacement.
+    calls_new = [(f, f if f not in d.new else f + TAG + "_post_global") for f in run]
+    got = link_and_run(tmp_path, "patched", [driver(tmp_path, "dnew", calls_new), restored,
+                                             _globalized(tmp_path, pre, "kernel.o"), stubs_o],
+                       redirect={f: f + TAG + "_post_global" for f in d.changed})
+    want = link_and_run(tmp_path, "post", [driver(tmp_path, "dref", [(f, f) for f in run]),
+                                           post, stubs_o])
+    assert got == want
+    chg = [(f, f) for f in run if f in d.changed]
+    if chg:  # and the change is visible, so the comparison above means something
+        before = link_and_run(tmp_path, "pre", [driver(tmp_path, "dc", chg), pre, stubs_o])
+        after = link_and_run(tmp_path, "post2", [driver(tmp_path, "dc", chg), post, stubs_o])
+        assert before != after
+    for n in d.keep:
+        assert n + TAG + "_post_global" in aliases
+
+
+def _exe_symbols(exe: Path) -> dict[str, int]:
+    out = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
+    syms = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            syms.setdefault(parts[2], int(parts[0], 16))
+    return syms
+
+
+def _exe_bytes(exe: Path, addr: int, size: int) -> bytes:
+    from elftools.elf.elffile import ELFFile
+    with open(exe, "rb") as f:
+        elf = ELFFile(f)
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + \
+                    seg["p_filesz"]:
+                return seg.data()[addr - seg["p_vaddr"]:addr - seg["p_vaddr"] + size]
+    raise AssertionError(f"{addr:#x} not in the executable")
+
+
+@pytest.mark.parametrize("case", RUNNABLE)
+def test_keep_helper_matches_running_code(case, fixture_pair, stubs_o, tmp_path):
+    """Run-pre matching, emulated: the helper's code equals the linked pre code
+    outside the recorded fields, and each field decodes to its symbol."""
+    pre, _post = fixture_pair(case)
+    helper, recs = keep_helper(read_object(pre), TAG, "_pre")
+    helper, _ = globalize(helper, TAG + "_pre")
+    out = tmp_path / "helper.o"
+    write_object(helper, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+    assert not helper.relocs
+    in_pre = {s.name for s in read_object(pre).symbols if s.type == 2}
+    run = [f for f in expectation(case)["run"] if f in in_pre]
+    exe_out = link_and_run(tmp_path, "pre", [driver(tmp_path, "d", [(f, f) for f in run]),
+                                             pre, stubs_o])
+    assert exe_out
+    syms = _exe_symbols(tmp_path / "pre")
+    by_sec = {}
+    for s in helper.symbols:
+        if s.type == 2 and s.in_section and not s.name.endswith("_global"):
+            orig = s.name[:-len(TAG + "_pre")]
+            by_sec.setdefault(s.shndx, syms[orig] - s.value)
+    checked = 0
+    for shndx, sec in helper.sections.items():
+        if not sec.is_exec or not sec.size:
+            continue
+        base = by_sec[shndx]
+        running = bytearray(_exe_bytes(tmp_path / "pre", base, sec.size))
+        mine = bytearray(sec.data)
+        for r in (r for r in recs if r.section == sec.name):
+            field = int.from_bytes(running[r.offset:r.offset + r.size], "little",
+                                   signed=r.signed)
+            value = field - r.addend + (base + r.offset if r.pcrel else 0)
+            if r.symbol in syms:
+                assert value == syms[r.symbol], (r, hex(value))
+                checked += 1
+            running[r.offset:r.offset + r.size] = bytes(r.size)
+            mine[r.offset:r.offset + r.size] = bytes(r.size)
+        assert running == mine
+    assert checked > 0
+
+
+def test_records_are_data(fixture_pair):
+    pre, post = fixture_pair("string_literal")
+    _o, recs = keep_primary(read_object(post), ["f"], TAG)
+    printk = [r for r in recs if r.symbol == "printk"]
+    assert len(printk) == 1
+    r = printk[0]
+    assert (r.pcrel, r.size, r.addend, r.signed) == (True, 4, -4, True)
+    assert r.section == ".text.f" + TAG + "_post" and r.function == "f" + TAG + "_post"
+    assert {x.symbol for x in recs} == {"__fentry__", "printk"}  # the string is kept
+
+
+def test_static_local_records_use_running_names(fixture_pair):
+    pre, post = fixture_pair("static_local")
+    d = diff_objects(pre, post)
+    _o, recs = keep_primary(read_object(post), ["b"], TAG, "_post", d.renames)
+    pre_syms = {s.name for s in read_object(pre).symbols}
+    data = [r for r in recs if r.symbol.startswith("count.")]
+    assert data and all(r.symbol in pre_syms for r in data)
+
+
+def test_shared_static_names_stay_apart(fixture_pair, compile_c, stubs_o, tmp_path):
+    pre, post = fixture_pair("shared_static_name")
+    other = compile_c(FIXTURES / "shared_static_name" / "other.c", "other", "other")
+    outs = []
+    for i, (obj, funcs) in enumerate([(post, ["helper", "api_a"]),
+                                      (other, ["helper", "api_b"])]):
+        tag = f"____{i}_t3stk1d0"
+        o, recs = keep_primary(read_object(obj), funcs, tag)
+        o, _ = globalize(o, tag + "_post")
+        path = tmp_path / f"p{i}.o"
+        write_object(restore_relocs(o, recs), path)
+        outs.append(path)
+    linked = ld_r(tmp_path, *outs)
+    names = {s.name for s in read_object(linked).symbols}
+    assert {"helper____0_t3stk1d0_post_global", "helper____1_t3stk1d0_post_global"} <= names
+    got = link_and_run(tmp_path, "both", [
+        driver(tmp_path, "d", [("a", "api_a____0_t3stk1d0_post_global"),
+                               ("b", "api_b____1_t3stk1d0_post_global")]), linked, stubs_o])
+    assert "a(1)=24" in got and "b(1)=-27" in got
+
+
+def test_kernel_tables_follow_kept_code(compile_c, tmp_path):
+    obj_path = compile_c(FIXTURES / "tables.c", "tables", "tables")
+    obj = read_object(obj_path)
+    full = {s.name: s.size for s in obj.sections.values()}
+    prim, recs = keep_primary(obj, ["keep_me"], TAG)
+    got = {s.name: s.size for s in prim.sections.values()}
+    assert got["__bug_table"] == full["__bug_table"] // 2 == 12
+    assert got["__ex_table"] == full["__ex_table"] // 2 == 12
+    assert got[".altinstructions"] == full[".altinstructions"] // 2 == 12
+    assert ".text.drop_me" + TAG + "_post" not in got
+    out = tmp_path / "t.o"
+    write_object(prim, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+    text = [k for k, s in prim.sections.items() if s.name == ".text.keep_me" + TAG + "_post"]
+    for name in ("__bug_table", "__ex_table", ".altinstructions"):
+        k = next(k for k, s in prim.sections.items() if s.name == name)
+        targets = {prim.symbols[r.sym].shndx for r in prim.relocs[k]}
+        assert text[0] in targets
+
+
+def test_sizelist(fixture_pair):
+    _pre, post = fixture_pair("cold_part")
+    o, _ = keep_primary(read_object(post), ["f"], TAG)
+    o, _ = globalize(o, TAG + "_post")
+    _same, sizes = sizelist(o)
+    names = {s.name: s for s in sizes}
+    assert set(names) == {"f" + TAG + "_post", "f.cold" + TAG + "_post"}
+    f = next(s for s in o.symbols if s.name == "f" + TAG + "_post")
+    assert names["f" + TAG + "_post"].size == f.size > 0
+
+
+def test_globalize_adds_global_aliases(fixture_pair):
+    _pre, post = fixture_pair("changed_body")
+    o, _ = keep_primary(read_object(post), ["f"], TAG)
+    n_before = len(o.symbols)
+    g, added = globalize(o, TAG + "_post")
+    assert len(g.symbols) == n_before + len(added)
+    assert ".text.f" + TAG + "_post_global" in added and "f" + TAG + "_post_global" in added
+    for s in g.symbols[n_before:]:
+        assert s.bind == STB_GLOBAL and s.in_section
+
+
+def test_rmsyms(compile_c, stubs_o, tmp_path):
+    src = tmp_path / "mod.c"
+    src.write_text('#include "kernelish.h"\nextern int secret_fn(int);\n'
+                   'int f(int x) { return secret_fn(x) + printk("x"); }\n')
+    secret = tmp_path / "secret.c"
+    secret.write_text("int secret_fn(int x) { return x * 11; }\n")
+    mod = compile_c(src, "mod", "mod")
+    sec_o = compile_c(secret, "secret", "secret")
+    obj = read_object(mod)
+    out_obj, recs = rmsyms(obj, ["secret_fn"])
+    assert [r.symbol for r in recs] == ["secret_fn"]
+    assert recs[0].section == ".text.f" and recs[0].function == "f" and recs[0].pcrel
+    assert "secret_fn" not in {s.name for s in out_obj.symbols}
+    out = tmp_path / "mod-rm.o"
+    write_object(out_obj, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+    r = subprocess.run(["gcc", "-no-pie", "-o", tmp_path / "x",
+                        driver(tmp_path, "d", [("f", "f")]), out, sec_o, stubs_o],
+                       capture_output=True)
+    assert r.returncode == 0  # links: nothing refers to secret_fn any more
+    back = tmp_path / "mod-back.o"
+    write_object(restore_relocs(out_obj, recs), back)
+    want = link_and_run(tmp_path, "a", [driver(tmp_path, "d", [("f", "f")]), mod, sec_o,
+                                        stubs_o])
+    got = link_and_run(tmp_path, "b", [driver(tmp_path, "d", [("f", "f")]), back, sec_o,
+                                       stubs_o])
+    assert got == want
+
+
+def test_cli_keep_primary(fixture_pair, tmp_path, capsys):
+    _pre, post = fixture_pair("switch_table")
+    out = tmp_path / "o.o"
+    assert objmanip.main([str(post), str(out), "keep-primary", TAG, "_post", "sw"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    import json
+    recs = [json.loads(x) for x in lines]
+    assert {r["symbol"] for r in recs} == {"__fentry__", "printk"}
+    readelf_clean(out)
+    assert objmanip.main([str(post), "-", "keep-primary", TAG, "_post", "nosuch"]) == 1
+    assert capsys.readouterr().err.startswith("ksplice-objmanip: error: ")
