@@ -52,13 +52,10 @@ from .elfread import (
     reloc_info,
 )
 
-try:  # the task layer's common base for errors shown to users, when present
-    from .errors import UserError as _ErrorBase
-except ImportError:  # pragma: no cover - depends on the other half of the tree
-    _ErrorBase = Exception
+from .errors import UserError
 
 
-class ObjdiffRefusal(_ErrorBase):
+class ObjdiffRefusal(UserError):
     """The change cannot be applied by replacing code (data or .bss changed)."""
 
 

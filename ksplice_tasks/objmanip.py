@@ -46,10 +46,11 @@ from .elfread import (
     reloc_info,
 )
 from .elfwrite import write_object
+from .errors import UserError
 from .objdiff import ObjectView, is_special
 
 
-class ObjmanipError(Exception):
+class ObjmanipError(UserError):
     """A pass was asked for something the object does not have."""
 
 
