@@ -51,7 +51,6 @@ from .elfread import (
     read_object,
     reloc_info,
 )
-
 from .errors import UserError
 
 
