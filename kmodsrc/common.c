@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Code shared by the primary and helper modules of a ksplice update: find
+ * the KASLR offset, walk the .ksplice.* tables, resolve their symbols from
+ * System.map candidates, and report through sysfs.
+ */
+#define pr_fmt(fmt) "ksplice: " fmt
+
+#include <linux/kallsyms.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/sysfs.h>
+
+#include "ksplice.h"
+
+static const char * const ksplice_stage_names[] = {
+	[KSPLICE_STAGE_LOADING] = "loading",
+	[KSPLICE_STAGE_PREPARED] = "prepared",
+	[KSPLICE_STAGE_APPLIED] = "applied",
+	[KSPLICE_STAGE_REVERSED] = "reversed",
+	[KSPLICE_STAGE_ABORTED] = "aborted",
+};
+
+static const char * const ksplice_status_names[] = {
+	[KSPLICE_SYM_MISSING] = "missing",
+	[KSPLICE_SYM_RESOLVED] = "resolved",
+	[KSPLICE_SYM_AMBIGUOUS] = "ambiguous",
+};
+
+/* Only addresses inside the kernel image move with KASLR. */
+static bool ksplice_in_image(unsigned long map_addr)
+{
+	return map_addr >= KSPLICE_MAP_TEXT && map_addr <= KSPLICE_MAP_END;
+}
+
+static unsigned long ksplice_run_addr(const struct ksplice_module *km,
+				      unsigned long map_addr)
+{
+	if (ksplice_in_image(map_addr))
+		return map_addr + km->kaslr_offset;
+	return map_addr;
+}
+
+/*
+ * kallsyms must name @name at exactly @addr ("name+0x0/...").  A cheap
+ * guard against a wrong System.map or KASLR offset.
+ */
+static bool ksplice_names_match(char *buf, unsigned long addr, const char *name)
+{
+	size_t len = strlen(name);
+
+	sprint_symbol(buf, addr);
+	return !strncmp(buf, name, len) && !strncmp(buf + len, "+0x0/", 5);
+}
+
+static void ksplice_check(struct ksplice_module *km, char *buf,
+			  struct ksplice_symstate *st, unsigned long map_addr,
+			  const char *name)
+{
+	unsigned long addr = ksplice_run_addr(km, map_addr);
+
+	if (!ksplice_in_image(map_addr))
+		return;
+	st->checked = true;
+	km->checked++;
+	if (ksplice_names_match(buf, addr, name))
+		return;
+	st->mismatch = true;
+	km->mismatched++;
+	pr_warn("%s %s: %s (System.map %#lx) is %s\n", KSPLICE_ID,
+		km->role, name, map_addr, buf);
+}
+
+/* Settle one symbol as far as System.map alone can. */
+static void ksplice_resolve(struct ksplice_module *km, char *buf,
+			    struct ksplice_symstate *st, const char *name,
+			    const unsigned long *cands, unsigned int n)
+{
+	unsigned int i;
+
+	if (n == 0) {
+		st->status = KSPLICE_SYM_MISSING;
+		return;
+	}
+	st->status = n == 1 ? KSPLICE_SYM_RESOLVED : KSPLICE_SYM_AMBIGUOUS;
+	if (n == 1)
+		st->addr = ksplice_run_addr(km, cands[0]);
+	for (i = 0; i < n; i++)
+		ksplice_check(km, buf, st, cands[i], name);
+}
+
+static void ksplice_count(struct ksplice_counts *c,
+			  const struct ksplice_symstate *st)
+{
+	c->total++;
+	if (st->status == KSPLICE_SYM_RESOLVED)
+		c->resolved++;
+	else if (st->status == KSPLICE_SYM_AMBIGUOUS)
+		c->ambiguous++;
+	else
+		c->missing++;
+}
+
+static unsigned int ksplice_nr_relocs(void)
+{
+	unsigned int n = 0;
+
+	while (ksplice_relocs[n].symbol)
+		n++;
+	return n;
+}
+
+static unsigned int ksplice_nr_sizes(void)
+{
+	unsigned int n = 0;
+
+	while (ksplice_sizes[n].name)
+		n++;
+	return n;
+}
+
+static unsigned int ksplice_nr_patches(void)
+{
+	unsigned int n = 0;
+
+	while (ksplice_patches[n].oldname)
+		n++;
+	return n;
+}
+
+static unsigned int ksplice_nr_imports(void)
+{
+	unsigned int n = 0;
+
+	while (ksplice_imports[n].name)
+		n++;
+	return n;
+}
+
+static int ksplice_resolve_tables(struct ksplice_module *km)
+{
+	const struct ksplice_patch *p;
+	unsigned int i;
+	char *buf;
+
+	buf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+
+	for (i = 0; i < km->nr_relocs; i++) {
+		const struct ksplice_reloc *r = &ksplice_relocs[i];
+
+		ksplice_resolve(km, buf, &km->reloc_state[i], r->symbol,
+				r->candidates, r->nr_candidates);
+		ksplice_count(&km->relocs, &km->reloc_state[i]);
+		pr_debug("%s %s: %s+%#lx -> %s%+ld: %s\n", KSPLICE_ID, km->role,
+			 r->section, r->offset, r->symbol, r->addend,
+			 ksplice_status_names[km->reloc_state[i].status]);
+	}
+	for (i = 0; i < km->nr_sizes; i++)
+		ksplice_resolve(km, buf, &km->size_state[i], ksplice_sizes[i].name,
+				ksplice_sizes[i].candidates,
+				ksplice_sizes[i].nr_candidates);
+	for (i = 0; i < km->nr_imports; i++)
+		ksplice_resolve(km, buf, &km->import_state[i],
+				ksplice_imports[i].name,
+				ksplice_imports[i].candidates,
+				ksplice_imports[i].nr_candidates);
+	for (i = 0; i < km->nr_patches; i++) {
+		struct ksplice_symstate *st = &km->patch_state[i];
+
+		p = &ksplice_patches[i];
+		if (p->oldaddr) {
+			ksplice_resolve(km, buf, st, p->oldname, &p->oldaddr, 1);
+		} else {
+			/* run-pre matching will find it among the size candidates */
+			st->status = KSPLICE_SYM_AMBIGUOUS;
+		}
+	}
+	kfree(buf);
+	return 0;
+}
+
+/* -- sysfs ---------------------------------------------------------------- */
+
+static struct ksplice_module *to_km(struct kobject *kobj)
+{
+	return container_of(kobj, struct ksplice_module, kobj);
+}
+
+#define KSPLICE_SHOW_STR(_name, _expr)					\
+static ssize_t _name##_show(struct kobject *kobj,			\
+			    struct kobj_attribute *attr, char *buf)	\
+{									\
+	struct ksplice_module *km = to_km(kobj);			\
+									\
+	return sysfs_emit(buf, "%s\n", _expr);				\
+}									\
+static struct kobj_attribute _name##_attr = __ATTR_RO_MODE(_name, 0400)
+
+#define KSPLICE_SHOW_UINT(_name, _expr)					\
+static ssize_t _name##_show(struct kobject *kobj,			\
+			    struct kobj_attribute *attr, char *buf)	\
+{									\
+	struct ksplice_module *km = to_km(kobj);			\
+									\
+	return sysfs_emit(buf, "%u\n", _expr);				\
+}									\
+static struct kobj_attribute _name##_attr = __ATTR_RO_MODE(_name, 0400)
+
+KSPLICE_SHOW_STR(role, km->role);
+KSPLICE_SHOW_UINT(relocs, km->relocs.total);
+KSPLICE_SHOW_UINT(resolved, km->relocs.resolved);
+KSPLICE_SHOW_UINT(ambiguous, km->relocs.ambiguous);
+KSPLICE_SHOW_UINT(missing, km->relocs.missing);
+KSPLICE_SHOW_UINT(checked, km->checked);
+KSPLICE_SHOW_UINT(mismatched, km->mismatched);
+
+static ssize_t id_show(struct kobject *kobj, struct kobj_attribute *attr,
+		       char *buf)
+{
+	return sysfs_emit(buf, "%s\n", KSPLICE_ID);
+}
+
+static struct kobj_attribute id_attr = __ATTR_RO_MODE(id, 0400);
+
+static ssize_t stage_show(struct kobject *kobj, struct kobj_attribute *attr,
+			  char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	enum ksplice_stage stage;
+
+	mutex_lock(&km->lock);
+	stage = km->stage;
+	mutex_unlock(&km->lock);
+	return sysfs_emit(buf, "%s\n", ksplice_stage_names[stage]);
+}
+
+static struct kobj_attribute stage_attr = __ATTR_RO_MODE(stage, 0400);
+
+static ssize_t kaslr_offset_show(struct kobject *kobj,
+				 struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%#lx\n", to_km(kobj)->kaslr_offset);
+}
+
+static struct kobj_attribute kaslr_offset_attr = __ATTR_RO_MODE(kaslr_offset, 0400);
+
+/* One line per entry: name, running address or status, check result. */
+static int ksplice_emit_sym(char *buf, int at, const char *name,
+			    const struct ksplice_symstate *st, const char *extra)
+{
+	const char *check = !st->checked ? "-" : st->mismatch ? "mismatch" : "ok";
+
+	if (st->status == KSPLICE_SYM_RESOLVED)
+		return sysfs_emit_at(buf, at, "%s %lx %s%s\n", name, st->addr,
+				     check, extra);
+	return sysfs_emit_at(buf, at, "%s %s %s%s\n", name,
+			     ksplice_status_names[st->status], check, extra);
+}
+
+/*
+ * The primary lists the functions it replaces, the helper the pre
+ * functions it carries for run-pre matching.
+ */
+static ssize_t functions_show(struct kobject *kobj, struct kobj_attribute *attr,
+			      char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	unsigned int i;
+	int n = 0;
+
+	if (km->nr_patches) {
+		for (i = 0; i < km->nr_patches; i++)
+			n += ksplice_emit_sym(buf, n, ksplice_patches[i].oldname,
+					      &km->patch_state[i], "");
+		return n;
+	}
+	for (i = 0; i < km->nr_sizes; i++)
+		n += ksplice_emit_sym(buf, n, ksplice_sizes[i].name,
+				      &km->size_state[i], "");
+	return n;
+}
+
+static struct kobj_attribute functions_attr = __ATTR_RO_MODE(functions, 0400);
+
+static ssize_t imports_show(struct kobject *kobj, struct kobj_attribute *attr,
+			    char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	unsigned int i;
+	int n = 0;
+
+	for (i = 0; i < km->nr_imports; i++)
+		n += ksplice_emit_sym(buf, n, ksplice_imports[i].name,
+				      &km->import_state[i], "");
+	return n;
+}
+
+static struct kobj_attribute imports_attr = __ATTR_RO_MODE(imports, 0400);
+
+static ssize_t helper_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	ssize_t n;
+
+	mutex_lock(&km->lock);
+	if (km->helper)
+		n = sysfs_emit(buf, "attached %u relocs %u functions\n",
+			       km->helper->relocs.total, km->helper->nr_sizes);
+	else
+		n = sysfs_emit(buf, "absent\n");
+	mutex_unlock(&km->lock);
+	return n;
+}
+
+static struct kobj_attribute helper_attr = __ATTR_RO_MODE(helper, 0400);
+
+static struct attribute *ksplice_attrs[] = {
+	&id_attr.attr,
+	&role_attr.attr,
+	&stage_attr.attr,
+	&kaslr_offset_attr.attr,
+	&relocs_attr.attr,
+	&resolved_attr.attr,
+	&ambiguous_attr.attr,
+	&missing_attr.attr,
+	&checked_attr.attr,
+	&mismatched_attr.attr,
+	&functions_attr.attr,
+	&imports_attr.attr,
+	&helper_attr.attr,
+	NULL,
+};
+
+/* Only the primary has a helper to report. */
+static umode_t ksplice_attr_visible(struct kobject *kobj, struct attribute *attr,
+				    int n)
+{
+	if (attr == &helper_attr.attr && strcmp(to_km(kobj)->role, "primary"))
+		return 0;
+	return attr->mode;
+}
+
+static const struct attribute_group ksplice_group = {
+	.attrs = ksplice_attrs,
+	.is_visible = ksplice_attr_visible,
+};
+__ATTRIBUTE_GROUPS(ksplice);
+
+static void ksplice_release(struct kobject *kobj)
+{
+	struct ksplice_module *km = to_km(kobj);
+
+	kfree(km->reloc_state);
+	kfree(km->size_state);
+	kfree(km->patch_state);
+	kfree(km->import_state);
+	kfree(km);
+}
+
+static const struct kobj_type ksplice_ktype = {
+	.release = ksplice_release,
+	.sysfs_ops = &kobj_sysfs_ops,
+	.default_groups = ksplice_groups,
+};
+
+/* -- load and unload ------------------------------------------------------ */
+
+static int ksplice_alloc_state(struct ksplice_module *km)
+{
+	km->nr_relocs = ksplice_nr_relocs();
+	km->nr_sizes = ksplice_nr_sizes();
+	km->nr_patches = ksplice_nr_patches();
+	km->nr_imports = ksplice_nr_imports();
+	/* kcalloc(0, ...) is ZERO_SIZE_PTR, which kfree accepts */
+	km->reloc_state = kcalloc(km->nr_relocs, sizeof(*km->reloc_state), GFP_KERNEL);
+	km->size_state = kcalloc(km->nr_sizes, sizeof(*km->size_state), GFP_KERNEL);
+	km->patch_state = kcalloc(km->nr_patches, sizeof(*km->patch_state), GFP_KERNEL);
+	km->import_state = kcalloc(km->nr_imports, sizeof(*km->import_state), GFP_KERNEL);
+	if (!km->reloc_state || !km->size_state || !km->patch_state ||
+	    !km->import_state)
+		return -ENOMEM;
+	return 0;
+}
+
+/*
+ * Resolve this module's tables and publish the result in sysfs.  Returns
+ * the module state or an ERR_PTR; nothing is patched.
+ */
+struct ksplice_module *ksplice_load(struct module *owner, const char *role)
+{
+	struct ksplice_module *km;
+	int ret;
+
+	km = kzalloc(sizeof(*km), GFP_KERNEL);
+	if (!km)
+		return ERR_PTR(-ENOMEM);
+	km->owner = owner;
+	km->role = role;
+	mutex_init(&km->lock);
+	km->stage = KSPLICE_STAGE_LOADING;
+	km->kaslr_offset = (unsigned long)&KSPLICE_ANCHOR - KSPLICE_MAP_ANCHOR;
+	kobject_init(&km->kobj, &ksplice_ktype);
+
+	ret = ksplice_alloc_state(km);
+	if (!ret)
+		ret = ksplice_resolve_tables(km);
+	if (ret)
+		goto err;
+	km->stage = KSPLICE_STAGE_PREPARED;
+
+	ret = kobject_add(&km->kobj, &owner->mkobj.kobj, "ksplice");
+	if (ret)
+		goto err;
+
+	pr_info("%s %s: kaslr offset %#lx, %u functions, %u relocs: %u resolved, %u ambiguous, %u missing; %u checked, %u mismatched\n",
+		KSPLICE_ID, role, km->kaslr_offset,
+		km->nr_patches ? km->nr_patches : km->nr_sizes, km->relocs.total,
+		km->relocs.resolved, km->relocs.ambiguous, km->relocs.missing,
+		km->checked, km->mismatched);
+	return km;
+err:
+	kobject_put(&km->kobj);
+	return ERR_PTR(ret);
+}
+
+void ksplice_unload(struct ksplice_module *km)
+{
+	pr_info("%s %s: unloaded\n", KSPLICE_ID, km->role);
+	kobject_put(&km->kobj);
+}
+
+void ksplice_set_helper(struct ksplice_module *km, struct ksplice_module *helper)
+{
+	mutex_lock(&km->lock);
+	km->helper = helper;
+	mutex_unlock(&km->lock);
+}

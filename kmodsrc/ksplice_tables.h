@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Layout of the .ksplice.* tables that ksplice-create links into the
+ * update modules.  Generated from ksplice_tasks/metadata.py (STRUCTS);
+ * regenerate with: python -m ksplice_tasks.metadata --header
+ *
+ * Each table starts at a global label named after it and ends with an
+ * all-zero entry.  Candidates are System.map addresses.
+ */
+#ifndef _KSPLICE_TABLES_H
+#define _KSPLICE_TABLES_H
+
+#define KSPLICE_RELOC_PCREL 0x1 /* value is S + A - P (P = address of the field) */
+#define KSPLICE_RELOC_SIGNED 0x2 /* a field narrower than 8 bytes holds a signed value */
+#define KSPLICE_PATCH_FENTRY 0x1 /* the old function starts with call __fentry__ on disk */
+
+/* A relocation the module resolves itself; the site is section_addr + offset. */
+struct ksplice_reloc {
+	const char *symbol; /* System.map name of the target */
+	const char *section; /* collection section holding the site */
+	unsigned long section_addr; /* start of that section in this module */
+	unsigned long offset; /* site offset within the section */
+	long addend; /* A */
+	const unsigned long *candidates; /* System.map addresses of symbol */
+	unsigned int nr_candidates; /* entries in candidates */
+	unsigned short type; /* ELF relocation type (R_X86_64_*) */
+	unsigned char size; /* field size in bytes */
+	unsigned char flags; /* KSPLICE_RELOC_* */
+};
+
+/* A function carried by this module and where the running kernel may have it. */
+struct ksplice_size {
+	const char *name; /* System.map name of the function */
+	unsigned long size; /* bytes of the copy in this module */
+	unsigned long thismod_addr; /* the copy in this module */
+	const unsigned long *candidates; /* System.map addresses of name */
+	unsigned int nr_candidates; /* entries in candidates */
+	unsigned int flags; /* reserved, 0 */
+};
+
+/* An old function to redirect to its replacement in the primary. */
+struct ksplice_patch {
+	const char *oldname; /* System.map name of the old function */
+	const char *replname; /* symbol of the replacement */
+	unsigned long oldaddr; /* System.map address if unique, else 0 */
+	unsigned long repladdr; /* the replacement in this module */
+	unsigned int flags; /* KSPLICE_PATCH_* */
+};
+
+/* An unexported kernel symbol the module itself needs (e.g. text_poke). */
+struct ksplice_import {
+	const char *name; /* System.map name */
+	const unsigned long *candidates; /* System.map addresses of name */
+	unsigned int nr_candidates; /* entries in candidates */
+	unsigned int flags; /* reserved, 0 */
+};
+
+extern const struct ksplice_reloc ksplice_relocs[];
+extern const struct ksplice_size ksplice_sizes[];
+extern const struct ksplice_patch ksplice_patches[];
+extern const struct ksplice_import ksplice_imports[];
+
+#endif /* _KSPLICE_TABLES_H */

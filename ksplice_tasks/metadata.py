@@ -1,0 +1,491 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The update modules' ``.ksplice.*`` tables: their layout, and assembly that encodes them.
+
+The pipeline describes what the kernel side must resolve and patch as plain
+records (:class:`RelocInput`, :class:`SizeInput`, :class:`PatchInput`,
+:class:`ImportInput`).  :func:`render_asm` turns one module's records into GNU
+assembly: one table per record kind, each a global start label followed by
+fixed-size entries and an all-zero terminator (``ld -r`` of a module defines
+no ``__start_`` symbols), with strings and System.map candidate arrays in
+side sections.  Assembled and ``ld -r``-linked into a collection object, the
+tables end up inside the primary or helper module built from ``kmodsrc/``.
+
+Each C struct is described once, in :data:`STRUCTS`; both the assembly
+emitter and ``kmodsrc/ksplice_tables.h`` (see :func:`render_struct_header`)
+come from that description, so they cannot drift apart.  Symbol candidates
+are *System.map* addresses; the module adds the KASLR offset to those inside
+the kernel image (``KSPLICE_MAP_TEXT`` .. ``KSPLICE_MAP_END`` in
+``modcommon.auto.h``) and leaves the others (per-cpu offsets, absolutes) as
+they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+SystemMap = Mapping[str, Sequence[int]]
+
+ID_RE = re.compile(r"^[a-z0-9]{8}$")
+DEFAULT_ANCHOR = "_printk"
+# Where the kernel image lives when System.map lacks _text/_end: everything
+# above the start of the kernel mapping moves with KASLR.
+KERNEL_MAP_START = 0xFFFFFFFF80000000
+
+# -- struct descriptions -------------------------------------------------------
+
+# kind -> (C type, size, assembler directive); "str" points into the table's
+# _str section, "ptr" is the address of a symbol of the collection object,
+# "cand" points at an array of System.map candidates (or is 0 when empty).
+_KINDS: dict[str, tuple[str, int, str]] = {
+    "str": ("const char *", 8, ".quad"),
+    "ptr": ("unsigned long ", 8, ".quad"),
+    "cand": ("const unsigned long *", 8, ".quad"),
+    "u64": ("unsigned long ", 8, ".quad"),
+    "s64": ("long ", 8, ".quad"),
+    "u32": ("unsigned int ", 4, ".long"),
+    "u16": ("unsigned short ", 2, ".short"),
+    "u8": ("unsigned char ", 1, ".byte"),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One member of a table entry: its C name, kind (see ``_KINDS``) and what it is for."""
+
+    name: str
+    kind: str
+    doc: str
+
+    @property
+    def size(self) -> int:
+        return _KINDS[self.kind][1]
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A table entry type; offsets follow the x86-64 C ABI (natural alignment)."""
+
+    name: str
+    table: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    def layout(self) -> list[tuple[Field, int]]:
+        """Each field with its byte offset."""
+        out, off = [], 0
+        for f in self.fields:
+            off = _align(off, f.size)
+            out.append((f, off))
+            off += f.size
+        return out
+
+    @property
+    def align(self) -> int:
+        return max(f.size for f in self.fields)
+
+    @property
+    def size(self) -> int:
+        f, off = self.layout()[-1]
+        return _align(off + f.size, self.align)
+
+    def offset(self, name: str) -> int:
+        for f, off in self.layout():
+            if f.name == name:
+                return off
+        raise KeyError(name)
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+# Flag bits, shared by the emitter and the C header.
+FLAGS: dict[str, tuple[int, str]] = {
+    "KSPLICE_RELOC_PCREL": (0x1, "value is S + A - P (P = address of the field)"),
+    "KSPLICE_RELOC_SIGNED": (0x2, "a field narrower than 8 bytes holds a signed value"),
+    "KSPLICE_PATCH_FENTRY": (0x1, "the old function starts with call __fentry__ on disk"),
+}
+
+RELOC = Struct("ksplice_reloc", "ksplice_relocs",
+               "A relocation the module resolves itself; the site is section_addr + offset.", (
+                   Field("symbol", "str", "System.map name of the target"),
+                   Field("section", "str", "collection section holding the site"),
+                   Field("section_addr", "ptr", "start of that section in this module"),
+                   Field("offset", "u64", "site offset within the section"),
+                   Field("addend", "s64", "A"),
+                   Field("candidates", "cand", "System.map addresses of symbol"),
+                   Field("nr_candidates", "u32", "entries in candidates"),
+                   Field("type", "u16", "ELF relocation type (R_X86_64_*)"),
+                   Field("size", "u8", "field size in bytes"),
+                   Field("flags", "u8", "KSPLICE_RELOC_*"),
+               ))
+
+SIZE = Struct("ksplice_size", "ksplice_sizes",
+              "A function carried by this module and where the running kernel may have it.", (
+                  Field("name", "str", "System.map name of the function"),
+                  Field("size", "u64", "bytes of the copy in this module"),
+                  Field("thismod_addr", "ptr", "the copy in this module"),
+                  Field("candidates", "cand", "System.map addresses of name"),
+                  Field("nr_candidates", "u32", "entries in candidates"),
+                  Field("flags", "u32", "reserved, 0"),
+              ))
+
+PATCH = Struct("ksplice_patch", "ksplice_patches",
+               "An old function to redirect to its replacement in the primary.", (
+                   Field("oldname", "str", "System.map name of the old function"),
+                   Field("replname", "str", "symbol of the replacement"),
+                   Field("oldaddr", "u64", "System.map address if unique, else 0"),
+                   Field("repladdr", "ptr", "the replacement in this module"),
+                   Field("flags", "u32", "KSPLICE_PATCH_*"),
+               ))
+
+IMPORT = Struct("ksplice_import", "ksplice_imports",
+                "An unexported kernel symbol the module itself needs (e.g. text_poke).", (
+                    Field("name", "str", "System.map name"),
+                    Field("candidates", "cand", "System.map addresses of name"),
+                    Field("nr_candidates", "u32", "entries in candidates"),
+                    Field("flags", "u32", "reserved, 0"),
+                ))
+
+STRUCTS: tuple[Struct, ...] = (RELOC, SIZE, PATCH, IMPORT)
+
+# -- input records -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelocInput:
+    """A relocation stripped from collection code, to be resolved by the module.
+
+    ``anchor`` is a symbol of the collection object at the start of
+    ``section`` (the globalize pass's ``<section>_global``).
+    """
+
+    symbol: str
+    section: str
+    offset: int
+    pcrel: bool
+    addend: int
+    size: int
+    anchor: str
+    type: int = 0
+    signed: bool = False
+
+
+@dataclass(frozen=True)
+class SizeInput:
+    """A function carried by the module; ``pointer`` names its copy in the collection."""
+
+    name: str
+    size: int
+    pointer: str
+
+
+@dataclass(frozen=True)
+class PatchInput:
+    """Redirect ``oldname`` (running kernel) to ``replacement`` (a primary symbol)."""
+
+    oldname: str
+    replacement: str
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class ImportInput:
+    """A kernel symbol the module's own code needs but cannot link against."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ModuleTables:
+    """Everything one module (primary or helper) carries; empty tables are fine."""
+
+    relocs: Sequence[RelocInput] = ()
+    sizes: Sequence[SizeInput] = ()
+    patches: Sequence[PatchInput] = ()
+    imports: Sequence[ImportInput] = ()
+
+
+# -- System.map ------------------------------------------------------------------
+
+_SECTION_PREFIXES = (".text.", ".data.", ".bss.", ".rodata.")
+_MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)")
+
+
+def parse_system_map(text: str) -> dict[str, list[int]]:
+    """Name -> addresses in file order, duplicates dropped: static names may repeat."""
+    out: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        m = _MAP_LINE.match(line)
+        if not m:
+            continue
+        addrs = out.setdefault(m.group(3), [])
+        addr = int(m.group(1), 16)
+        if addr not in addrs:
+            addrs.append(addr)
+    return out
+
+
+def map_name(name: str) -> str:
+    """The System.map name of a symbol or section name (``.text.foo`` -> ``foo``)."""
+    for p in _SECTION_PREFIXES:
+        if name.startswith(p) and len(name) > len(p):
+            return name[len(p):]
+    return name
+
+
+def candidates(system_map: SystemMap, name: str) -> list[int]:
+    """Every System.map address the running kernel may have ``name`` at."""
+    return list(system_map.get(map_name(name), ()))
+
+
+def unique_address(system_map: SystemMap, name: str) -> int:
+    """The address when System.map has exactly one, else 0 (run-pre matching decides)."""
+    c = candidates(system_map, name)
+    return c[0] if len(c) == 1 else 0
+
+
+# -- assembly ---------------------------------------------------------------------
+
+_PLAIN_SYM = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
+
+
+def asm_symbol(name: str) -> str:
+    """A symbol as gas reads it: plain names as they are, others quoted."""
+    if _PLAIN_SYM.match(name):
+        return name
+    if '"' in name or "\\" in name or "\n" in name:
+        raise ValueError(f"symbol name cannot be expressed in assembly: {name!r}")
+    return f'"{name}"'
+
+
+def asm_string(s: str) -> str:
+    """A ``.string`` operand: printable ASCII kept, everything else octal-escaped."""
+    out = []
+    for b in s.encode():
+        c = chr(b)
+        if c in '"\\' or not 32 <= b < 127:
+            out.append(f"\\{b:03o}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+class _Emitter:
+    """Collects one table's lines: entries, strings (deduplicated) and candidate arrays."""
+
+    def __init__(self, struct: Struct) -> None:
+        self.struct = struct
+        self.entries: list[str] = []
+        self.strings: dict[str, str] = {}
+        self.str_lines: list[str] = []
+        self.cand_lines: list[str] = []
+        self.ncand = 0
+
+    def _label(self, what: str, n: int) -> str:
+        return f".L{self.struct.table}_{what}{n}"
+
+    def string(self, s: str) -> str:
+        if s not in self.strings:
+            label = self._label("str", len(self.strings))
+            self.strings[s] = label
+            self.str_lines += [f"{label}:", f"\t.string {asm_string(s)}"]
+        return self.strings[s]
+
+    def cands(self, addrs: Sequence[int]) -> str:
+        if not addrs:
+            return "0"
+        label = self._label("cand", self.ncand)
+        self.ncand += 1
+        self.cand_lines.append(f"{label}:")
+        self.cand_lines += [f"\t.quad {a:#x}" for a in addrs]
+        return label
+
+    def entry(self, values: Mapping[str, object], comment: str) -> None:
+        """One struct; values are ints, or str for str/ptr/cand fields."""
+        self.entries.append(f"\t/* {comment} */" if comment else "\t/* terminator */")
+        cur = 0
+        for f, off in self.struct.layout():
+            if off > cur:
+                self.entries.append(f"\t.zero {off - cur}")
+            v = values.get(f.name, 0)
+            if f.kind == "str":
+                v = self.string(str(v)) if v else "0"
+            elif f.kind == "ptr":
+                v = asm_symbol(str(v)) if v else "0"
+            elif not isinstance(v, str):
+                v = int(v)  # type: ignore[call-overload]
+                if f.kind != "s64" and v < 0:
+                    raise ValueError(f"{self.struct.name}.{f.name}: negative value {v}")
+            self.entries.append(f"\t{_KINDS[f.kind][2]} {v}")
+            cur = off + f.size
+        if self.struct.size > cur:
+            self.entries.append(f"\t.zero {self.struct.size - cur}")
+
+    def lines(self) -> list[str]:
+        t = self.struct.table
+        out = [f'\t.section .ksplice.{t}_str, "a"'] + self.str_lines
+        out += [f'\t.section .ksplice.{t}_cand, "a"', "\t.balign 8"] + self.cand_lines
+        out += [f'\t.section .ksplice.{t}, "a"', "\t.balign 8", f"\t.globl {t}",
+                f"\t.type {t}, @object", f"{t}:"]
+        out += self.entries
+        out += [f"\t.size {t}, . - {t}", ""]
+        return out
+
+
+def _comment(s: str) -> str:
+    return s.replace("*/", "* /")
+
+
+def reloc_flags(r: RelocInput) -> int:
+    """KSPLICE_RELOC_* bits of a record."""
+    return ((FLAGS["KSPLICE_RELOC_PCREL"][0] if r.pcrel else 0)
+            | (FLAGS["KSPLICE_RELOC_SIGNED"][0] if r.signed else 0))
+
+
+def _reloc_rows(relocs: Iterable[RelocInput], smap: SystemMap, em_cands
+                ) -> Iterable[tuple[dict[str, object], str]]:
+    for r in relocs:
+        if r.size not in (1, 2, 4, 8):
+            raise ValueError(f"relocation at {r.section}+{r.offset:#x}: size {r.size}")
+        c = candidates(smap, r.symbol)
+        yield ({"symbol": map_name(r.symbol), "section": r.section, "section_addr": r.anchor,
+                "offset": r.offset, "addend": r.addend, "candidates": em_cands(c),
+                "nr_candidates": len(c), "type": r.type, "size": r.size,
+                "flags": reloc_flags(r)},
+               f"{r.section}+{r.offset:#x} -> {r.symbol}{r.addend:+#x}")
+
+
+def render_table(struct: Struct, records: Sequence[object], system_map: SystemMap) -> str:
+    """Assembly for one table of ``struct`` entries built from matching input records."""
+    em = _Emitter(struct)
+    for values, comment in _rows(struct, records, system_map, em.cands):
+        em.entry(values, _comment(comment))
+    em.entry({}, "")
+    return "\n".join(em.lines()) + "\n"
+
+
+def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
+          ) -> Iterable[tuple[dict[str, object], str]]:
+    if struct is RELOC:
+        yield from _reloc_rows(records, smap, em_cands)  # type: ignore[arg-type]
+        return
+    for rec in records:
+        if struct is SIZE and isinstance(rec, SizeInput):
+            c = candidates(smap, rec.name)
+            yield ({"name": map_name(rec.name), "size": rec.size, "thismod_addr": rec.pointer,
+                    "candidates": em_cands(c), "nr_candidates": len(c)},
+                   f"{rec.name} size {rec.size:#x}")
+        elif struct is PATCH and isinstance(rec, PatchInput):
+            yield ({"oldname": map_name(rec.oldname), "replname": rec.replacement,
+                    "oldaddr": unique_address(smap, rec.oldname), "repladdr": rec.replacement,
+                    "flags": rec.flags},
+                   f"{rec.oldname} -> {rec.replacement}")
+        elif struct is IMPORT and isinstance(rec, ImportInput):
+            c = candidates(smap, rec.name)
+            yield ({"name": map_name(rec.name), "candidates": em_cands(c),
+                    "nr_candidates": len(c)}, rec.name)
+        else:
+            raise TypeError(f"{type(rec).__name__} record in a {struct.name} table")
+
+
+def render_asm(tables: ModuleTables, system_map: SystemMap) -> str:
+    """Assembly for all four tables of one module (empty ones are just a terminator).
+
+    Assemble with ``gcc -c -x assembler`` and ``ld -r`` the object with the
+    collection object that defines the anchors and pointers.
+    """
+    parts = ["/* Generated by ksplice_tasks.metadata: .ksplice.* tables. */", ""]
+    for struct, recs in ((RELOC, tables.relocs), (SIZE, tables.sizes),
+                         (PATCH, tables.patches), (IMPORT, tables.imports)):
+        parts.append(render_table(struct, list(recs), system_map))
+    return "\n".join(parts)
+
+
+# -- headers -----------------------------------------------------------------------
+
+def check_id(update_id: str) -> str:
+    """Reject ids that would not be usable in module names, file names and C identifiers."""
+    if not ID_RE.match(update_id):
+        raise ValueError(f"update id must be 8 characters from [a-z0-9]: {update_id!r}")
+    return update_id
+
+
+def render_modcommon(update_id: str, system_map: SystemMap,
+                     anchor: str = DEFAULT_ANCHOR) -> str:
+    """``modcommon.auto.h``: the id, and System.map addresses for the KASLR offset."""
+    check_id(update_id)
+    addrs = candidates(system_map, anchor)
+    if len(addrs) != 1:
+        raise ValueError(f"System.map has {len(addrs)} addresses for anchor {anchor!r}, "
+                         "need exactly one")
+    text = system_map.get("_text") or [KERNEL_MAP_START]
+    end = system_map.get("_end") or [0xFFFFFFFFFFFFFFFF]
+    return "".join([
+        "/* SPDX-License-Identifier: GPL-2.0 */\n",
+        "/* Generated by ksplice_tasks.metadata: do not edit. */\n",
+        "#ifndef _KSPLICE_MODCOMMON_AUTO_H\n",
+        "#define _KSPLICE_MODCOMMON_AUTO_H\n\n",
+        f'#define KSPLICE_ID "{update_id}"\n',
+        f"#define KSPLICE_ID_TOKEN {update_id}\n",
+        f"#define KSPLICE_ANCHOR {anchor}\n",
+        f'#define KSPLICE_ANCHOR_NAME "{anchor}"\n',
+        f"#define KSPLICE_MAP_ANCHOR {addrs[0]:#x}UL\n",
+        f"#define KSPLICE_MAP_TEXT {min(text):#x}UL\n",
+        f"#define KSPLICE_MAP_END {max(end):#x}UL\n\n",
+        "#endif\n",
+    ])
+
+
+HEADER_NAME = "ksplice_tables.h"
+
+
+def render_struct_header() -> str:
+    """``kmodsrc/ksplice_tables.h``: the C side of :data:`STRUCTS` and :data:`FLAGS`."""
+    lines = [
+        "/* SPDX-License-Identifier: GPL-2.0 */",
+        "/*",
+        " * Layout of the .ksplice.* tables that ksplice-create links into the",
+        " * update modules.  Generated from ksplice_tasks/metadata.py (STRUCTS);",
+        " * regenerate with: python -m ksplice_tasks.metadata --header",
+        " *",
+        " * Each table starts at a global label named after it and ends with an",
+        " * all-zero entry.  Candidates are System.map addresses.",
+        " */",
+        "#ifndef _KSPLICE_TABLES_H",
+        "#define _KSPLICE_TABLES_H",
+        "",
+    ]
+    for name, (value, doc) in FLAGS.items():
+        lines.append(f"#define {name} {value:#x} /* {doc} */")
+    for s in STRUCTS:
+        lines += ["", f"/* {s.doc} */", f"struct {s.name} {{"]
+        for f in s.fields:
+            ctype = _KINDS[f.kind][0]
+            lines.append(f"\t{ctype}{f.name}; /* {f.doc} */")
+        lines.append("};")
+    lines += [""]
+    for s in STRUCTS:
+        lines.append(f"extern const struct {s.name} {s.table}[];")
+    lines += ["", "#endif /* _KSPLICE_TABLES_H */", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ksplice_tasks.metadata --header``: print the C struct header."""
+    ap = argparse.ArgumentParser(prog="ksplice_tasks.metadata")
+    ap.add_argument("--header", action="store_true", help="print kmodsrc/ksplice_tables.h")
+    args = ap.parse_args(argv)
+    if args.header:
+        sys.stdout.write(render_struct_header())
+        return 0
+    ap.print_usage()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
