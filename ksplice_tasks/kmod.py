@@ -40,15 +40,21 @@ def kmodsrc_dir() -> Path:
 
 
 def _write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write unless the file already holds these bytes (Kbuild then has nothing to redo)."""
+    raw = data.encode() if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == raw:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        f.write(raw)
     os.replace(tmp, path)
     return path
 
 
 def _copy_atomic(src: Path, dest: Path) -> Path:
+    if dest.is_file() and dest.read_bytes() == src.read_bytes():
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
