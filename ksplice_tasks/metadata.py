@@ -26,6 +26,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 SystemMap = Mapping[str, Sequence[int]]
 
@@ -173,6 +174,26 @@ class RelocInput:
     anchor: str
     type: int = 0
     signed: bool = False
+
+
+class RelocLike(Protocol):
+    """What the object passes' relocation records (objmanip.RelocRecord) provide."""
+
+    symbol: str
+    section: str
+    offset: int
+    pcrel: bool
+    addend: int
+    size: int
+    type: int
+    signed: bool
+
+
+def relocs_from_records(records: Iterable[RelocLike], anchor_suffix: str = "_global"
+                        ) -> list[RelocInput]:
+    """Table inputs from pass records; each section's anchor is globalize's alias of it."""
+    return [RelocInput(r.symbol, r.section, r.offset, r.pcrel, r.addend, r.size,
+                       r.section + anchor_suffix, r.type, r.signed) for r in records]
 
 
 @dataclass(frozen=True)

@@ -345,3 +345,12 @@ def test_kbuild_argv() -> None:
         "make", "-C", "/k", "M=/m", "KSPLICE_ID=abcd1234", "-j2", "modules"]
     assert kmod.module_names("abcd1234") == ("ksplice-abcd1234.ko",
                                              "ksplice-abcd1234-helper.ko")
+
+
+def test_relocs_from_pass_records() -> None:
+    from ksplice_tasks.objmanip import RelocRecord
+
+    rec = RelocRecord("foo", ".text.bar____1_x_post", 5, True, -4, 4, 4, True, "bar")
+    assert md.relocs_from_records([rec]) == [
+        md.RelocInput("foo", ".text.bar____1_x_post", 5, True, -4, 4,
+                      ".text.bar____1_x_post_global", 4, True)]
