@@ -12,7 +12,7 @@
 #include "ksplice.h"
 
 static struct ksplice_module *ksplice_helper;
-static typeof(&ksplice_helper_attach) ksplice_attach_fn;
+static int (*ksplice_attach_fn)(struct ksplice_module *helper);
 
 static int __init ksplice_helper_init(void)
 {
