@@ -114,7 +114,10 @@ def build_pre(s: Settings) -> dict:
     fingerprint of the built tree lets a rerun skip make entirely.
     """
     argv = kbuild.make_argv(s.ksrc, s.jobs)
-    progress = kbuild.Progress("pre build", total=previous_object_count(s))
+    # A total is known only for a full rebuild of a tree built before (make clean);
+    # an incremental build says how many objects it recompiled.
+    fresh = count_objects(s.ksrc, s.excluded) == 0
+    progress = kbuild.Progress("pre build", total=previous_object_count(s) if fresh else None)
     log = s.state / "logs" / "pre-build.log"
     res = kbuild.run_make(argv, log, progress, verbose=s.verbose)
     if res.returncode != 0:

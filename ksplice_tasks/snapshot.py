@@ -99,9 +99,29 @@ class SnapshotStats:
     seconds: float
 
 
+def is_dependency_file(name: str) -> bool:
+    """Kbuild .cmd and tools/ .d files: the only build outputs that name the tree's path."""
+    return name.endswith((".cmd", ".d"))
+
+
+def copy_relocated(src: str, dest: str, old_root: bytes, new_root: bytes) -> None:
+    """Copy a dependency file with the old tree's absolute path replaced by the new one.
+
+    tools/objtool builds with absolute paths; left alone, the post build would
+    see changed commands, rebuild objtool, and then every object (they all
+    depend on objtool), and its dependency files would point into the pre tree.
+    """
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dest, "wb") as f:
+        f.write(data.replace(old_root, new_root))
+    shutil.copystat(src, dest)
+
+
 def _populate(src_root: Path, dest_root: Path, exclude: Sequence[Path], since: float | None,
-              can_link: bool) -> SnapshotStats:
+              can_link: bool, final_root: Path) -> SnapshotStats:
     t0 = time.monotonic()
+    old_root, new_root = os.fsencode(src_root) + b"/", os.fsencode(final_root) + b"/"
     linked = copied = symlinks = dirs = copied_bytes = 0
     for rel, entry in walk(src_root, exclude):
         dest = os.path.join(dest_root, rel)
@@ -124,7 +144,10 @@ def _populate(src_root: Path, dest_root: Path, exclude: Sequence[Path], since: f
                     if e.errno != errno.EXDEV:
                         raise
                     can_link = False
-            shutil.copy2(entry.path, dest)
+            if is_dependency_file(entry.name):
+                copy_relocated(entry.path, dest, old_root, new_root)
+            else:
+                shutil.copy2(entry.path, dest)
             copied += 1
             copied_bytes += st.st_size
     return SnapshotStats(linked, copied, symlinks, dirs, copied_bytes, time.monotonic() - t0)
@@ -139,7 +162,7 @@ def make_post_tree(
     postdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{postdir.name}.new-", dir=postdir.parent))
     try:
-        stats = _populate(ksrc, tmp, exclude, since, can_link=True)
+        stats = _populate(ksrc, tmp, exclude, since, can_link=True, final_root=postdir)
         marker = {"ksrc": os.fspath(ksrc), "build_start": since, **asdict(stats)}
         (tmp / POST_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         old = None

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from elftools.elf.elffile import ELFFile
+
 from . import kbuild, qemu
 from .commands import run
 from .errors import UserError
@@ -193,12 +195,22 @@ class TestKernel:
         return self.build / "usr/gen_init_cpio"
 
     def banner(self) -> str:
-        """linux_banner from vmlinux: what /proc/version must print when this kernel runs."""
-        data = self.vmlinux.read_bytes()
-        start = data.find(b"Linux version " + self.release.encode() + b" (")
-        if start < 0:
-            raise UserError(f"no linux_banner for {self.release} in {self.vmlinux}")
-        return data[start:data.index(b"\n", start)].decode()
+        """linux_banner from vmlinux: what /proc/version must print when this kernel runs.
+
+        Read through the symbol, not by searching the bytes: init/version.o
+        carries a weak placeholder banner that the linked one overrides.
+        """
+        with open(self.vmlinux, "rb") as f:
+            elf = ELFFile(f)
+            symtab = elf.get_section_by_name(".symtab")
+            syms = symtab.get_symbol_by_name("linux_banner") if symtab else None
+            if not syms:
+                raise UserError(f"no linux_banner symbol in {self.vmlinux}")
+            sym = syms[0]
+            sec = elf.get_section(sym["st_shndx"])
+            off = sym["st_value"] - sec["sh_addr"]
+            data = sec.data()[off:off + sym["st_size"]]
+        return data.split(b"\n", 1)[0].decode()
 
     def boot(self, script: str, **kwargs) -> qemu.BootResult:
         kwargs.setdefault("cpus", self.cpus)

@@ -116,3 +116,14 @@ def test_build_start_is_the_oldest_cmd_file(built_tree: Path) -> None:
 ])
 def test_may_link(name: str, mtime: float, since: float | None, expect: bool) -> None:
     assert snapshot.may_link(name, mtime, since) is expect
+
+
+def test_dependency_files_follow_the_tree(built_tree: Path, tmp_path: Path) -> None:
+    """tools/objtool records absolute paths; the post tree's must name the post tree."""
+    dep = built_tree / "kernel" / ".check.o.d"
+    dep.write_text(f"{built_tree}/kernel/check.o: {built_tree}/kernel/check.c\n")
+    post = tmp_path / "post"
+    snapshot.make_post_tree(built_tree, post, [built_tree / "ksplice"])
+    assert (post / "kernel" / ".check.o.d").read_text() == (
+        f"{post}/kernel/check.o: {post}/kernel/check.c\n")
+    assert os.stat(post / "kernel" / ".check.o.d").st_mtime_ns == dep.stat().st_mtime_ns

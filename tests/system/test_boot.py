@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The test kernels really boot under qemu, and the guest can run the project's Python."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from ksplice_tasks import testkernel
+
+pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
+
+
+def test_up_kernel_boots_and_is_the_build(kernel_up: testkernel.TestKernel) -> None:
+    res = kernel_up.boot("cat /proc/version\ngrep -c ^processor /proc/cpuinfo\n", timeout=120)
+    assert res.ok, res.output[-3000:]
+    lines = res.guest_output.strip().splitlines()
+    assert lines[0] == kernel_up.banner()
+    assert lines[1] == "1"
+    assert "SMP" not in lines[0]
+
+
+def kaslr_offset(kernel: testkernel.TestKernel, output: str) -> int:
+    m = re.search(r"^([0-9a-f]{16}) T _printk$", output, re.M)
+    assert m, output[-2000:]
+    sysmap = (kernel.orig_config / "System.map").read_text()
+    static = re.search(r"^([0-9a-f]{16}) T _printk$", sysmap, re.M)
+    assert static
+    return int(m.group(1), 16) - int(static.group(1), 16)
+
+
+def test_smp_kernel_boots_two_cpus_with_kaslr(kernel_smp: testkernel.TestKernel) -> None:
+    script = ("cat /proc/version\ncat /sys/devices/system/cpu/online\n"
+              "grep ' T _printk$' /proc/kallsyms\n")
+    offsets = []
+    for _ in range(2):
+        res = kernel_smp.boot(script, timeout=120)
+        assert res.ok, res.output[-3000:]
+        lines = res.guest_output.strip().splitlines()
+        assert lines[0] == kernel_smp.banner()
+        assert " SMP " in lines[0]
+        assert lines[1] == "0-1"
+        offsets.append(kaslr_offset(kernel_smp, res.guest_output))
+    assert all(off % 0x200000 == 0 for off in offsets)
+    assert offsets != [0, 0], "KASLR did not move the kernel on either boot"
+
+
+def test_guest_runs_the_projects_python_over_9p(kernel_smp: testkernel.TestKernel) -> None:
+    script = (f"chroot /host {sys.executable} -c 'import ksplice_tasks.qemu, elftools, doit; "
+              "print(\"GUEST-PY-OK\")'\n")
+    res = kernel_smp.boot(script, hostfs=True, timeout=240)
+    assert res.ok, res.output[-3000:]
+    assert "GUEST-PY-OK" in res.guest_output
+
+
+def test_boot_never_hangs(kernel_up: testkernel.TestKernel) -> None:
+    res = kernel_up.boot("echo sleeping\nsleep 600\n", timeout=20)
+    assert res.timed_out and res.status is None
+    assert res.seconds < 40
+    assert "sleeping" in res.guest_output
+
+
+def test_guest_failure_is_reported(kernel_up: testkernel.TestKernel) -> None:
+    res = kernel_up.boot("echo about to fail\nexit 7\n", timeout=120)
+    assert res.status == 7 and not res.ok and not res.timed_out
