@@ -8,14 +8,13 @@ fail and say what to install (`./run tests` installs both).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import run_create  # noqa: E402
+from helpers import Prebuilt, run_create  # noqa: E402
 
 from ksplice_tasks import testkernel  # noqa: E402
 
@@ -28,17 +27,6 @@ def kernel_up() -> testkernel.TestKernel:
 @pytest.fixture(scope="session")
 def kernel_smp() -> testkernel.TestKernel:
     return testkernel.build_test_kernel("smp")
-
-
-@dataclass(frozen=True)
-class Prebuilt:
-    kernel: testkernel.TestKernel
-    ksrc: Path
-    orig: Path
-
-    @property
-    def postdir(self) -> Path:
-        return self.orig / "post"
 
 
 @pytest.fixture(scope="session")

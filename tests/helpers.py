@@ -7,7 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from ksplice_tasks import testkernel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,16 @@ def make_orig(root: Path, config: bool = True, sysmap: bool = True) -> Path:
     if sysmap:
         (root / "System.map").write_text("ffffffff81000000 T _stext\n")
     return root
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """A KERNEL_SOURCE prebuilt by ksplice-create, with its ORIG_CONFIG."""
+
+    kernel: testkernel.TestKernel
+    ksrc: Path
+    orig: Path
+
+    @property
+    def postdir(self) -> Path:
+        return self.orig / "post"

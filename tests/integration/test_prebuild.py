@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Prebuilt
 from elftools.elf.elffile import ELFFile
-from helpers import run_create, run_doit
+from helpers import Prebuilt, run_create, run_doit
 
 from ksplice_tasks import kbuild, snapshot
 from ksplice_tasks.inputs import POST_MARKER, STATE_DIRNAME
