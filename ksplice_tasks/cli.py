@@ -72,18 +72,25 @@ def create_main(argv: Sequence[str] | None = None) -> int:
             diffext=args.diffext,
             patch_opts=args.patch_opt,
         )
-        if not args.prebuild:
-            raise UserError("creating an update from --patch/--diffext is not built yet; "
-                            "only --prebuild works in this version")
     except UserError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
     print("Starting kernel builds (this process might take a long time)...", flush=True)
     if not settings.verbose:
         print(f"For output during this process, run {PROG} with the option -v", flush=True)
-    loader = ModuleTaskLoader(graph.namespace(settings, CreateReporter))
-    rc = DoitMain(loader).run(["prebuild"])
-    return 0 if rc == 0 else 1
+    namespace = graph.namespace(settings, CreateReporter)
+    rc = DoitMain(ModuleTaskLoader(namespace)).run(
+        ["prebuild" if args.prebuild else "create_update"])
+    if rc != 0:
+        return 1
+    if args.apply and not args.prebuild:
+        plan = graph.plan_create(settings)
+        assert isinstance(plan, graph.CreatePlan)
+        print("Now running ksplice-apply to apply update...", flush=True)
+        from .apply import apply_main
+
+        return apply_main([str(plan.tarball)])
+    return 0
 
 
 if __name__ == "__main__":

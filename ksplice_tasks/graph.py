@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from doit import create_after
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import prebuild
+from . import collect, extract, kmod, modules, package, patching, postbuild, prebuild
 from .errors import UserError
+from .files import write_if_changed
 from .inputs import POST_MARKER, Settings, resolve
 from .reporter import KspliceReporter
 
-PERSISTED = ("KSRC", "ORIG", "POSTDIR")
+PERSISTED = ("KSRC", "ORIG", "POSTDIR", "PATCH", "DIFFEXT", "PATCH_OPT")
+TREE_VARS = ("KSRC", "ORIG", "POSTDIR")
 
 
 def guarded(fn: Callable[..., Any], *args: Any) -> Any:
@@ -48,8 +52,12 @@ def load_vars(given: Mapping[str, str], persist: Path | None) -> dict[str, str]:
         except ValueError:
             saved = {}
     fresh = {k: v for k, v in given.items() if v is not None}
-    # A new tree forgets the old tree's ORIG and POSTDIR.
-    merged = {**({} if "KSRC" in fresh else saved), **fresh}
+    # A new tree forgets the old tree's ORIG and POSTDIR; a patch replaces a diffext.
+    base = {k: v for k, v in saved.items() if "KSRC" not in fresh or k not in TREE_VARS}
+    for a, b in (("PATCH", "DIFFEXT"), ("DIFFEXT", "PATCH")):
+        if a in fresh:
+            base.pop(b, None)
+    merged = {**base, **fresh}
     if persist is not None and any(k in fresh for k in PERSISTED):
         keep = {k: merged[k] for k in PERSISTED if k in merged}
         tmp = persist.with_name(f".{persist.name}.{os.getpid()}")
@@ -71,6 +79,10 @@ def settings_from_vars(v: Mapping[str, str]) -> Settings:
         postdir=v.get("POSTDIR") or None,
         jobs=int(jobs) if jobs else None,
         verbose=str(v.get("VERBOSE", "")).lower() in ("1", "yes", "true", "y"),
+        patch=v.get("PATCH") or None,
+        diffext=v.get("DIFFEXT") or None,
+        patch_opts=[v["PATCH_OPT"]] if v.get("PATCH_OPT") else None,
+        outdir=v.get("OUTDIR") or None,
     )
 
 
@@ -93,6 +105,18 @@ DOCS = {
     "pre_build": "Pre build of KERNEL_SOURCE with -ffunction-sections -fdata-sections",
     "post_snapshot": "Snapshot the built pre tree into the post dir as hard links",
     "prebuild": "Once per tree: pre build with section flags and a fresh post tree",
+    "post_patch": "Reset the post tree to the snapshot and apply the patch to it",
+    "post_build": "Rebuild the objects the patch touched in the post tree",
+    "objdiff": "Per object: which functions the patch changed (relocation-aware)",
+    "extract": "Per object: keep-primary, keep-helper, globalize, sizelist",
+    "collect": "Link collection.o.primary and collection.o.helper; gather the tables",
+    "tables_asm": "Write the .ksplice.* tables, with System.map candidates, as assembly",
+    "tables_obj": "Assemble the tables and link them into the collection objects",
+    "modcommon": "Write modcommon.auto.h: the update id and the KASLR anchor's address",
+    "kmod_build": "Build the primary and helper modules with Kbuild against the pre tree",
+    "rmsyms": "Check that the modules need no unexported symbol from the module loader",
+    "tarball": "Pack ksplice-<id>.tar.gz",
+    "create_update": "Create an update tarball from PATCH= (or DIFFEXT=)",
 }
 
 
@@ -161,6 +185,165 @@ def prebuild_group(s: Settings | UserError) -> dict:
     }
 
 
+def guarded_post(s: Settings, fn: Callable[..., Any], *args: Any) -> Any:
+    """Like guarded, and a failure also returns the post tree to the snapshot."""
+    try:
+        result = fn(*args)
+    except UserError as e:
+        try:
+            patching.reset_post(s)
+        except OSError as again:
+            return TaskFailed(f"{e} (and resetting the post tree failed: {again})")
+        return TaskFailed(str(e))
+    return result if isinstance(result, dict) else None
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    """What one create_update run is about: its patch file and its update id."""
+
+    settings: Settings
+    patch: Path
+    uid: str
+
+    @property
+    def work(self) -> Path:
+        return self.settings.state / "create"
+
+    @property
+    def tarball(self) -> Path:
+        return self.settings.outdir / package.tarball_name(self.uid)
+
+    @property
+    def kos(self) -> list[Path]:
+        return [modules.kmod_dir(self.settings) / n for n in kmod.module_names(self.uid)]
+
+
+def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
+    """Check that a prebuild exists and a patch is given; derive the update id."""
+    if isinstance(s, UserError):
+        return s
+    if not (s.state / prebuild.PRE_STAMP).is_file() or not (s.postdir / POST_MARKER).is_file():
+        return UserError(
+            f"No prebuild for {s.ksrc}: run `ksplice-create --prebuild --config={s.orig} "
+            f"{s.ksrc}` (or `doit prebuild KSRC={s.ksrc} ORIG={s.orig}`) first")
+    try:
+        if s.diffext is not None:
+            patch = s.state / "create" / "diffext.patch"
+            write_if_changed(patch, patching.diffext_patch(s, s.diffext))
+        elif s.patch is not None:
+            patch = s.patch
+        else:
+            return UserError("no patch: give PATCH=FILE or DIFFEXT=EXT "
+                             "(or ksplice-create --patch/--diffext)")
+        patching.strip_level(s.patch_opts)
+        return CreatePlan(s, patch, package.settings_id(s, patch))
+    except UserError as e:
+        return e
+
+
+def _task(basename: str, p: CreatePlan, action: Callable[..., Any], *args: Any,
+          **kw: Any) -> dict:
+    return {"basename": basename, "doc": DOCS[basename], "verbosity": 2,
+            "actions": [(guarded_post, [p.settings, action, *args])], **kw}
+
+
+def create_static(p: CreatePlan | UserError) -> list[dict]:
+    """The create tasks whose inputs and outputs are known before the post build."""
+    names = ("post_patch", "post_build", "tables_asm", "tables_obj", "modcommon",
+             "kmod_build", "rmsyms", "tarball")
+    if isinstance(p, UserError):
+        return [_failing(n, p) for n in names] + [_failing("create_update", p)]
+    s, cd = p.settings, collect.collect_dir(p.settings)
+    roles = modules.ROLES
+    linked = [cd / f"collection.o.{r}.linked" for r in roles]
+    return [
+        _task("post_patch", p, patching.apply_patch, s, p.patch,
+              task_dep=["prebuild"],
+              file_dep=[p.patch, s.postdir / POST_MARKER, s.state / prebuild.PRE_STAMP],
+              targets=[patching.record_path(s)],
+              uptodate=[(patching.patch_is_applied, [s, p.patch]),
+                        config_changed(" ".join(s.patch_opts))]),
+        _task("post_build", p, postbuild.build_post, s,
+              file_dep=[patching.record_path(s)],
+              targets=[p.work / postbuild.RECORD]),
+        _task("tables_asm", p, modules.write_tables, s, task_dep=["collect"],
+              file_dep=[cd / f"tables.{r}.json" for r in roles] + [s.orig / "System.map"],
+              targets=[cd / f"tables.{r}.s" for r in roles]),
+        _task("tables_obj", p, modules.assemble_tables, s,
+              file_dep=[cd / f"tables.{r}.s" for r in roles]
+              + [cd / f"collection.o.{r}" for r in roles],
+              targets=linked),
+        _task("modcommon", p, modules.write_modcommon, s, p.uid,
+              file_dep=[s.orig / "System.map"],
+              targets=[modules.kmod_dir(s) / "modcommon.auto.h"],
+              uptodate=[config_changed(p.uid)]),
+        _task("kmod_build", p, modules.build, s, p.uid,
+              file_dep=[*linked, modules.kmod_dir(s) / "modcommon.auto.h",
+                        *kmod.all_kmodsrc_files()],
+              targets=p.kos),
+        _task("rmsyms", p, modules.rmsyms_check, s, p.uid,
+              file_dep=[*p.kos, s.ksrc / "Module.symvers"],
+              targets=[cd / "rmsyms.json"]),
+        _task("tarball", p, write_tarball, p,
+              file_dep=[*p.kos, p.patch, cd / "rmsyms.json"],
+              targets=[p.tarball]),
+        {"basename": "create_update", "doc": DOCS["create_update"], "actions": None,
+         "task_dep": ["tarball"]},
+    ]
+
+
+def _object_source(s: Settings, rel: str) -> str | None:
+    cmd = s.postdir / Path(rel).parent / f".{Path(rel).name}.cmd"
+    try:
+        return postbuild.parse_cmd(cmd.read_bytes())[1]
+    except OSError:
+        return None
+
+
+PER_OBJECT = ("objdiff", "extract", "collect")
+PER_OBJECT_DOC = "Per changed object: objdiff and extract, then collect (known after post_build)"
+
+
+def create_objects(p: CreatePlan | UserError) -> list[dict]:
+    """objdiff and extract tasks, one per changed object, plus collect (after post_build)."""
+    if isinstance(p, UserError):
+        return [_failing(n, p) for n in PER_OBJECT]
+    s = p.settings
+    built = postbuild.load_result(s)
+    objects = built.changed if built else []
+    chunks = patching.file_chunks(p.patch.read_text(errors="replace"),
+                                  patching.strip_level(s.patch_opts))
+    tasks = []
+    for rel in objects:
+        wd = extract.work_dir(s, rel)
+        source = _object_source(s, rel)
+        chunk = chunks.get(source or "", "")
+        tasks.append(_task("objdiff", p, extract.diff_one, s, rel, source, chunk, name=rel,
+                           file_dep=[s.ksrc / rel, s.postdir / rel],
+                           targets=[wd / extract.DIFF],
+                           uptodate=[config_changed(chunk)]))
+        tasks.append(_task("extract", p, extract.extract_one, s, rel, name=rel,
+                           file_dep=[wd / extract.DIFF, s.ksrc / rel, s.postdir / rel],
+                           targets=[wd / extract.RECORDS]))
+    cd = collect.collect_dir(s)
+    tasks.append(_task("collect", p, collect.collect, s, objects,
+                       file_dep=[extract.work_dir(s, r) / extract.RECORDS for r in objects],
+                       targets=[cd / f"collection.o.{r}" for r in modules.ROLES]
+                       + [cd / f"tables.{r}.json" for r in modules.ROLES],
+                       uptodate=[config_changed(" ".join(objects))]))
+    return tasks
+
+
+def write_tarball(p: CreatePlan) -> None:
+    s, cd = p.settings, collect.collect_dir(p.settings)
+    debug = [("collect", cd), ("kmodsrc", modules.kmod_dir(s)),
+             ("objects", p.work / "objects"), ("post-build.json", p.work / postbuild.RECORD)]
+    package.pack(p.tarball, p.uid, p.patch, p.kos[0], p.kos[1], debug)
+    print(f"Ksplice update tarball written to {p.tarball.name}"
+          + (f" (in {p.tarball.parent})" if p.tarball.parent != Path.cwd() else ""), flush=True)
+
+
 def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
     try:
         return settings_from_vars(v)
@@ -170,11 +353,17 @@ def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
 
 def namespace(s: Settings | UserError, reporter: type = KspliceReporter) -> dict[str, Any]:
     """The tasks as a module namespace, for doit's ModuleTaskLoader."""
+    plan = plan_create(s)
+    per_object = create_after(executed="post_build", creates=list(PER_OBJECT))(
+        lambda: (yield from create_objects(plan)))
+    per_object.__doc__ = PER_OBJECT_DOC
     return {
         "DOIT_CONFIG": doit_config(s, reporter),
         "task_pre_config": lambda: pre_config(s),
         "task_pre_build": lambda: pre_build(s),
         "task_post_snapshot": lambda: post_snapshot(s),
         "task_prebuild": lambda: prebuild_group(s),
+        "task_create_update": lambda: (yield from create_static(plan)),
+        "task_per_object": per_object,
     }
 

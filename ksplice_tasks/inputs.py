@@ -30,6 +30,7 @@ class Settings:
     patch: Path | None = None
     diffext: str | None = None
     patch_opts: tuple[str, ...] = field(default=("-p1",))
+    outdir: Path = field(default_factory=Path.cwd)
 
     @property
     def state(self) -> Path:
@@ -89,6 +90,7 @@ def resolve(
     patch: str | Path | None = None,
     diffext: str | None = None,
     patch_opts: tuple[str, ...] | list[str] | None = None,
+    outdir: str | Path | None = None,
 ) -> Settings:
     """Check everything the seed checks, in the seed's order, and a few things it missed."""
     ksrc_p = Path(ksrc).expanduser().resolve()
@@ -133,6 +135,9 @@ def resolve(
         patch_p = Path(patch).expanduser().resolve()
         if not patch_p.is_file():
             raise UserError(f"Failed to find patch file ({patch_p})")
+    if diffext is not None:
+        patch_opts = ("-p0",)  # the seed: --patch-opt is ignored with --diffext
+    out_p = Path(outdir).expanduser().resolve() if outdir else Path.cwd()
     return Settings(
         ksrc=ksrc_p,
         orig=orig_p,
@@ -142,6 +147,7 @@ def resolve(
         patch=patch_p,
         diffext=diffext,
         patch_opts=tuple(patch_opts) if patch_opts else ("-p1",),
+        outdir=out_p,
     )
 
 

@@ -373,6 +373,14 @@ def globalize(obj: ElfObject, marker: str) -> tuple[ElfObject, list[str]]:
         symbols.append(alias)
         have.add(alias.name)
         added.append(alias.name)
+    # Every kept section gets its anchor, even when GCC emitted no section symbol
+    # for it (no relocation pointed there): the relocation tables are relative to it.
+    for idx, sec in obj.sections.items():
+        alias_name = sec.name + "_global"
+        if sec.name.endswith(marker) and alias_name not in have:
+            symbols.append(Symbol(alias_name, 0, sec.size, STT_NOTYPE, STB_GLOBAL, 0, idx))
+            have.add(alias_name)
+            added.append(alias_name)
     return replace(obj, symbols=symbols), added
 
 

@@ -7,7 +7,6 @@ Each function is a doit action and also a plain function: tests call them direct
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from . import kbuild, snapshot
 from .commands import run
 from .errors import UserError
+from .files import write_atomic
 from .inputs import Settings
 
 PRE_STAMP = "pre-build.json"
@@ -69,18 +69,6 @@ def check_config_fits(s: Settings) -> list[str]:
             f"source? {'; '.join(serious[:3])}{more}"
         )
     return diffs
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def install_config(s: Settings) -> None:

@@ -30,6 +30,7 @@ from elftools.elf.elffile import ELFFile
 from . import kbuild, qemu
 from .commands import run
 from .errors import UserError
+from .files import copy_atomic
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 
@@ -229,14 +230,6 @@ def configure(source: Path, build: Path, variant: str, jobs: int, verbose: bool 
         raise UserError(f"test config for {variant!r} lost fragment lines: {', '.join(bad)}")
 
 
-def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dest)
-
-
 def build_test_kernel(
     variant: str,
     *,
@@ -264,8 +257,8 @@ def build_test_kernel(
                 raise UserError(f"test kernel {variant} failed to build:\n"
                                 + kbuild.error_excerpt(res.log))
             orig = build / "orig"
-            _atomic_copy(build / ".config", orig / ".config")
-            _atomic_copy(build / "System.map", orig / "System.map")
+            copy_atomic(build / ".config", orig / ".config")
+            copy_atomic(build / "System.map", orig / "System.map")
             stamp.write_text(f"{key}\n")
         release = (build / "include/config/kernel.release").read_text().strip()
     return TestKernel(variant, source, build, build / "orig", release, CPUS[variant])
@@ -287,5 +280,5 @@ def prebuild_tree(kernel: TestKernel, name: str, tarball: Path | None = None,
             if not (orig / f).is_file() or (orig / f).read_bytes() != (
                 kernel.orig_config / f
             ).read_bytes():
-                _atomic_copy(kernel.orig_config / f, orig / f)
+                copy_atomic(kernel.orig_config / f, orig / f)
     return ksrc, orig

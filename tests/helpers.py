@@ -63,3 +63,19 @@ class Prebuilt:
     @property
     def postdir(self) -> Path:
         return self.orig / "post"
+
+
+PATCHES = REPO / "tests" / "patches"
+
+
+def create(pb: Prebuilt, patch: Path, outdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """ksplice-create --patch on a prebuilt tree, writing the tarball into outdir."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    return run_create(f"--patch={patch}", f"--config={pb.orig}", *args, str(pb.ksrc),
+                      cwd=outdir)
+
+
+def executed_tasks(stdout: str) -> list[str]:
+    """The doit tasks a run executed, from the reporter's '==> name: doc' lines."""
+    return [line[4:].split(": ", 1)[0] for line in stdout.splitlines()
+            if line.startswith("==> ")]

@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Phase 1b: rebuild what the patch touched in the post tree, and find the changed objects.
+
+Kbuild's .cmd files list every object's source and headers, so the objects a
+patch can change are known exactly; only those are rebuilt (`make a.o b.o`),
+which skips the vmlinux link a full make would redo. A patch that touches
+anything else (a Makefile, a new file) falls back to a full make, as the seed
+always did. An object counts as changed when its bytes differ from the pre
+tree's; objects produced by linking (more than one GCC .comment) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from . import kbuild, patching, snapshot
+from .errors import UserError
+from .files import write_json
+from .inputs import Settings
+
+RECORD = "post-build.json"
+SOURCE_SUFFIXES = (".c", ".h", ".S")
+
+_SOURCE_RE = re.compile(rb"^source_(\S+) := (\S+)$", re.M)
+
+
+def parse_cmd(data: bytes) -> tuple[str | None, str | None, set[str]]:
+    """(object, source, dependencies) from a Kbuild .cmd file's text."""
+    m = _SOURCE_RE.search(data)
+    if not m:
+        return None, None, set()
+    obj, source = m.group(1).decode(), m.group(2).decode()
+    deps: set[str] = set()
+    marker = b"deps_" + m.group(1) + b" := \\\n"
+    start = data.find(marker)
+    if start >= 0:
+        for line in data[start + len(marker):].splitlines():
+            word = line.strip().rstrip(b"\\").strip()
+            if not word or not line.startswith(b" "):
+                break
+            if not word.startswith(b"$("):
+                deps.add(word.decode(errors="replace"))
+    return obj, source, deps
+
+
+def affected_objects(tree: Path, touched: Sequence[str]) -> list[str] | None:
+    """Objects whose source or headers include a touched file; None if only a full make is safe."""
+    if not touched or any(not t.endswith(SOURCE_SUFFIXES) for t in touched):
+        return None
+    needles = [t.encode() for t in touched]
+    objects = []
+    for _rel, entry in snapshot.walk(tree):
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".o.cmd")):
+            continue
+        with open(entry.path, "rb") as f:
+            data = f.read()
+        if not any(n in data for n in needles):
+            continue
+        obj, source, deps = parse_cmd(data)
+        if obj and (source in touched or deps.intersection(touched)):
+            objects.append(obj)
+    return sorted(objects)
+
+
+def gcc_comments(path: Path) -> int:
+    """How many compilations went into an object: more than one means it was linked."""
+    with open(path, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".comment")
+        return sec.data().count(b"GCC:") if sec is not None else 0
+
+
+def changed_objects(pre: Path, post: Path, candidates: Iterable[str]) -> list[str]:
+    """Candidates whose post object differs in bytes from the pre object."""
+    out = []
+    for rel in candidates:
+        a, b = pre / rel, post / rel
+        if not b.is_file():
+            continue
+        if not a.is_file():
+            raise UserError(f"the patch creates a new object file {rel}; new files are not "
+                            "supported")
+        if os.path.samefile(a, b) or a.read_bytes() == b.read_bytes():
+            continue
+        if gcc_comments(b) > 1:
+            continue
+        out.append(rel)
+    return out
+
+
+def rebuilt_objects(pre: Path, post: Path) -> list[str]:
+    """After a full make: every object whose inode is no longer the pre tree's."""
+    out = []
+    for rel, entry in snapshot.walk(post):
+        if rel.endswith(".o") and entry.is_file(follow_symlinks=False):
+            p = pre / rel
+            if not p.exists() or not os.path.samefile(p, entry.path):
+                out.append(rel)
+    return out
+
+
+_SKIP = re.compile(r"(^|/)(\.tmp_|vmlinux\.o$|built-in|.*\.mod\.o$|.*\.lto\.o$)")
+
+
+@dataclass(frozen=True)
+class PostBuild:
+    mode: str
+    targets: list[str]
+    changed: list[str]
+    seconds: float
+    returncode: int
+
+
+def build_post(s: Settings) -> PostBuild:
+    """Rebuild after the patch; on failure reset the post tree and say what broke."""
+    rec = patching.load_record(s)
+    if rec is None:
+        raise UserError("the post tree holds no patch; run the post_patch step first")
+    touched = sorted(rec["files"])
+    targets = affected_objects(s.postdir, touched)
+    mode = "objects" if targets is not None else "full"
+    if targets == []:
+        patching.reset_post(s)
+        raise UserError("No changes detected: the patch touches no file that this "
+                        f"configuration compiles ({', '.join(touched)})")
+    argv = kbuild.make_argv(s.postdir, s.jobs, targets or [])
+    log = s.state / "logs" / "post-build.log"
+    res = kbuild.run_make(argv, log, kbuild.Progress("post build", total=len(targets or [])
+                                                    or None), verbose=s.verbose)
+    if res.returncode != 0:
+        patching.reset_post(s)
+        raise UserError("Aborting: Applying the patch appears to break the kernel build:\n"
+                        + kbuild.error_excerpt(log))
+    candidates = targets if targets is not None else [
+        r for r in rebuilt_objects(s.ksrc, s.postdir) if not _SKIP.search(r)]
+    changed = changed_objects(s.ksrc, s.postdir, candidates)
+    if not changed:
+        patching.reset_post(s)
+        raise UserError("Aborting: No changes detected")
+    result = PostBuild(mode, targets or [], changed, round(res.seconds, 2), res.returncode)
+    write_json(s.state / "create" / RECORD, asdict(result))
+    print(f"post build: {len(changed)} changed object(s): {', '.join(changed)}", flush=True)
+    return result
+
+
+def load_result(s: Settings) -> PostBuild | None:
+    try:
+        return PostBuild(**json.loads((s.state / "create" / RECORD).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""`ksplice-create --patch` on the real Linux 6.1 tree: tarballs, incremental reruns, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from helpers import PATCHES, Prebuilt, create, executed_tasks
+
+from ksplice_tasks import patching, prebuild, snapshot
+from ksplice_tasks.inputs import STATE_DIRNAME
+
+pytestmark = pytest.mark.kernel
+
+# The five patches of the create issue, and what objdiff must find in each.
+EXPECTED = {
+    "loadavg-string": {"fs/proc/loadavg.o": (["loadavg_proc_show"], [])},
+    "umask-syscall": {"kernel/sys.o": (["__x64_sys_umask"], [])},
+    "getpgid-inlined-helper": {"kernel/sys.o": (
+        ["__do_sys_getpgrp", "__x64_sys_getpgid", "__x64_sys_getpgrp"], ["do_getpgid"])},
+    "version-new-function": {"fs/proc/version.o": (["version_proc_show"],
+                                                   ["ksplice_version_note"])},
+    "binfmt-misc-module": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
+}
+
+
+def tarball_from(stdout: str, outdir: Path) -> Path:
+    m = re.search(r"Ksplice update tarball written to (ksplice-([a-z0-9]{8})\.tar\.gz)", stdout)
+    assert m, stdout[-2000:]
+    return outdir / m.group(1)
+
+
+def vermagic(ko: Path) -> str:
+    out = subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
+
+
+def pre_tree_untouched(pb: Prebuilt) -> bool:
+    stamp = json.loads((pb.orig / STATE_DIRNAME / prebuild.PRE_STAMP).read_text())
+    return stamp["fingerprint"] == snapshot.tree_fingerprint(pb.ksrc, [pb.orig])
+
+
+@pytest.fixture(scope="module")
+def tarballs(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = {}
+    for name in EXPECTED:
+        outdir = tmp_path_factory.mktemp(name)
+        res = create(prebuilt_smp, PATCHES / f"{name}.patch", outdir)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+        out[name] = tarball_from(res.stdout, outdir)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_tarball_layout_vermagic_and_functions(name: str, tarballs: dict,
+                                               prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    tarball = tarballs[name]
+    uid = tarball.name[len("ksplice-"):-len(".tar.gz")]
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path, filter="data")
+    top = f"ksplice-{uid}"
+    assert {top, f"{top}/patch", f"{top}/ksplice-{uid}.ko", f"{top}/ksplice-{uid}-helper.ko",
+            f"{top}/debug"} <= names
+    assert all(n == top or n.startswith(top + "/") for n in names)
+    root = tmp_path / top
+    assert (root / "patch").read_bytes() == (PATCHES / f"{name}.patch").read_bytes()
+    running = vermagic(next(prebuilt_smp.kernel.build.rglob("binfmt_misc.ko")))
+    assert vermagic(root / f"ksplice-{uid}.ko") == running
+    assert vermagic(root / f"ksplice-{uid}-helper.ko") == running
+    for rel, (changed, new) in EXPECTED[name].items():
+        diff = json.loads((root / "debug/objects" / rel.replace("/", "__") / "diff.json")
+                          .read_text())
+        assert (diff["changed"], diff["new"]) == (changed, new)
+    objects = sorted(p.name for p in (root / "debug/objects").iterdir())
+    assert objects == sorted(r.replace("/", "__") for r in EXPECTED[name])
+
+
+def test_update_id_is_stable_and_distinct(tarballs: dict, prebuilt_smp: Prebuilt,
+                                          tmp_path: Path) -> None:
+    ids = {t.name for t in tarballs.values()}
+    assert len(ids) == len(tarballs)
+    res = create(prebuilt_smp, PATCHES / "loadavg-string.patch", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert tarball_from(res.stdout, tmp_path).name == tarballs["loadavg-string"].name
+
+
+def test_the_pre_tree_is_left_alone(tarballs: dict, prebuilt_smp: Prebuilt) -> None:
+    assert pre_tree_untouched(prebuilt_smp)
+
+
+def test_same_patch_again_does_nothing(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    patch = PATCHES / "version-new-function.patch"
+    first = create(prebuilt_smp, patch, tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = create(prebuilt_smp, patch, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert executed_tasks(again.stdout) == []
+    assert "Nothing to do" in again.stdout
+
+
+def two_file_patch(tmp_path: Path, loadavg_text: str) -> Path:
+    text = (PATCHES / "loadavg-string.patch").read_text().replace("ksplice-loadavg",
+                                                                   loadavg_text)
+    p = tmp_path / f"two-{loadavg_text}.patch"
+    p.write_text(text + (PATCHES / "version-new-function.patch").read_text())
+    return p
+
+
+def test_editing_one_hunk_redoes_only_that_object(prebuilt_smp: Prebuilt,
+                                                   tmp_path: Path) -> None:
+    first = create(prebuilt_smp, two_file_patch(tmp_path, "edit-one"), tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr
+    assert "objdiff:fs/proc/version.o" in executed_tasks(first.stdout)
+    second = create(prebuilt_smp, two_file_patch(tmp_path, "edit-two"), tmp_path)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr
+    ran = executed_tasks(second.stdout)
+    assert "objdiff:fs/proc/loadavg.o" in ran and "extract:fs/proc/loadavg.o" in ran
+    assert "objdiff:fs/proc/version.o" not in ran and "extract:fs/proc/version.o" not in ran
+    assert "tarball" in ran
+
+
+def test_moving_the_patch_to_another_file_restores_the_first(prebuilt_smp: Prebuilt,
+                                                              tmp_path: Path) -> None:
+    a = create(prebuilt_smp, PATCHES / "loadavg-string.patch", tmp_path)
+    assert a.returncode == 0, a.stderr
+    b = create(prebuilt_smp, PATCHES / "umask-syscall.patch", tmp_path)
+    assert b.returncode == 0, b.stderr
+    for rel in ("fs/proc/loadavg.c", "fs/proc/loadavg.o"):
+        assert os.path.samefile(prebuilt_smp.ksrc / rel, prebuilt_smp.postdir / rel), rel
+    with tarfile.open(tarball_from(b.stdout, tmp_path)) as tar:
+        objects = {n.split("/")[3] for n in tar.getnames() if "/debug/objects/" in n}
+    assert objects == {"kernel__sys.o"}
+
+
+def refused(pb: Prebuilt, patch: Path, outdir: Path, message: str) -> str:
+    res = create(pb, patch, outdir)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stdout[-2000:] + res.stderr
+    assert res.stderr.startswith("ksplice-create: error: ")
+    assert not list(outdir.glob("ksplice-*.tar.gz"))
+    record = pb.orig / STATE_DIRNAME / "create" / patching.RECORD
+    assert not record.exists(), "the post tree still holds the refused patch"
+    for rel in patching.target_files(patching.patch_files(patch.read_text()), 1):
+        if (pb.ksrc / rel).exists():
+            assert os.path.samefile(pb.ksrc / rel, pb.postdir / rel), rel
+    assert pre_tree_untouched(pb)
+    return res.stderr
+
+
+def test_refuses_a_patch_that_changes_nothing(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    refused(prebuilt_smp, PATCHES / "bad-no-change.patch", tmp_path, "No changes detected")
+
+
+def test_refuses_a_patch_that_breaks_the_build(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    err = refused(prebuilt_smp, PATCHES / "bad-build-break.patch", tmp_path,
+                  "Applying the patch appears to break the kernel build")
+    assert "fs/proc/loadavg.c" in err and "error:" in err
+
+
+def test_refuses_a_data_change_naming_the_symbol(prebuilt_smp: Prebuilt,
+                                                 tmp_path: Path) -> None:
+    refused(prebuilt_smp, PATCHES / "bad-data-change.patch", tmp_path, "'overflowuid'")
+
+
+def test_refuses_a_patch_that_does_not_apply(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    bad = tmp_path / "stale.patch"
+    bad.write_text((PATCHES / "loadavg-string.patch").read_text()
+                   .replace(" \tget_avenrun(avnrun, FIXED_1/200, 0);",
+                            " \tget_avenrun(avnrun, FIXED_1/300, 0);"))
+    err = refused(prebuilt_smp, bad, tmp_path, "the patch does not apply")
+    assert "FAILED" in err
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("--- a/../../etc/passwd\n+++ b/../../etc/passwd\n", "'..'"),
+    ("--- /etc/passwd\n+++ /etc/passwd\n", "absolute path"),
+])
+def test_refuses_paths_outside_the_tree(prebuilt_smp: Prebuilt, tmp_path: Path, header: str,
+                                        message: str) -> None:
+    bad = tmp_path / "escape.patch"
+    bad.write_text(header + "@@ -1 +1 @@\n-root\n+toor\n")
+    res = create(prebuilt_smp, bad, tmp_path)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+    assert len(res.stderr.splitlines()) == 1
+    assert pre_tree_untouched(prebuilt_smp)

@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: GPL-2.0-only
+from __future__ import annotations
+
+from pathlib import Path
+
+from ksplice_tasks import package, postbuild
+
+CMD = b"""savedcmd_fs/proc/loadavg.o := gcc -Wp,-MMD,fs/proc/.loadavg.o.d -c -o fs/proc/loadavg.o \
+fs/proc/loadavg.c
+
+source_fs/proc/loadavg.o := fs/proc/loadavg.c
+
+deps_fs/proc/loadavg.o := \\
+  include/linux/compiler-version.h \\
+    $(wildcard include/config/CC_VERSION_TEXT) \\
+  include/linux/kconfig.h \\
+  fs/proc/internal.h \\
+
+fs/proc/loadavg.o: $(deps_fs/proc/loadavg.o)
+
+$(deps_fs/proc/loadavg.o):
+"""
+
+
+def test_parse_cmd() -> None:
+    obj, source, deps = postbuild.parse_cmd(CMD)
+    assert (obj, source) == ("fs/proc/loadavg.o", "fs/proc/loadavg.c")
+    assert deps == {"include/linux/compiler-version.h", "include/linux/kconfig.h",
+                    "fs/proc/internal.h"}
+    assert postbuild.parse_cmd(b"savedcmd_vmlinux.a := ar ...\n") == (None, None, set())
+
+
+def test_affected_objects(tmp_path: Path) -> None:
+    (tmp_path / "fs/proc").mkdir(parents=True)
+    (tmp_path / "fs/proc/.loadavg.o.cmd").write_bytes(CMD)
+    (tmp_path / "fs/proc/.other.o.cmd").write_bytes(
+        CMD.replace(b"loadavg", b"other").replace(b"fs/proc/internal.h", b"x.h"))
+    aff = postbuild.affected_objects
+    assert aff(tmp_path, ["fs/proc/loadavg.c"]) == ["fs/proc/loadavg.o"]
+    assert aff(tmp_path, ["fs/proc/internal.h"]) == ["fs/proc/loadavg.o"]
+    assert aff(tmp_path, ["include/linux/kconfig.h"]) == ["fs/proc/loadavg.o",
+                                                          "fs/proc/other.o"]
+    assert aff(tmp_path, ["fs/proc/unbuilt.c"]) == []
+    assert aff(tmp_path, ["fs/proc/Makefile"]) is None
+
+
+def test_update_id_is_stable_and_sensitive() -> None:
+    base = package.update_id(b"patch", ["-p1"], b"config", b"map")
+    assert len(base) == 8 and base.isalnum() and base == base.lower()
+    assert package.update_id(b"patch", ["-p1"], b"config", b"map") == base
+    others = {package.update_id(b"patch2", ["-p1"], b"config", b"map"),
+              package.update_id(b"patch", ["-p0"], b"config", b"map"),
+              package.update_id(b"patch", ["-p1"], b"config2", b"map"),
+              package.update_id(b"patch", ["-p1"], b"config", b"map2")}
+    assert base not in others and len(others) == 4
+
+
+def test_pack_layout(tmp_path: Path) -> None:
+    import tarfile
+
+    for n in ("patch", "p.ko", "h.ko"):
+        (tmp_path / n).write_text(n)
+    (tmp_path / "dbg").mkdir()
+    (tmp_path / "dbg" / "x.json").write_text("{}")
+    out = package.pack(tmp_path / "out" / "ksplice-abcd1234.tar.gz", "abcd1234",
+                       tmp_path / "patch", tmp_path / "p.ko", tmp_path / "h.ko",
+                       [("collect", tmp_path / "dbg")])
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == [
+            "ksplice-abcd1234", "ksplice-abcd1234/debug",
+            "ksplice-abcd1234/debug/collect/x.json", "ksplice-abcd1234/h.ko",
+            "ksplice-abcd1234/p.ko", "ksplice-abcd1234/patch"]
