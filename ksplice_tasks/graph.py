@@ -337,8 +337,12 @@ def create_objects(p: CreatePlan | UserError) -> list[dict]:
 
 def write_tarball(p: CreatePlan) -> None:
     s, cd = p.settings, collect.collect_dir(p.settings)
-    debug = [("collect", cd), ("kmodsrc", modules.kmod_dir(s)),
-             ("objects", p.work / "objects"), ("post-build.json", p.work / postbuild.RECORD)]
+    md = modules.kmod_dir(s)
+    sources = [src.name for src in kmod.all_kmodsrc_files()] + ["modcommon.auto.h"]
+    debug = [("collect", cd), *((f"kmodsrc/{n}", md / n) for n in sources),
+             *((f"objects/{extract.object_key(r)}", extract.work_dir(s, r))
+               for r in postbuild.load_result(s).changed),
+             ("post-build.json", p.work / postbuild.RECORD)]
     package.pack(p.tarball, p.uid, p.patch, p.kos[0], p.kos[1], debug)
     print(f"Ksplice update tarball written to {p.tarball.name}"
           + (f" (in {p.tarball.parent})" if p.tarball.parent != Path.cwd() else ""), flush=True)

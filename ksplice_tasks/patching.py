@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -203,6 +204,8 @@ def apply_patch(s: Settings, patch: Path) -> PatchResult:
         raise UserError(f"patch failed after a clean dry run:\n{real.stdout[-2000:]}")
     files = {rel: sha256_file(s.postdir / rel) for rel in rels}
     write_json(record_path(s), {
+        # A fresh apply always rewrites the record, so the post build reruns.
+        "applied_ns": time.time_ns(),
         "patch_sha256": sha256_file(patch),
         "patch_opts": list(s.patch_opts),
         "files": files,

@@ -56,6 +56,18 @@ def tree_fingerprint(root: Path, exclude: Sequence[Path] = ()) -> str:
     return hashlib.blake2b("\n".join(rows).encode(), digest_size=16).hexdigest()
 
 
+def files_fingerprint(root: Path, rels: Sequence[str]) -> str:
+    """Like tree_fingerprint, over a known list of files (absolute paths allowed)."""
+    rows = []
+    for rel in rels:
+        try:
+            st = os.stat(os.path.join(root, rel))
+            rows.append(f"{rel}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}")
+        except FileNotFoundError:
+            rows.append(f"{rel}\0missing")
+    return hashlib.blake2b("\n".join(rows).encode(), digest_size=16).hexdigest()
+
+
 def tree_digest(root: Path, exclude: Sequence[Path] = ()) -> dict[str, str]:
     """Content hash of every file and symlink: the proof that a tree is unchanged."""
     out: dict[str, str] = {}

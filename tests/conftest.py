@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Prebuilt, run_create  # noqa: E402
+from helpers import EXPECTED, PATCHES, Prebuilt, create, run_create, tarball_from  # noqa: E402
 
-from ksplice_tasks import testkernel  # noqa: E402
+from ksplice_tasks import snapshot, testkernel  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,18 @@ def prebuilt_smp(kernel_smp: testkernel.TestKernel) -> Prebuilt:
     res = run_create("--prebuild", f"--config={orig}", str(ksrc))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return Prebuilt(kernel_smp, ksrc, orig)
+
+
+@pytest.fixture(scope="session")
+def update_tarballs(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The create issue's five updates, built once; also whether the pre tree stayed put."""
+    before = snapshot.tree_digest(prebuilt_smp.ksrc, [prebuilt_smp.orig])
+    out: dict = {}
+    for name in EXPECTED:
+        outdir = tmp_path_factory.mktemp(name)
+        res = create(prebuilt_smp, PATCHES / f"{name}.patch", outdir)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+        out[name] = tarball_from(res.stdout, outdir)
+    out["pre tree unchanged"] = snapshot.tree_digest(prebuilt_smp.ksrc,
+                                                     [prebuilt_smp.orig]) == before
+    return out

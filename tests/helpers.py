@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,22 @@ def executed_tasks(stdout: str) -> list[str]:
     """The doit tasks a run executed, from the reporter's '==> name: doc' lines."""
     return [line[4:].split(": ", 1)[0] for line in stdout.splitlines()
             if line.startswith("==> ")]
+
+
+# The five patches of the create issue, and what objdiff must find in each.
+EXPECTED = {
+    "loadavg-string": {"fs/proc/loadavg.o": (["loadavg_proc_show"], [])},
+    "umask-syscall": {"kernel/sys.o": (["__x64_sys_umask"], [])},
+    "getpgid-inlined-helper": {"kernel/sys.o": (
+        ["__do_sys_getpgrp", "__x64_sys_getpgid", "__x64_sys_getpgrp"], ["do_getpgid"])},
+    "version-new-function": {"fs/proc/version.o": (["version_proc_show"],
+                                                   ["ksplice_version_note"])},
+    "binfmt-misc-module": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
+}
+
+
+def tarball_from(stdout: str, outdir: Path) -> Path:
+    """The tarball ksplice-create's closing message names."""
+    m = re.search(r"Ksplice update tarball written to (ksplice-([a-z0-9]{8})\.tar\.gz)", stdout)
+    assert m, stdout[-2000:]
+    return outdir / m.group(1)

@@ -5,36 +5,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import PATCHES, Prebuilt, create, executed_tasks
+from helpers import (
+    EXPECTED,
+    PATCHES,
+    Prebuilt,
+    create,
+    executed_tasks,
+    run_create,
+    run_doit,
+    tarball_from,
+)
 
-from ksplice_tasks import patching, prebuild, snapshot
-from ksplice_tasks.inputs import STATE_DIRNAME
+from ksplice_tasks import patching, prebuild
+from ksplice_tasks.inputs import STATE_DIRNAME, resolve
 
 pytestmark = pytest.mark.kernel
-
-# The five patches of the create issue, and what objdiff must find in each.
-EXPECTED = {
-    "loadavg-string": {"fs/proc/loadavg.o": (["loadavg_proc_show"], [])},
-    "umask-syscall": {"kernel/sys.o": (["__x64_sys_umask"], [])},
-    "getpgid-inlined-helper": {"kernel/sys.o": (
-        ["__do_sys_getpgrp", "__x64_sys_getpgid", "__x64_sys_getpgrp"], ["do_getpgid"])},
-    "version-new-function": {"fs/proc/version.o": (["version_proc_show"],
-                                                   ["ksplice_version_note"])},
-    "binfmt-misc-module": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
-}
-
-
-def tarball_from(stdout: str, outdir: Path) -> Path:
-    m = re.search(r"Ksplice update tarball written to (ksplice-([a-z0-9]{8})\.tar\.gz)", stdout)
-    assert m, stdout[-2000:]
-    return outdir / m.group(1)
-
 
 def vermagic(ko: Path) -> str:
     out = subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True,
@@ -43,19 +33,13 @@ def vermagic(ko: Path) -> str:
 
 
 def pre_tree_untouched(pb: Prebuilt) -> bool:
-    stamp = json.loads((pb.orig / STATE_DIRNAME / prebuild.PRE_STAMP).read_text())
-    return stamp["fingerprint"] == snapshot.tree_fingerprint(pb.ksrc, [pb.orig])
+    """Nothing the pre build read or made has changed (the prebuild's own check)."""
+    return prebuild.pre_tree_unchanged(resolve(pb.ksrc, orig=pb.orig))
 
 
 @pytest.fixture(scope="module")
-def tarballs(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = {}
-    for name in EXPECTED:
-        outdir = tmp_path_factory.mktemp(name)
-        res = create(prebuilt_smp, PATCHES / f"{name}.patch", outdir)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-        out[name] = tarball_from(res.stdout, outdir)
-    return out
+def tarballs(update_tarballs: dict) -> dict:
+    return update_tarballs
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -85,14 +69,16 @@ def test_tarball_layout_vermagic_and_functions(name: str, tarballs: dict,
 
 def test_update_id_is_stable_and_distinct(tarballs: dict, prebuilt_smp: Prebuilt,
                                           tmp_path: Path) -> None:
-    ids = {t.name for t in tarballs.values()}
-    assert len(ids) == len(tarballs)
+    ids = {tarballs[name].name for name in EXPECTED}
+    assert len(ids) == len(EXPECTED)
     res = create(prebuilt_smp, PATCHES / "loadavg-string.patch", tmp_path)
     assert res.returncode == 0, res.stderr
     assert tarball_from(res.stdout, tmp_path).name == tarballs["loadavg-string"].name
 
 
 def test_the_pre_tree_is_left_alone(tarballs: dict, prebuilt_smp: Prebuilt) -> None:
+    """Every file of the pre tree hashes the same before and after the five creates."""
+    assert tarballs["pre tree unchanged"]
     assert pre_tree_untouched(prebuilt_smp)
 
 
@@ -106,20 +92,21 @@ def test_same_patch_again_does_nothing(prebuilt_smp: Prebuilt, tmp_path: Path) -
     assert "Nothing to do" in again.stdout
 
 
-def two_file_patch(tmp_path: Path, loadavg_text: str) -> Path:
-    text = (PATCHES / "loadavg-string.patch").read_text().replace("ksplice-loadavg",
-                                                                   loadavg_text)
-    p = tmp_path / f"two-{loadavg_text}.patch"
-    p.write_text(text + (PATCHES / "version-new-function.patch").read_text())
+def two_file_patch(tmp_path: Path, loadavg_text: str, version_text: str) -> Path:
+    loadavg = (PATCHES / "loadavg-string.patch").read_text()
+    version = (PATCHES / "version-new-function.patch").read_text()
+    p = tmp_path / f"two-{loadavg_text}-{version_text}.patch"
+    p.write_text(loadavg.replace("ksplice-loadavg", loadavg_text)
+                 + version.replace("[ksplice] ", version_text))
     return p
 
 
 def test_editing_one_hunk_redoes_only_that_object(prebuilt_smp: Prebuilt,
                                                    tmp_path: Path) -> None:
-    first = create(prebuilt_smp, two_file_patch(tmp_path, "edit-one"), tmp_path)
+    first = create(prebuilt_smp, two_file_patch(tmp_path, "edit-one", "[two] "), tmp_path)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr
     assert "objdiff:fs/proc/version.o" in executed_tasks(first.stdout)
-    second = create(prebuilt_smp, two_file_patch(tmp_path, "edit-two"), tmp_path)
+    second = create(prebuilt_smp, two_file_patch(tmp_path, "edit-two", "[two] "), tmp_path)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr
     ran = executed_tasks(second.stdout)
     assert "objdiff:fs/proc/loadavg.o" in ran and "extract:fs/proc/loadavg.o" in ran
@@ -173,8 +160,7 @@ def test_refuses_a_data_change_naming_the_symbol(prebuilt_smp: Prebuilt,
 def test_refuses_a_patch_that_does_not_apply(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
     bad = tmp_path / "stale.patch"
     bad.write_text((PATCHES / "loadavg-string.patch").read_text()
-                   .replace(" \tget_avenrun(avnrun, FIXED_1/200, 0);",
-                            " \tget_avenrun(avnrun, FIXED_1/300, 0);"))
+                   .replace('-\tseq_printf(m, "%lu.%02lu', '-\tseq_printf(m, "%lu.%03lu'))
     err = refused(prebuilt_smp, bad, tmp_path, "the patch does not apply")
     assert "FAILED" in err
 
@@ -191,3 +177,39 @@ def test_refuses_paths_outside_the_tree(prebuilt_smp: Prebuilt, tmp_path: Path, 
     assert res.returncode != 0 and message in res.stderr, res.stderr
     assert len(res.stderr.splitlines()) == 1
     assert pre_tree_untouched(prebuilt_smp)
+
+
+def test_diffext_makes_the_patch_from_edited_copies(prebuilt_smp: Prebuilt,
+                                                    tmp_path: Path) -> None:
+    src = prebuilt_smp.ksrc / "fs/proc/loadavg.c"
+    copy = src.with_name("loadavg.c.kspltest")
+    copy.write_text(src.read_text().replace('"%lu.%02lu %lu', '"diffext %lu.%02lu %lu', 1))
+    try:
+        res = run_create_diffext(prebuilt_smp, ".kspltest", tmp_path)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+        with tarfile.open(tarball_from(res.stdout, tmp_path)) as tar:
+            patch = next(m for m in tar.getmembers() if m.name.endswith("/patch"))
+            text = tar.extractfile(patch).read().decode()
+            diff = next(m for m in tar.getmembers() if m.name.endswith("/diff.json"))
+            changed = json.loads(tar.extractfile(diff).read())["changed"]
+        assert text.startswith("--- fs/proc/loadavg.c\n+++ fs/proc/loadavg.c\n")
+        assert changed == ["loadavg_proc_show"]
+    finally:
+        copy.unlink()
+
+
+def run_create_diffext(pb: Prebuilt, ext: str, outdir: Path) -> subprocess.CompletedProcess:
+    return run_create(f"--diffext={ext}", f"--config={pb.orig}", str(pb.ksrc), cwd=outdir)
+
+
+def test_doit_front_end_creates_and_remembers(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    patch = PATCHES / "umask-syscall.patch"
+    res = run_doit(tmp_path, "create_update", f"KSRC={prebuilt_smp.ksrc}",
+                   f"ORIG={prebuilt_smp.orig}", f"PATCH={patch}")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    tarball = tarball_from(res.stdout, tmp_path)
+    assert tarball.is_file()
+    again = run_doit(tmp_path, "create_update")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stdout
+    listed = run_doit(tmp_path, "info", "tarball")
+    assert tarball.name in listed.stdout
