@@ -35,20 +35,22 @@ _INIT_HEAD = """#!/bin/busybox sh
 """
 
 # The host's root, read-only, with the guest's own pseudo filesystems and a
-# writable /tmp on top, so `chroot /host python3 ...` works in the guest.
+# writable tmpfs on /run (TMPDIR), so `chroot /host python3 ...` works in the
+# guest. The host's /tmp stays visible: test files and CI clones live there.
 _INIT_HOSTFS = f"""mkdir -p {HOST_MOUNT}
 if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot {HOST_MOUNT}; then
     mount -t proc proc {HOST_MOUNT}/proc
     mount -t sysfs sysfs {HOST_MOUNT}/sys
     mount -t devtmpfs devtmpfs {HOST_MOUNT}/dev
-    mount -t tmpfs tmpfs {HOST_MOUNT}/tmp
+    mount -t tmpfs tmpfs {HOST_MOUNT}/run
 else
     echo "{EXIT_MARK}125 (9p mount of the host root failed)"
     reboot -f
 fi
 """
 
-_INIT_TAIL = f"""echo {BEGIN_MARK}
+_INIT_TAIL = f"""export TMPDIR=/run
+echo {BEGIN_MARK}
 sh /guest.sh
 echo "{EXIT_MARK}$?"
 sync
@@ -89,6 +91,7 @@ def cpio_list(init: Path, guest: Path, files: Sequence[tuple[str, Path]] = ()) -
         "dir /proc 0755 0 0",
         "dir /sys 0755 0 0",
         "dir /tmp 1777 0 0",
+        "dir /run 0755 0 0",
         "dir /bin 0755 0 0",
         "dir /sbin 0755 0 0",
         "dir /root 0700 0 0",
@@ -96,7 +99,7 @@ def cpio_list(init: Path, guest: Path, files: Sequence[tuple[str, Path]] = ()) -
         f"file /init {init} 0755 0 0",
         f"file /guest.sh {guest} 0755 0 0",
     ]
-    dirs = {"/dev", "/proc", "/sys", "/tmp", "/bin", "/sbin", "/root"}
+    dirs = {"/dev", "/proc", "/sys", "/tmp", "/run", "/bin", "/sbin", "/root"}
     for dest, src in files:
         parent = os.path.dirname(dest)
         parts = [p for p in parent.split("/") if p]

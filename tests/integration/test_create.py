@@ -213,3 +213,15 @@ def test_doit_front_end_creates_and_remembers(prebuilt_smp: Prebuilt, tmp_path: 
     assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stdout
     listed = run_doit(tmp_path, "info", "tarball")
     assert tarball.name in listed.stdout
+
+
+def test_one_line_arithmetic_change_in_a_proc_show_function(prebuilt_smp: Prebuilt,
+                                                             tmp_path: Path) -> None:
+    """The object layer's real-tree case besides the five: not a string, just code."""
+    res = create(prebuilt_smp, PATCHES / "loadavg-oneline.patch", tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    with tarfile.open(tarball_from(res.stdout, tmp_path)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/diff.json"))
+        diff = json.loads(tar.extractfile(member).read())
+    assert {k: diff[k] for k in ("changed", "new", "removed", "line_only")} == {
+        "changed": ["loadavg_proc_show"], "new": [], "removed": [], "line_only": []}

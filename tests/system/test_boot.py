@@ -48,11 +48,11 @@ def test_smp_kernel_boots_two_cpus_with_kaslr(kernel_smp: testkernel.TestKernel)
 
 
 def test_guest_runs_the_projects_python_over_9p(kernel_smp: testkernel.TestKernel) -> None:
-    script = (f"chroot /host {sys.executable} -c 'import ksplice_tasks.qemu, elftools, doit; "
-              "print(\"GUEST-PY-OK\")'\n")
+    script = (f"chroot /host {sys.executable} -c 'import tempfile, ksplice_tasks.qemu, elftools,"
+              " doit; print(\"GUEST-PY-OK\", tempfile.mkdtemp())'\n")
     res = kernel_smp.boot(script, hostfs=True, timeout=240)
     assert res.ok, res.output[-3000:]
-    assert "GUEST-PY-OK" in res.guest_output
+    assert "GUEST-PY-OK /run/" in res.guest_output  # and a writable TMPDIR
 
 
 def test_boot_never_hangs(kernel_up: testkernel.TestKernel) -> None:

@@ -13,7 +13,8 @@ def test_init_script_mounts_and_reports_status() -> None:
     assert plain.rstrip().endswith("reboot -f")
     host = qemu.init_script(hostfs=True)
     assert "-t 9p -o trans=virtio,version=9p2000.L,ro" in host
-    assert "/host/tmp" in host
+    assert "mount -t tmpfs tmpfs /host/run" in host and "/host/tmp" not in host
+    assert "export TMPDIR=/run" in host
 
 
 def test_cpio_list_creates_parent_dirs_once() -> None:
