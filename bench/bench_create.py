@@ -18,29 +18,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from ksplice_tasks import kbuild, snapshot, testkernel
+from benchlib import prebuilt_tree, timed
+
+from ksplice_tasks import kbuild, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "tests" / "patches"
-
-
-def timed(argv: list[str], cwd: Path | None = None) -> float:
-    t0 = time.monotonic()
-    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        sys.exit(f"bench: {argv[:4]}... failed:\n{res.stdout[-1500:]}{res.stderr[-1500:]}")
-    return time.monotonic() - t0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
-    kernel = testkernel.build_test_kernel("smp")
-    ksrc, orig = testkernel.prebuild_tree(kernel, "tests")
+    ksrc, orig = prebuilt_tree()
     base = [sys.executable, "-m", "ksplice_tasks.cli", f"--config={orig}"]
     timed([*base, "--prebuild", str(ksrc)])
     patch, other = PATCHES / "loadavg-string.patch", PATCHES / "umask-syscall.patch"

@@ -2,9 +2,11 @@
 """The README's first command: the main job, end to end, on the bundled default.
 
 Debian's linux-source-6.1 with the project's SMP+KASLR test config: build the
-running kernel, prebuild a KERNEL_SOURCE copy with ksplice-create, rerun it
-to show that nothing is redone, then boot the running kernel in qemu with
-the host's root over 9p and run the project's own Python inside the guest.
+running kernel, prebuild a KERNEL_SOURCE copy with ksplice-create, create an
+update from the bundled example patch (a change to /proc/loadavg), then boot
+the running kernel in qemu with the host's root over 9p and, in the guest,
+show /proc/loadavg, apply the update with the project's own ksplice-apply,
+show it again, list it with ksplice-view, undo it, and show it restored.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import argparse
 import subprocess
 import sys
 import time
+from importlib import resources
+from pathlib import Path
 
-from . import testkernel
+from . import qemu, testkernel
 from .errors import UserError
 
 
@@ -22,20 +26,48 @@ def say(msg: str) -> None:
     print(f"\n### {msg}", flush=True)
 
 
-def run_create(args: list[str]) -> float:
+def run_create(args: list[str], cwd: Path | None = None) -> float:
     argv = [sys.executable, "-m", "ksplice_tasks.cli", *args]
     print("$ ksplice-create " + " ".join(args), flush=True)
     t0 = time.monotonic()
-    rc = subprocess.run(argv, check=False).returncode
+    rc = subprocess.run(argv, cwd=cwd, check=False).returncode
     if rc != 0:
         raise UserError(f"ksplice-create exited {rc}")
     return time.monotonic() - t0
 
 
-GUEST_SCRIPT = """echo "guest: $(cat /proc/version)"
+GUEST_SCRIPT = """KS="chroot /host {python} -m ksplice_tasks.apply"
+echo "guest: $(cat /proc/version)"
 echo "guest: CPUs online: $(cat /sys/devices/system/cpu/online)"
-chroot /host {python} -c 'import ksplice_tasks, sys; print("guest: Python", sys.version.split()[0])'
+echo "guest: before: /proc/loadavg says: $(cat /proc/loadavg)"
+echo "guest: $ ksplice-apply {tarball}"
+$KS apply {tarball} || exit 1
+echo "guest: after:  /proc/loadavg says: $(cat /proc/loadavg)"
+echo "guest: $ ksplice-view"
+$KS view | sed 's/^/guest:   /'
+echo "guest: $ ksplice-undo {uid}"
+$KS undo {uid} || exit 1
+echo "guest: undone: /proc/loadavg says: $(cat /proc/loadavg)"
 """
+
+EXAMPLE = resources.files("ksplice_tasks") / "data" / "example-loadavg.patch"
+MARKER = "ksplice-loadavg "
+
+
+def check_story(res: qemu.BootResult, banner: str) -> None:
+    """Before: stock; after apply: the patched text; after undo: stock again."""
+    if not res.ok:
+        raise UserError(f"guest script failed (status {res.status}, "
+                        f"timed out: {res.timed_out})\n{res.output[-3000:]}")
+    if banner not in res.guest_output:
+        raise UserError(f"the guest's /proc/version is not the built kernel's: {banner}")
+    seen = {}
+    for line in res.guest_output.splitlines():
+        for stage in ("before:", "after:", "undone:"):
+            if line.startswith(f"guest: {stage}"):
+                seen[stage] = MARKER in line
+    if seen != {"before:": False, "after:": True, "undone:": False}:
+        raise UserError(f"the guest did not show before/after/undone as expected: {seen}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,26 +81,34 @@ def main(argv: list[str] | None = None) -> int:
         kernel = testkernel.build_test_kernel(args.variant, jobs=args.jobs, verbose=args.verbose)
         print(f"kernel {kernel.release}: {kernel.bzimage}\nORIG_CONFIG: {kernel.orig_config}")
 
-        say("2/4 prebuild: pre build with section flags, post tree as hard links")
+        say("2/5 prebuild: pre build with section flags, post tree as hard links")
         ksrc, orig = testkernel.prebuild_tree(kernel, "demo")
         extra = [f"-j{args.jobs}"] if args.jobs else []
         extra += ["-v"] if args.verbose else []
         first = run_create(["--prebuild", f"--config={orig}", *extra, str(ksrc)])
 
-        say("3/4 prebuild again: nothing changed, so nothing is redone")
+        say("3/5 prebuild again: nothing changed, so nothing is redone")
         again = run_create(["--prebuild", f"--config={orig}", str(ksrc)])
         print(f"prebuild: {first:.1f} s, rerun: {again:.2f} s")
 
-        say("4/4 boot the running kernel in qemu (TCG) and run our Python in the guest")
-        res = kernel.boot(GUEST_SCRIPT.format(python=sys.executable), hostfs=True, timeout=240)
+        say("4/5 create an update from the bundled example patch")
+        out = testkernel.cache_root() / "demo-output"
+        out.mkdir(exist_ok=True)
+        with resources.as_file(EXAMPLE) as patch:
+            print(patch.read_text(), end="")
+            made = run_create([f"--patch={patch}", f"--config={orig}", *extra, str(ksrc)], out)
+            rerun = run_create([f"--patch={patch}", f"--config={orig}", str(ksrc)], out)
+        tarball = max(out.glob("ksplice-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+        uid = tarball.name[len("ksplice-"):-len(".tar.gz")]
+        print(f"create: {made:.1f} s, rerun: {rerun:.2f} s -> {tarball}")
+
+        say("5/5 boot the running kernel in qemu (TCG): apply, look, undo, look")
+        script = GUEST_SCRIPT.format(python=sys.executable, tarball=tarball, uid=uid)
+        res = kernel.boot(script, hostfs=True, timeout=300)
         print(res.guest_output.strip())
-        if not res.ok:
-            raise UserError(f"guest script failed (status {res.status}, "
-                            f"timed out: {res.timed_out})\n{res.output[-2000:]}")
-        banner = kernel.banner()
-        if banner not in res.guest_output:
-            raise UserError(f"the guest's /proc/version is not the built kernel's: {banner}")
-        print(f"\nDemo done: boot and guest script took {res.seconds:.1f} s.")
+        check_story(res, kernel.banner())
+        print(f"\nDemo done: the running kernel changed behaviour and changed back, "
+              f"without a reboot (guest: {res.seconds:.1f} s).")
     except UserError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 1

@@ -14,9 +14,7 @@ relocations, which every pass here needs.  So this module serialises an
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 from .elfread import (
@@ -37,6 +35,7 @@ from .elfread import (
     ElfObject,
     Section,
 )
+from .files import write_atomic
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -177,14 +176,4 @@ def object_bytes(obj: ElfObject) -> bytes:
 
 def write_object(obj: ElfObject, path: str | Path) -> None:
     """Write ``obj`` to ``path`` atomically (temp file in the same directory)."""
-    path = Path(path)
-    payload = object_bytes(obj)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(Path(path), object_bytes(obj))

@@ -7,22 +7,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write via a private temp file in the same directory, then rename over."""
-    raw = data.encode() if isinstance(data, str) else data
+@contextmanager
+def _temp_beside(path: Path) -> Iterator[str]:
+    """A private temp file in path's directory, renamed over path when the block ends."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write via a private temp file in the same directory, then rename over."""
+    raw = data.encode() if isinstance(data, str) else data
+    with _temp_beside(path) as tmp, open(tmp, "wb") as f:
+        f.write(raw)
     return path
 
 
@@ -40,14 +49,6 @@ def write_json(path: Path, data: object) -> Path:
 
 def copy_atomic(src: Path, dest: Path) -> Path:
     """Copy with metadata through a temp file, then rename over."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(dest) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dest
