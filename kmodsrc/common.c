@@ -2,7 +2,8 @@
 /*
  * Code shared by the primary and helper modules of a ksplice update: find
  * the KASLR offset, walk the .ksplice.* tables, resolve their symbols from
- * System.map candidates, and report through sysfs.
+ * System.map candidates, and report (and, in the primary, take the apply
+ * and reverse commands) through sysfs.
  */
 #define pr_fmt(fmt) "ksplice: " fmt
 
@@ -12,6 +13,7 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/sysfs.h>
+#include <linux/uaccess.h>
 
 #include "ksplice.h"
 
@@ -22,6 +24,36 @@ static const char * const ksplice_stage_names[] = {
 	[KSPLICE_STAGE_REVERSED] = "reversed",
 	[KSPLICE_STAGE_ABORTED] = "aborted",
 };
+
+static const char * const ksplice_abort_names[] = {
+	[KSPLICE_ABORT_NONE] = "none",
+	[KSPLICE_ABORT_NO_HELPER] = "no_helper",
+	[KSPLICE_ABORT_MAP_MISMATCH] = "map_mismatch",
+	[KSPLICE_ABORT_NO_MATCH] = "no_match",
+	[KSPLICE_ABORT_TRACED] = "traced",
+	[KSPLICE_ABORT_UNRESOLVED] = "unresolved",
+	[KSPLICE_ABORT_CODE_BUSY] = "code_busy",
+	[KSPLICE_ABORT_CODE_CHANGED] = "code_changed",
+	[KSPLICE_ABORT_ALREADY_APPLIED] = "already_applied",
+	[KSPLICE_ABORT_NOT_APPLIED] = "not_applied",
+	[KSPLICE_ABORT_NOMEM] = "nomem",
+	[KSPLICE_ABORT_BAD_ENCODING] = "bad_encoding",
+};
+
+static const char * const ksplice_match_names[] = {
+	[KSPLICE_MATCH_UNTRIED] = "untried",
+	[KSPLICE_MATCH_FOUND] = "found",
+	[KSPLICE_MATCH_SEVERAL] = "several",
+	[KSPLICE_MATCH_OUTSIDE] = "outside",
+	[KSPLICE_MATCH_FAILED] = "failed",
+};
+
+const char *ksplice_abort_name(int cause)
+{
+	if (cause < 0 || cause >= ARRAY_SIZE(ksplice_abort_names))
+		return "unknown";
+	return ksplice_abort_names[cause];
+}
 
 static const char * const ksplice_status_names[] = {
 	[KSPLICE_SYM_MISSING] = "missing",
@@ -35,12 +67,39 @@ static bool ksplice_in_image(unsigned long map_addr)
 	return map_addr >= KSPLICE_MAP_TEXT && map_addr <= KSPLICE_MAP_END;
 }
 
-static unsigned long ksplice_run_addr(const struct ksplice_module *km,
-				      unsigned long map_addr)
+unsigned long ksplice_run_addr(const struct ksplice_module *km,
+			       unsigned long map_addr)
 {
 	if (ksplice_in_image(map_addr))
 		return map_addr + km->kaslr_offset;
 	return map_addr;
+}
+
+/* Core kernel text stays mapped; init text is gone after boot. */
+bool ksplice_in_core_text(const struct ksplice_module *km, unsigned long addr)
+{
+	return addr >= KSPLICE_MAP_STEXT + km->kaslr_offset &&
+	       addr < KSPLICE_MAP_ETEXT + km->kaslr_offset;
+}
+
+/* FNV-1a over live kernel memory: shows that undo restored every byte. */
+u64 ksplice_hash(unsigned long addr, unsigned long size)
+{
+	u64 h = 0xcbf29ce484222325ULL;
+	u8 chunk[64];
+
+	while (size) {
+		unsigned long n = min_t(unsigned long, size, sizeof(chunk));
+		unsigned long i;
+
+		if (copy_from_kernel_nofault(chunk, (void *)addr, n))
+			return 0;
+		for (i = 0; i < n; i++)
+			h = (h ^ chunk[i]) * 0x100000001b3ULL;
+		addr += n;
+		size -= n;
+	}
+	return h;
 }
 
 /*
@@ -103,38 +162,38 @@ static void ksplice_count(struct ksplice_counts *c,
 		c->missing++;
 }
 
-static unsigned int ksplice_nr_relocs(void)
+static unsigned int ksplice_nr_relocs(const struct ksplice_reloc *t)
 {
 	unsigned int n = 0;
 
-	while (ksplice_relocs[n].symbol)
+	while (t[n].symbol)
 		n++;
 	return n;
 }
 
-static unsigned int ksplice_nr_sizes(void)
+static unsigned int ksplice_nr_sizes(const struct ksplice_size *t)
 {
 	unsigned int n = 0;
 
-	while (ksplice_sizes[n].name)
+	while (t[n].name)
 		n++;
 	return n;
 }
 
-static unsigned int ksplice_nr_patches(void)
+static unsigned int ksplice_nr_patches(const struct ksplice_patch *t)
 {
 	unsigned int n = 0;
 
-	while (ksplice_patches[n].oldname)
+	while (t[n].oldname)
 		n++;
 	return n;
 }
 
-static unsigned int ksplice_nr_imports(void)
+static unsigned int ksplice_nr_imports(const struct ksplice_import *t)
 {
 	unsigned int n = 0;
 
-	while (ksplice_imports[n].name)
+	while (t[n].name)
 		n++;
 	return n;
 }
@@ -150,7 +209,7 @@ static int ksplice_resolve_tables(struct ksplice_module *km)
 		return -ENOMEM;
 
 	for (i = 0; i < km->nr_relocs; i++) {
-		const struct ksplice_reloc *r = &ksplice_relocs[i];
+		const struct ksplice_reloc *r = &km->reloc_tab[i];
 
 		ksplice_resolve(km, buf, &km->reloc_state[i], r->symbol,
 				r->candidates, r->nr_candidates);
@@ -160,18 +219,18 @@ static int ksplice_resolve_tables(struct ksplice_module *km)
 			 ksplice_status_names[km->reloc_state[i].status]);
 	}
 	for (i = 0; i < km->nr_sizes; i++)
-		ksplice_resolve(km, buf, &km->size_state[i], ksplice_sizes[i].name,
-				ksplice_sizes[i].candidates,
-				ksplice_sizes[i].nr_candidates);
+		ksplice_resolve(km, buf, &km->size_state[i], km->size_tab[i].name,
+				km->size_tab[i].candidates,
+				km->size_tab[i].nr_candidates);
 	for (i = 0; i < km->nr_imports; i++)
 		ksplice_resolve(km, buf, &km->import_state[i],
-				ksplice_imports[i].name,
-				ksplice_imports[i].candidates,
-				ksplice_imports[i].nr_candidates);
+				km->import_tab[i].name,
+				km->import_tab[i].candidates,
+				km->import_tab[i].nr_candidates);
 	for (i = 0; i < km->nr_patches; i++) {
 		struct ksplice_symstate *st = &km->patch_state[i];
 
-		p = &ksplice_patches[i];
+		p = &km->patch_tab[i];
 		if (p->oldaddr) {
 			ksplice_resolve(km, buf, st, p->oldname, &p->oldaddr, 1);
 		} else {
@@ -238,7 +297,132 @@ static ssize_t stage_show(struct kobject *kobj, struct kobj_attribute *attr,
 	return sysfs_emit(buf, "%s\n", ksplice_stage_names[stage]);
 }
 
-static struct kobj_attribute stage_attr = __ATTR_RO_MODE(stage, 0400);
+/*
+ * The primary's command file: "apply" or "reverse" (also "applied",
+ * "reversed").  The write fails with the errno of the abort; abort_cause
+ * says why.
+ */
+static ssize_t stage_store(struct kobject *kobj, struct kobj_attribute *attr,
+			   const char *buf, size_t count)
+{
+	struct ksplice_module *km = to_km(kobj);
+	int ret;
+
+	if (strcmp(km->role, "primary"))
+		return -EPERM;
+	mutex_lock(&km->lock);
+	if (sysfs_streq(buf, "apply") || sysfs_streq(buf, "applied"))
+		ret = ksplice_apply(km);
+	else if (sysfs_streq(buf, "reverse") || sysfs_streq(buf, "reversed"))
+		ret = ksplice_reverse(km);
+	else
+		ret = -EINVAL;
+	mutex_unlock(&km->lock);
+	return ret ? ret : count;
+}
+
+static struct kobj_attribute stage_attr = __ATTR(stage, 0600, stage_show,
+						 stage_store);
+
+static ssize_t abort_cause_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	int cause;
+
+	mutex_lock(&km->lock);
+	cause = km->abort;
+	mutex_unlock(&km->lock);
+	return sysfs_emit(buf, "%s\n", ksplice_abort_name(cause));
+}
+
+static struct kobj_attribute abort_cause_attr = __ATTR_RO_MODE(abort_cause, 0400);
+
+/* Timing of the last stop_machine call: "pause_us stopped_us max_us tries ops". */
+static ssize_t pause_us_show(struct kobject *kobj, struct kobj_attribute *attr,
+			     char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	ssize_t n;
+
+	mutex_lock(&km->lock);
+	n = sysfs_emit(buf, "%llu.%03u\n", div_u64(km->pause_ns, 1000),
+		       (unsigned int)(km->pause_ns % 1000));
+	mutex_unlock(&km->lock);
+	return n;
+}
+
+static struct kobj_attribute pause_us_attr = __ATTR_RO_MODE(pause_us, 0400);
+
+static ssize_t timing_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	ssize_t n;
+
+	mutex_lock(&km->lock);
+	n = sysfs_emit(buf, "pause_ns %llu\nstopped_ns %llu\nmax_pause_ns %llu\ntries %u\noperations %u\n",
+		       km->pause_ns, km->stopped_ns, km->pause_max_ns, km->tries,
+		       km->operations);
+	mutex_unlock(&km->lock);
+	return n;
+}
+
+static struct kobj_attribute timing_attr = __ATTR_RO_MODE(timing, 0400);
+
+/*
+ * One line per patched function once resolved: old address, patch site,
+ * replacement, size, the hash of the old function's bytes before apply
+ * and the hash of what is there now.
+ */
+static ssize_t patches_show(struct kobject *kobj, struct kobj_attribute *attr,
+			    char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	unsigned int i;
+	int n = 0;
+
+	mutex_lock(&km->lock);
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+
+		if (!km->resolved) {
+			n += sysfs_emit_at(buf, n, "%s unresolved\n",
+					   km->patch_tab[i].oldname);
+			continue;
+		}
+		n += sysfs_emit_at(buf, n, "%s old=%lx site=%lx repl=%lx size=%lu before=%016llx now=%016llx\n",
+				   km->patch_tab[i].oldname, rt->oldaddr,
+				   rt->site, rt->repladdr, rt->oldsize,
+				   rt->oldhash,
+				   ksplice_hash(rt->oldaddr, rt->oldsize));
+	}
+	mutex_unlock(&km->lock);
+	return n;
+}
+
+static struct kobj_attribute patches_attr = __ATTR_RO_MODE(patches, 0400);
+
+/* Helper: what run-pre matching found, one line per carried function. */
+static ssize_t runpre_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	struct ksplice_module *km = to_km(kobj);
+	unsigned int i;
+	int n = 0;
+
+	mutex_lock(&km->lock);
+	if (!km->match)
+		n = sysfs_emit(buf, "not run\n");
+	for (i = 0; km->match && i < km->nr_sizes; i++)
+		n += sysfs_emit_at(buf, n, "%s %s %lx\n", km->size_tab[i].name,
+				   ksplice_match_names[km->match[i].status],
+				   km->match[i].addr);
+	mutex_unlock(&km->lock);
+	return n;
+}
+
+static struct kobj_attribute runpre_attr = __ATTR_RO_MODE(runpre, 0400);
 
 static ssize_t kaslr_offset_show(struct kobject *kobj,
 				 struct kobj_attribute *attr, char *buf)
@@ -274,12 +458,12 @@ static ssize_t functions_show(struct kobject *kobj, struct kobj_attribute *attr,
 
 	if (km->nr_patches) {
 		for (i = 0; i < km->nr_patches; i++)
-			n += ksplice_emit_sym(buf, n, ksplice_patches[i].oldname,
+			n += ksplice_emit_sym(buf, n, km->patch_tab[i].oldname,
 					      &km->patch_state[i], "");
 		return n;
 	}
 	for (i = 0; i < km->nr_sizes; i++)
-		n += ksplice_emit_sym(buf, n, ksplice_sizes[i].name,
+		n += ksplice_emit_sym(buf, n, km->size_tab[i].name,
 				      &km->size_state[i], "");
 	return n;
 }
@@ -294,7 +478,7 @@ static ssize_t imports_show(struct kobject *kobj, struct kobj_attribute *attr,
 	int n = 0;
 
 	for (i = 0; i < km->nr_imports; i++)
-		n += ksplice_emit_sym(buf, n, ksplice_imports[i].name,
+		n += ksplice_emit_sym(buf, n, km->import_tab[i].name,
 				      &km->import_state[i], "");
 	return n;
 }
@@ -333,15 +517,28 @@ static struct attribute *ksplice_attrs[] = {
 	&functions_attr.attr,
 	&imports_attr.attr,
 	&helper_attr.attr,
+	&abort_cause_attr.attr,
+	&pause_us_attr.attr,
+	&timing_attr.attr,
+	&patches_attr.attr,
+	&runpre_attr.attr,
 	NULL,
 };
 
-/* Only the primary has a helper to report. */
+/* Patching and its reports belong to the primary, run-pre to the helper. */
 static umode_t ksplice_attr_visible(struct kobject *kobj, struct attribute *attr,
 				    int n)
 {
-	if (attr == &helper_attr.attr && strcmp(to_km(kobj)->role, "primary"))
-		return 0;
+	bool primary = !strcmp(to_km(kobj)->role, "primary");
+
+	if (attr == &stage_attr.attr)
+		return primary ? 0600 : 0400;
+	if (attr == &helper_attr.attr || attr == &abort_cause_attr.attr ||
+	    attr == &pause_us_attr.attr || attr == &timing_attr.attr ||
+	    attr == &patches_attr.attr)
+		return primary ? attr->mode : 0;
+	if (attr == &runpre_attr.attr)
+		return primary ? 0 : attr->mode;
 	return attr->mode;
 }
 
@@ -359,6 +556,8 @@ static void ksplice_release(struct kobject *kobj)
 	kfree(km->size_state);
 	kfree(km->patch_state);
 	kfree(km->import_state);
+	ksplice_runpre_free(km);
+	ksplice_patch_free(km);
 	kfree(km);
 }
 
@@ -372,10 +571,14 @@ static const struct kobj_type ksplice_ktype = {
 
 static int ksplice_alloc_state(struct ksplice_module *km)
 {
-	km->nr_relocs = ksplice_nr_relocs();
-	km->nr_sizes = ksplice_nr_sizes();
-	km->nr_patches = ksplice_nr_patches();
-	km->nr_imports = ksplice_nr_imports();
+	km->reloc_tab = ksplice_relocs;
+	km->size_tab = ksplice_sizes;
+	km->patch_tab = ksplice_patches;
+	km->import_tab = ksplice_imports;
+	km->nr_relocs = ksplice_nr_relocs(km->reloc_tab);
+	km->nr_sizes = ksplice_nr_sizes(km->size_tab);
+	km->nr_patches = ksplice_nr_patches(km->patch_tab);
+	km->nr_imports = ksplice_nr_imports(km->import_tab);
 	/* kcalloc(0, ...) is ZERO_SIZE_PTR, which kfree accepts */
 	km->reloc_state = kcalloc(km->nr_relocs, sizeof(*km->reloc_state), GFP_KERNEL);
 	km->size_state = kcalloc(km->nr_sizes, sizeof(*km->size_state), GFP_KERNEL);

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -30,8 +30,11 @@ from . import metadata
 from .commands import run
 from .errors import UserError
 
-KMODSRC_FILES = ("Kbuild", "common.c", "primary.c", "helper.c", "ksplice.h",
-                 metadata.HEADER_NAME)
+KMODSRC_FILES = ("Kbuild", "common.c", "runpre.c", "patch.c", "primary.c", "helper.c",
+                 "ksplice.h", metadata.HEADER_NAME)
+# Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
+# build_update_modules adds them to the primary's imports table.
+PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked")
 
 
 def kmodsrc_dir() -> Path:
@@ -177,11 +180,23 @@ class ModuleInputs:
     tables: metadata.ModuleTables
 
 
+def with_primary_imports(tables: metadata.ModuleTables) -> metadata.ModuleTables:
+    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack."""
+    have = {i.name for i in tables.imports}
+    extra = tuple(metadata.ImportInput(n) for n in PRIMARY_IMPORTS if n not in have)
+    return replace(tables, imports=tuple(tables.imports) + extra)
+
+
 def build_update_modules(workdir: Path, kdir: Path, update_id: str,
                          system_map: metadata.SystemMap, primary: ModuleInputs,
                          helper: ModuleInputs, *, jobs: int = 1,
                          verbose: bool = False) -> tuple[Path, Path]:
-    """All steps: tables, collection objects, kmod dir, Kbuild. Returns the two .ko."""
+    """All steps: tables, collection objects, kmod dir, Kbuild. Returns the two .ko.
+
+    The primary's imports always include :data:`PRIMARY_IMPORTS`, which the
+    kernel side needs to patch.
+    """
+    primary = ModuleInputs(primary.collection, with_primary_imports(primary.tables))
     linked: list[Path] = []
     for role, inputs in (("primary", primary), ("helper", helper)):
         asm = write_tables_asm(workdir / f"tables.{role}.s", inputs.tables, system_map)

@@ -69,12 +69,26 @@ def test_modcommon(smap: dict[str, list[int]]) -> None:
     assert "#define KSPLICE_MAP_ANCHOR 0xffffffff8126d15bUL" in h
     assert "#define KSPLICE_MAP_TEXT 0xffffffff81000000UL" in h
     assert "#define KSPLICE_MAP_END 0xffffffff81c20000UL" in h
+    # core text for run-pre matching: _stext, and _end where _etext is missing
+    assert "#define KSPLICE_MAP_STEXT 0xffffffff81000000UL" in h
+    assert "#define KSPLICE_MAP_ETEXT 0xffffffff81c20000UL" in h
+    assert "#define KSPLICE_MAP_ETEXT 0xffffffff81800000UL" in md.render_modcommon(
+        "abcd1234", {**smap, "_etext": [0xFFFFFFFF81800000]})
     with pytest.raises(ValueError):
         md.render_modcommon("ABCD1234", smap)
     with pytest.raises(ValueError):
         md.render_modcommon("abcd123", smap)
     with pytest.raises(ValueError, match="anchor"):
         md.render_modcommon("abcd1234", smap, anchor="signal_pending")
+
+
+def test_primary_imports_are_added_once() -> None:
+    t = kmod.with_primary_imports(md.ModuleTables(imports=[md.ImportInput("text_mutex"),
+                                                            md.ImportInput("jiffies")]))
+    names = [i.name for i in t.imports]
+    assert names[:2] == ["text_mutex", "jiffies"]
+    assert sorted(names) == sorted({"jiffies", *kmod.PRIMARY_IMPORTS})
+    assert kmod.with_primary_imports(t) == t
 
 
 def test_checked_in_header_is_generated() -> None:

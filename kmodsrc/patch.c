@@ -1,0 +1,614 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Apply and reverse an update (primary side).
+ *
+ * Apply resolves everything first, outside stop_machine: run-pre matching
+ * in the helper, the old functions and their patch sites, every relocation
+ * of the replacement code (written with text_poke while the code is still
+ * unreachable), and the module's own imports.  Then, with CPU hotplug and
+ * text_mutex held, stop_machine runs a callback on every online CPU.  One
+ * CPU checks every task's kernel stack from its saved stack pointer up for
+ * a word inside the code being replaced, and when none is found writes a
+ * jmp rel32 over each old function, saving the bytes it covers; the other
+ * CPUs spin until it is done.  Every CPU then serializes with sync_core()
+ * before it can run the new bytes.  A busy check is retried a few times
+ * with a pause in between, then the apply aborts as "code busy".
+ *
+ * Reverse runs the same check over the replacement and the old code and
+ * writes the saved bytes back.  While applied, the primary holds a
+ * reference on itself, so it cannot be unloaded from under the jumps.
+ */
+#define pr_fmt(fmt) "ksplice: " fmt
+
+#include <linux/cpu.h>
+#include <linux/delay.h>
+#include <linux/kernel.h>
+#include <linux/ktime.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task_stack.h>
+#include <linux/slab.h>
+#include <linux/stop_machine.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <asm/sync_core.h>
+#include <asm/tsc.h>
+#include <asm/unwind.h>
+
+#include "ksplice.h"
+
+#define KSPLICE_TRIES 5
+#define KSPLICE_RETRY_MS 300
+
+static const u8 ksplice_nop5[] = { 0x0f, 0x1f, 0x44, 0x00, 0x00 };
+
+typedef void *(*ksplice_text_poke_fn)(void *addr, const void *opcode,
+				      size_t len);
+typedef int (*ksplice_stop_machine_fn)(cpu_stop_fn_t fn, void *data,
+				       const struct cpumask *cpus);
+
+/* The unexported kernel functions the primary calls, from ksplice_imports. */
+struct ksplice_kernel {
+	ksplice_text_poke_fn text_poke;
+	struct mutex *text_mutex;
+	ksplice_stop_machine_fn stop_machine_cpuslocked;
+};
+
+/* Shared by the CPUs inside one stop_machine call. */
+struct ksplice_stop {
+	struct ksplice_module *km;
+	const struct ksplice_kernel *k;
+	bool reverse;
+	struct task_struct *caller;	/* the task that asked for the operation */
+	unsigned long caller_sp;	/* its stack pointer on entry to ksplice */
+	atomic_t done;
+	int cause;			/* enum ksplice_abort */
+	pid_t busy_pid;
+	char busy_comm[TASK_COMM_LEN];
+	unsigned long busy_word;
+	unsigned long busy_depth;	/* bytes below the top of its stack */
+	bool busy_caller;
+	u64 cycles;			/* the work on the master CPU */
+};
+
+static int ksplice_import(const struct ksplice_module *km, const char *name,
+			  unsigned long *addr)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_imports; i++) {
+		const struct ksplice_symstate *st = &km->import_state[i];
+
+		if (strcmp(km->import_tab[i].name, name))
+			continue;
+		if (st->status != KSPLICE_SYM_RESOLVED || st->mismatch)
+			break;
+		*addr = st->addr;
+		return 0;
+	}
+	pr_warn("%s: cannot import %s\n", KSPLICE_ID, name);
+	return -ENOENT;
+}
+
+static int ksplice_get_imports(const struct ksplice_module *km,
+			       struct ksplice_kernel *k)
+{
+	unsigned long a;
+
+	if (ksplice_import(km, "text_poke", &a))
+		return -ENOENT;
+	k->text_poke = (ksplice_text_poke_fn)a;
+	if (ksplice_import(km, "text_mutex", &a))
+		return -ENOENT;
+	k->text_mutex = (struct mutex *)a;
+	if (IS_ENABLED(CONFIG_SMP)) {
+		if (ksplice_import(km, "stop_machine_cpuslocked", &a))
+			return -ENOENT;
+		k->stop_machine_cpuslocked = (ksplice_stop_machine_fn)a;
+	}
+	return 0;
+}
+
+/* -- resolving ------------------------------------------------------------ */
+
+static unsigned long ksplice_repl_size(const struct ksplice_module *km,
+				       unsigned long repladdr)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_sizes; i++)
+		if (km->size_tab[i].thismod_addr == repladdr)
+			return km->size_tab[i].size;
+	return KSPLICE_JMP_LEN;
+}
+
+static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
+{
+	const struct ksplice_patch *p = &km->patch_tab[i];
+	struct ksplice_patch_rt *rt = &km->patch_rt[i];
+	const struct ksplice_match *m;
+	unsigned long size = 0;
+	long rel;
+
+	m = ksplice_runpre_function(km->helper, p->oldname, &size);
+	if (!m) {
+		pr_warn("%s: run-pre matching did not find %s\n", KSPLICE_ID,
+			p->oldname);
+		return KSPLICE_ABORT_NO_MATCH;
+	}
+	if (p->oldaddr && ksplice_run_addr(km, p->oldaddr) != m->addr) {
+		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
+			p->oldname, (void *)m->addr,
+			(void *)ksplice_run_addr(km, p->oldaddr));
+		return KSPLICE_ABORT_MAP_MISMATCH;
+	}
+	rt->oldaddr = m->addr;
+	rt->oldsize = size;
+	rt->oldhash = ksplice_hash(m->addr, size);
+	/* Past the ftrace NOP, so ftrace can still trace the old entry. */
+	rt->site = m->addr + m->entry_nop;
+	if (m->entry_nop + KSPLICE_JMP_LEN > size) {
+		pr_warn("%s: %s is too short to patch\n", KSPLICE_ID, p->oldname);
+		return KSPLICE_ABORT_NO_MATCH;
+	}
+	rt->repladdr = p->repladdr;
+	rt->replsize = ksplice_repl_size(km, p->repladdr);
+	rel = (long)(rt->repladdr - (rt->site + KSPLICE_JMP_LEN));
+	if (rel != (s32)rel)
+		return KSPLICE_ABORT_BAD_ENCODING;
+	rt->jump[0] = 0xe9;
+	memcpy(&rt->jump[1], &(s32){ rel }, 4);
+	if (copy_from_kernel_nofault(rt->saved, (void *)rt->site,
+				     KSPLICE_JMP_LEN))
+		return KSPLICE_ABORT_NO_MATCH;
+	return 0;
+}
+
+/* The value of one of the primary's relocations, or an abort cause. */
+static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
+			       unsigned long *value)
+{
+	const struct ksplice_reloc *r = &km->reloc_tab[i];
+	const struct ksplice_symstate *st = &km->reloc_state[i];
+	unsigned long v = 0;
+	int ret;
+
+	ret = ksplice_runpre_lookup(km->helper, r->symbol, &v);
+	if (ret == -EINVAL) {
+		pr_warn("%s: run-pre matching saw several values of %s\n",
+			KSPLICE_ID, r->symbol);
+		return KSPLICE_ABORT_UNRESOLVED;
+	}
+	if (!ret && st->status == KSPLICE_SYM_RESOLVED && v != st->addr) {
+		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
+			r->symbol, (void *)v, (void *)st->addr);
+		return KSPLICE_ABORT_MAP_MISMATCH;
+	}
+	if (ret && st->status != KSPLICE_SYM_RESOLVED) {
+		pr_warn("%s: no value for %s (%s)\n", KSPLICE_ID, r->symbol,
+			st->status == KSPLICE_SYM_MISSING ? "not in System.map" :
+			"ambiguous, not seen by run-pre matching");
+		return KSPLICE_ABORT_UNRESOLVED;
+	}
+	*value = ret ? st->addr : v;
+	return 0;
+}
+
+static bool ksplice_fits(unsigned long v, unsigned int size, bool is_signed)
+{
+	long s = (long)v;
+
+	switch (size) {
+	case 1:
+		return is_signed ? s == (s8)s : v <= U8_MAX;
+	case 2:
+		return is_signed ? s == (s16)s : v <= U16_MAX;
+	case 4:
+		return is_signed ? s == (s32)s : v <= U32_MAX;
+	default:
+		return true;
+	}
+}
+
+/*
+ * Write the primary's relocations.  The replacement code is not reachable
+ * yet, so text_poke outside stop_machine is enough.  A call to __fentry__
+ * that ftrace already turned into a NOP at module load stays a NOP.
+ */
+static int ksplice_write_relocs(struct ksplice_module *km,
+				const struct ksplice_kernel *k)
+{
+	unsigned int i;
+	int cause;
+
+	for (i = 0; i < km->nr_relocs; i++) {
+		const struct ksplice_reloc *r = &km->reloc_tab[i];
+		unsigned long site = r->section_addr + r->offset, v = 0;
+		bool is_signed = r->flags & (KSPLICE_RELOC_SIGNED | KSPLICE_RELOC_PCREL);
+		u8 bytes[8];
+
+		cause = ksplice_reloc_value(km, i, &v);
+		if (cause)
+			return cause;
+		if (!strcmp(r->symbol, "__fentry__") &&
+		    !memcmp((void *)(site - 1), ksplice_nop5, sizeof(ksplice_nop5)))
+			continue;
+		v += r->addend;
+		if (r->flags & KSPLICE_RELOC_PCREL)
+			v -= site;
+		if (!ksplice_fits(v, r->size, is_signed)) {
+			pr_warn("%s: %s+%#lx -> %s does not fit %u bytes\n",
+				KSPLICE_ID, r->section, r->offset, r->symbol,
+				r->size);
+			return KSPLICE_ABORT_BAD_ENCODING;
+		}
+		memcpy(bytes, &v, sizeof(v));
+		mutex_lock(k->text_mutex);
+		k->text_poke((void *)site, bytes, r->size);
+		mutex_unlock(k->text_mutex);
+	}
+	return 0;
+}
+
+/* Everything the stop_machine step needs, done once per primary. */
+static int ksplice_prepare(struct ksplice_module *km,
+			   const struct ksplice_kernel *k)
+{
+	unsigned int i;
+	int cause;
+
+	if (km->resolved)
+		return 0;
+	if (!km->helper)
+		return KSPLICE_ABORT_NO_HELPER;
+	if (km->mismatched || km->helper->mismatched)
+		return KSPLICE_ABORT_MAP_MISMATCH;
+	/* the helper's own lock guards its run-pre state against sysfs readers */
+	mutex_lock(&km->helper->lock);
+	cause = ksplice_runpre(km->helper);
+	mutex_unlock(&km->helper->lock);
+	if (cause)
+		return cause;
+	for (i = 0; i < km->nr_patches; i++) {
+		cause = ksplice_resolve_patch(km, i);
+		if (cause)
+			return cause;
+	}
+	cause = ksplice_write_relocs(km, k);
+	if (cause)
+		return cause;
+	km->resolved = true;
+	return 0;
+}
+
+/* -- inside stop_machine ------------------------------------------------- */
+
+static bool ksplice_in(unsigned long w, unsigned long start, unsigned long size)
+{
+	return w - start < size;
+}
+
+static bool ksplice_word_busy(const struct ksplice_module *km, unsigned long w,
+			      bool reverse)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+
+		if (ksplice_in(w, rt->oldaddr, rt->oldsize))
+			return true;
+		if (reverse && ksplice_in(w, rt->repladdr, rt->replsize))
+			return true;
+	}
+	return false;
+}
+
+static bool ksplice_task_on_cpu(struct task_struct *t)
+{
+#ifdef CONFIG_SMP
+	return READ_ONCE(t->on_cpu);
+#else
+	return t == current;
+#endif
+}
+
+static void ksplice_note_busy(struct ksplice_stop *s, struct task_struct *t,
+			      unsigned long word, unsigned long depth)
+{
+	s->busy_pid = t->pid;
+	s->busy_word = word;
+	s->busy_depth = depth;
+	s->busy_caller = t == s->caller;
+	memcpy(s->busy_comm, t->comm, sizeof(s->busy_comm));
+}
+
+/* A reliable unwinder (ORC, frame pointers) sees only live frames. */
+#define KSPLICE_PRECISE_UNWIND \
+	(IS_ENABLED(CONFIG_UNWINDER_ORC) || IS_ENABLED(CONFIG_UNWINDER_FRAME_POINTER))
+
+/*
+ * Unwind a task that is not running: every frame's return address and
+ * every interrupted context's instruction pointer.  Returns -1 when the
+ * unwinder gave up, so the caller falls back to scanning.
+ */
+static int ksplice_unwind_busy(struct ksplice_stop *s, struct task_struct *t)
+{
+	struct unwind_state state;
+	unsigned long addr;
+
+	for (unwind_start(&state, t, NULL, NULL); !unwind_done(&state);
+	     unwind_next_frame(&state)) {
+		addr = unwind_get_return_address(&state);
+		if (!addr)
+			break;
+		if (ksplice_word_busy(s->km, addr, s->reverse)) {
+			ksplice_note_busy(s, t, addr, 0);
+			return 1;
+		}
+	}
+	return unwind_error(&state) ? -1 : 0;
+}
+
+/*
+ * Is @t inside the code being replaced?  With a reliable unwinder, its
+ * frames say so exactly.  Otherwise (and when unwinding fails) its kernel
+ * stack is scanned from the saved stack pointer up for any word pointing
+ * into that code: a saved instruction pointer, a return address or an
+ * interrupted context.  Tasks running right now are the stop_machine
+ * threads; their whole stack is scanned.  Scanning sees stale words in
+ * live frames too; the task that asked for the operation has them from
+ * its earlier system calls, so without an unwinder it is scanned only
+ * above where it entered ksplice -- and not at all (it is in the sysfs
+ * write path, which is not worth refusing an update for) when that still
+ * finds something.
+ */
+static bool ksplice_task_busy(struct ksplice_stop *s, struct task_struct *t)
+{
+	unsigned long *stack = task_stack_page(t), *sp, *end;
+	bool running = t == current || ksplice_task_on_cpu(t);
+
+	if (!stack || !refcount_read(&t->stack_refcount))
+		return false;
+	if (KSPLICE_PRECISE_UNWIND && (!running || t == s->caller)) {
+		int ret = ksplice_unwind_busy(s, t);
+
+		if (ret >= 0)
+			return ret;
+	}
+	end = stack + THREAD_SIZE / sizeof(*stack);
+	if (t == s->caller)
+		sp = (unsigned long *)s->caller_sp;
+	else if (t == current)
+		sp = (unsigned long *)current_stack_pointer;
+	else if (ksplice_task_on_cpu(t))
+		sp = stack;
+	else
+		sp = (unsigned long *)t->thread.sp;
+	if (sp < stack || sp >= end)
+		sp = stack;
+	for (; sp < end; sp++) {
+		unsigned long w = READ_ONCE_NOCHECK(*sp);
+
+		if (ksplice_word_busy(s->km, w, s->reverse)) {
+			if (t == s->caller && !KSPLICE_PRECISE_UNWIND)
+				return false;
+			ksplice_note_busy(s, t, w, (end - sp) * sizeof(*sp));
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool ksplice_tasks_busy(struct ksplice_stop *s)
+{
+	struct task_struct *g, *t;
+	bool busy = false;
+
+	rcu_read_lock();
+	for_each_process_thread(g, t) {
+		if (ksplice_task_busy(s, t)) {
+			busy = true;
+			break;
+		}
+	}
+	rcu_read_unlock();
+	return busy;
+}
+
+/* The master CPU's work: check, then write every jump (or saved bytes). */
+static int ksplice_stopped_work(struct ksplice_stop *s)
+{
+	struct ksplice_module *km = s->km;
+	unsigned int i;
+
+	if (ksplice_tasks_busy(s))
+		return KSPLICE_ABORT_CODE_BUSY;
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+		const u8 *expect = s->reverse ? rt->jump : rt->saved;
+
+		if (memcmp((void *)rt->site, expect, KSPLICE_JMP_LEN))
+			return KSPLICE_ABORT_CODE_CHANGED;
+	}
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+
+		s->k->text_poke((void *)rt->site,
+				s->reverse ? rt->saved : rt->jump,
+				KSPLICE_JMP_LEN);
+	}
+	return 0;
+}
+
+/*
+ * Runs on every online CPU with interrupts off.  The first online CPU does
+ * the work; the others wait for it, so none of them runs code while it is
+ * half written, and then every CPU serializes its instruction stream.
+ */
+static int ksplice_stop_fn(void *data)
+{
+	struct ksplice_stop *s = data;
+
+	if (smp_processor_id() == cpumask_first(cpu_online_mask)) {
+		u64 t0 = rdtsc_ordered();
+
+		s->cause = ksplice_stopped_work(s);
+		s->cycles = rdtsc_ordered() - t0;
+		atomic_set_release(&s->done, 1);
+	} else {
+		while (!atomic_read_acquire(&s->done))
+			cpu_relax();
+	}
+	sync_core();
+	return 0;
+}
+
+static u64 ksplice_cycles_ns(u64 cycles, u64 fallback_ns)
+{
+	if (!tsc_khz)
+		return fallback_ns;
+	return div_u64(cycles * 1000000ULL, tsc_khz);
+}
+
+/* One stop_machine call; returns the abort cause (0 when done). */
+static int ksplice_stop_once(struct ksplice_stop *s)
+{
+	const struct ksplice_kernel *k = s->k;
+	u64 t0, c0, c1, t1;
+	int ret;
+
+	atomic_set(&s->done, 0);
+	s->cause = KSPLICE_ABORT_NONE;
+	cpus_read_lock();
+	mutex_lock(k->text_mutex);
+	t0 = ktime_get_ns();
+	c0 = rdtsc_ordered();
+#ifdef CONFIG_SMP
+	ret = k->stop_machine_cpuslocked(ksplice_stop_fn, s, cpu_online_mask);
+#else
+	ret = stop_machine_cpuslocked(ksplice_stop_fn, s, cpu_online_mask);
+#endif
+	c1 = rdtsc_ordered();
+	t1 = ktime_get_ns();
+	mutex_unlock(k->text_mutex);
+	cpus_read_unlock();
+	s->km->pause_ns = ksplice_cycles_ns(c1 - c0, t1 - t0);
+	s->km->stopped_ns = ksplice_cycles_ns(s->cycles, 0);
+	s->km->pause_max_ns = max(s->km->pause_max_ns, s->km->pause_ns);
+	if (ret)
+		return KSPLICE_ABORT_CODE_BUSY;
+	return s->cause;
+}
+
+static int ksplice_stop_retry(struct ksplice_module *km,
+			      const struct ksplice_kernel *k, bool reverse)
+{
+	struct ksplice_stop s = {
+		.km = km,
+		.k = k,
+		.reverse = reverse,
+		.caller = current,
+		.caller_sp = current_stack_pointer,
+	};
+	int cause = 0;
+
+	for (km->tries = 1; km->tries <= KSPLICE_TRIES; km->tries++) {
+		cause = ksplice_stop_once(&s);
+		if (cause != KSPLICE_ABORT_CODE_BUSY)
+			break;
+		pr_info("%s: try %u: %s[%d] is inside the code (%pS at stack top-%lu%s)\n",
+			KSPLICE_ID, km->tries, s.busy_comm, s.busy_pid,
+			(void *)s.busy_word, s.busy_depth,
+			s.busy_caller ? ", caller" : "");
+		if (km->tries < KSPLICE_TRIES)
+			msleep(KSPLICE_RETRY_MS);
+	}
+	km->tries = min(km->tries, (unsigned int)KSPLICE_TRIES);
+	return cause;
+}
+
+/* -- entry points (km->lock held) ---------------------------------------- */
+
+static int ksplice_errno(int cause)
+{
+	switch (cause) {
+	case KSPLICE_ABORT_NONE:
+		return 0;
+	case KSPLICE_ABORT_CODE_BUSY:
+		return -EBUSY;
+	case KSPLICE_ABORT_NOMEM:
+		return -ENOMEM;
+	case KSPLICE_ABORT_ALREADY_APPLIED:
+		return -EEXIST;
+	default:
+		return -EINVAL;
+	}
+}
+
+static int ksplice_finish(struct ksplice_module *km, int cause,
+			  enum ksplice_stage ok, const char *what)
+{
+	km->abort = cause;
+	if (cause) {
+		if (km->stage != KSPLICE_STAGE_APPLIED)
+			km->stage = KSPLICE_STAGE_ABORTED;
+		pr_warn("%s: %s aborted: %s\n", KSPLICE_ID, what,
+			ksplice_abort_name(cause));
+		return ksplice_errno(cause);
+	}
+	km->stage = ok;
+	km->operations++;
+	pr_info("%s: %s, %u functions, stop_machine %llu us (work %llu us), try %u\n",
+		KSPLICE_ID, what, km->nr_patches, div_u64(km->pause_ns, 1000),
+		div_u64(km->stopped_ns, 1000), km->tries);
+	return 0;
+}
+
+int ksplice_apply(struct ksplice_module *km)
+{
+	struct ksplice_kernel k = {};
+	int cause;
+
+	if (km->stage == KSPLICE_STAGE_APPLIED) {
+		km->abort = KSPLICE_ABORT_ALREADY_APPLIED;
+		return -EEXIST;
+	}
+	if (ksplice_get_imports(km, &k))
+		return ksplice_finish(km, KSPLICE_ABORT_UNRESOLVED, 0, "apply");
+	if (!km->patch_rt) {
+		km->patch_rt = kcalloc(km->nr_patches ? km->nr_patches : 1,
+				       sizeof(*km->patch_rt), GFP_KERNEL);
+		if (!km->patch_rt)
+			return ksplice_finish(km, KSPLICE_ABORT_NOMEM, 0, "apply");
+	}
+	cause = ksplice_prepare(km, &k);
+	if (!cause)
+		cause = ksplice_stop_retry(km, &k, false);
+	if (!cause)
+		__module_get(km->owner);
+	return ksplice_finish(km, cause, KSPLICE_STAGE_APPLIED, "applied");
+}
+
+int ksplice_reverse(struct ksplice_module *km)
+{
+	struct ksplice_kernel k = {};
+	int cause;
+
+	if (km->stage != KSPLICE_STAGE_APPLIED) {
+		km->abort = KSPLICE_ABORT_NOT_APPLIED;
+		return -EINVAL;
+	}
+	if (ksplice_get_imports(km, &k))
+		return ksplice_finish(km, KSPLICE_ABORT_UNRESOLVED, 0, "reverse");
+	cause = ksplice_stop_retry(km, &k, true);
+	if (!cause)
+		module_put(km->owner);
+	return ksplice_finish(km, cause, KSPLICE_STAGE_REVERSED, "reversed");
+}
+
+void ksplice_patch_free(struct ksplice_module *km)
+{
+	kfree(km->patch_rt);
+	km->patch_rt = NULL;
+}

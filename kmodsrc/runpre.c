@@ -1,0 +1,526 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Run-pre matching: compare the helper's pre code, compiled from the same
+ * source as the running kernel but with every relocation left unresolved,
+ * with the running kernel's bytes.  Outside relocation fields the bytes
+ * must be equal; inside them, the running bytes say what the relocation's
+ * symbol resolved to when the kernel was linked.  That settles the static
+ * names System.map lists several times and the names it lacks, and it
+ * proves the update was built from the running kernel's source and config.
+ *
+ * Differences tolerated, because the boot or the assembler explains them:
+ * - "call __fentry__" in the object, the 5-byte NOP ftrace writes at boot
+ *   in the running code (any other byte there means ftrace or livepatch
+ *   owns the function: the match fails as "traced");
+ * - a call or jmp to a static call trampoline (__SCT__*): static_call
+ *   rewrites those 5 bytes at boot and on every update to call the
+ *   current target directly, or to a NOP;
+ * - a jmp/jcc with a 32-bit displacement in the object that the assembler
+ *   relaxed to 8 bits in the ordinary build, because its target was a
+ *   local symbol of the same section there.
+ */
+#define pr_fmt(fmt) "ksplice: " fmt
+
+#include <linux/kernel.h>
+#include <linux/slab.h>
+#include <linux/sort.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <asm/unaligned.h>
+
+#include "ksplice.h"
+
+static const u8 ksplice_nop5[] = { 0x0f, 0x1f, 0x44, 0x00, 0x00 };
+
+#define KSPLICE_SCT_PREFIX "__SCT__"
+
+#define KSPLICE_OP_JMP32 0xe9
+#define KSPLICE_OP_JMP8 0xeb
+#define KSPLICE_OP_CALL32 0xe8
+#define KSPLICE_OP_ESC 0x0f
+
+/* Where a walk over one function stands. */
+struct ksplice_walk {
+	const struct ksplice_module *h;
+	const u8 *pre;			/* the helper's copy */
+	unsigned long size;		/* its length */
+	const u8 *run;			/* the running bytes, copied */
+	unsigned long runlen;
+	unsigned long runaddr;		/* where they run */
+	unsigned long i, j;		/* offsets in pre and run */
+	unsigned int k;			/* next entry of by_site */
+	unsigned int kend;
+	struct ksplice_runval *vals;	/* per reloc, this candidate */
+	unsigned int entry_nop;
+	bool traced;
+};
+
+static int ksplice_site_cmp(const void *a, const void *b)
+{
+	const struct ksplice_site *x = a, *y = b;
+
+	if (x->addr != y->addr)
+		return x->addr < y->addr ? -1 : 1;
+	return 0;
+}
+
+static int ksplice_sort_sites(struct ksplice_module *h)
+{
+	unsigned int i;
+
+	h->by_site = kcalloc(h->nr_relocs ? h->nr_relocs : 1,
+			     sizeof(*h->by_site), GFP_KERNEL);
+	if (!h->by_site)
+		return -ENOMEM;
+	for (i = 0; i < h->nr_relocs; i++) {
+		h->by_site[i].addr = h->reloc_tab[i].section_addr +
+				     h->reloc_tab[i].offset;
+		h->by_site[i].reloc = i;
+	}
+	sort(h->by_site, h->nr_relocs, sizeof(*h->by_site), ksplice_site_cmp,
+	     NULL);
+	return 0;
+}
+
+/* First by_site entry at or after @addr. */
+static unsigned int ksplice_first_site(const struct ksplice_module *h,
+				       unsigned long addr)
+{
+	unsigned int lo = 0, hi = h->nr_relocs;
+
+	while (lo < hi) {
+		unsigned int mid = lo + (hi - lo) / 2;
+
+		if (h->by_site[mid].addr < addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static unsigned long ksplice_read_field(const u8 *p, unsigned int size,
+					bool is_signed)
+{
+	switch (size) {
+	case 1:
+		return is_signed ? (long)(s8)*p : *p;
+	case 2:
+		return is_signed ? (long)(s16)get_unaligned((const u16 *)p) :
+				   get_unaligned((const u16 *)p);
+	case 4:
+		return is_signed ? (long)(s32)get_unaligned((const u32 *)p) :
+				   get_unaligned((const u32 *)p);
+	default:
+		return get_unaligned((const u64 *)p);
+	}
+}
+
+/* Does a value read from running code agree with what System.map says? */
+static bool ksplice_value_ok(const struct ksplice_module *h, unsigned int idx,
+			     unsigned long value)
+{
+	const struct ksplice_reloc *r = &h->reloc_tab[idx];
+	const struct ksplice_symstate *st = &h->reloc_state[idx];
+	unsigned int c;
+
+	switch (st->status) {
+	case KSPLICE_SYM_RESOLVED:
+		return value == st->addr;
+	case KSPLICE_SYM_AMBIGUOUS:
+		for (c = 0; c < r->nr_candidates; c++)
+			if (ksplice_run_addr(h, r->candidates[c]) == value)
+				return true;
+		return false;
+	default:
+		return true;
+	}
+}
+
+static bool ksplice_take_value(struct ksplice_walk *w, unsigned int idx,
+			       unsigned long value)
+{
+	if (!ksplice_value_ok(w->h, idx, value)) {
+		if (!strcmp(w->h->reloc_tab[idx].symbol, "__fentry__"))
+			w->traced = true;
+		return false;
+	}
+	w->vals[idx].value = value;
+	w->vals[idx].have = true;
+	return true;
+}
+
+/* Static call sites hold whatever target static_call last wrote. */
+static bool ksplice_is_static_call(const struct ksplice_reloc *r)
+{
+	return !strncmp(r->symbol, KSPLICE_SCT_PREFIX,
+			sizeof(KSPLICE_SCT_PREFIX) - 1);
+}
+
+/* A relocation field at the current position: read the symbol's value. */
+static bool ksplice_walk_field(struct ksplice_walk *w,
+			       const struct ksplice_reloc *r, unsigned int idx)
+{
+	unsigned long v, p = w->runaddr + w->j;
+	bool is_signed = (r->flags & (KSPLICE_RELOC_SIGNED | KSPLICE_RELOC_PCREL));
+
+	if (w->j + r->size > w->runlen || w->i + r->size > w->size)
+		return false;
+	if (ksplice_is_static_call(r))
+		goto skip;
+	v = ksplice_read_field(w->run + w->j, r->size, is_signed);
+	v -= r->addend;
+	if (r->flags & KSPLICE_RELOC_PCREL)
+		v += p;
+	if (!ksplice_take_value(w, idx, v))
+		return false;
+skip:
+	w->i += r->size;
+	w->j += r->size;
+	w->k++;
+	return true;
+}
+
+/*
+ * The bytes differ just before a relocation field (@r, @gap bytes ahead).
+ * Accept the explained cases and step over them.
+ */
+static bool ksplice_walk_tolerate(struct ksplice_walk *w,
+				  const struct ksplice_reloc *r,
+				  unsigned int idx, unsigned long gap)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	unsigned long left = w->runlen - w->j, target;
+	bool pcrel32 = (r->flags & KSPLICE_RELOC_PCREL) && r->size == 4;
+
+	if (gap == 1 && pre[0] == KSPLICE_OP_CALL32 &&
+	    !strcmp(r->symbol, "__fentry__")) {
+		if (left < sizeof(ksplice_nop5) ||
+		    memcmp(run, ksplice_nop5, sizeof(ksplice_nop5))) {
+			w->traced = left && run[0] == KSPLICE_OP_CALL32;
+			return false;
+		}
+		if (w->i == 0)
+			w->entry_nop = w->j + sizeof(ksplice_nop5);
+		w->i += 5;
+		w->j += 5;
+		w->k++;
+		return true;
+	}
+	if (gap == 1 && ksplice_is_static_call(r) && left >= 5 &&
+	    (pre[0] == KSPLICE_OP_CALL32 || pre[0] == KSPLICE_OP_JMP32)) {
+		w->i += 5;
+		w->j += 5;
+		w->k++;
+		return true;
+	}
+	if (!pcrel32 || left < 2)
+		return false;
+	if (gap == 1 && pre[0] == KSPLICE_OP_JMP32 && run[0] == KSPLICE_OP_JMP8) {
+		target = w->runaddr + w->j + 2 + (long)(s8)run[1];
+		w->i += 5;
+	} else if (gap == 2 && pre[0] == KSPLICE_OP_ESC &&
+		   (pre[1] & 0xf0) == 0x80 && run[0] == (0x70 | (pre[1] & 0x0f))) {
+		target = w->runaddr + w->j + 2 + (long)(s8)run[1];
+		w->i += 6;
+	} else {
+		return false;
+	}
+	/* jump target = field + 4 + (S + A - field), so S = target - A - 4 */
+	if (!ksplice_take_value(w, idx, target - r->addend - 4))
+		return false;
+	w->j += 2;
+	w->k++;
+	return true;
+}
+
+/* Walk one function; returns true when the running bytes match. */
+static bool ksplice_walk(struct ksplice_walk *w, unsigned long *bad)
+{
+	const struct ksplice_module *h = w->h;
+	unsigned long base = (unsigned long)w->pre;
+
+	while (w->i < w->size) {
+		const struct ksplice_reloc *r = NULL;
+		unsigned long at = ULONG_MAX;
+		unsigned int idx = 0;
+
+		if (w->k < w->kend) {
+			idx = h->by_site[w->k].reloc;
+			r = &h->reloc_tab[idx];
+			at = h->by_site[w->k].addr - base;
+		}
+		if (at == w->i) {
+			if (!ksplice_walk_field(w, r, idx))
+				goto fail;
+			continue;
+		}
+		if (w->j < w->runlen && w->pre[w->i] == w->run[w->j]) {
+			w->i++;
+			w->j++;
+			continue;
+		}
+		if (r && at > w->i && at - w->i <= 2 &&
+		    ksplice_walk_tolerate(w, r, idx, at - w->i))
+			continue;
+		goto fail;
+	}
+	return true;
+fail:
+	*bad = w->i;
+	return false;
+}
+
+static void ksplice_log_mismatch(const struct ksplice_walk *w, const char *name,
+				 unsigned long bad)
+{
+	unsigned long n = min(8UL, w->size - min(bad, w->size));
+	unsigned long m = min(8UL, w->runlen - min(w->j, w->runlen));
+
+	pr_info("%s run-pre: %s at %pS differs at +%#lx: pre %*ph run %*ph%s\n",
+		KSPLICE_ID, name, (void *)w->runaddr, bad, (int)n, w->pre + bad,
+		(int)m, w->run + w->j, w->traced ? " (traced)" : "");
+}
+
+/*
+ * Try one running address for helper function @f.  On a match the values
+ * read from the running code are in @vals (indexed like the reloc table).
+ */
+static bool ksplice_try(struct ksplice_module *h, unsigned int f,
+			unsigned long addr, u8 *buf, struct ksplice_runval *vals,
+			unsigned int *entry_nop, bool *traced)
+{
+	const struct ksplice_size *s = &h->size_tab[f];
+	struct ksplice_walk w = {
+		.h = h,
+		.pre = (const u8 *)s->thismod_addr,
+		.size = s->size,
+		.run = buf,
+		.runlen = s->size,
+		.runaddr = addr,
+		.vals = vals,
+	};
+	unsigned long bad = 0;
+	unsigned int k;
+
+	if (copy_from_kernel_nofault(buf, (void *)addr, s->size))
+		return false;
+	w.k = ksplice_first_site(h, s->thismod_addr);
+	w.kend = ksplice_first_site(h, s->thismod_addr + s->size);
+	for (k = w.k; k < w.kend; k++)
+		vals[h->by_site[k].reloc].have = false;
+	if (ksplice_walk(&w, &bad)) {
+		*entry_nop = w.entry_nop;
+		return true;
+	}
+	*traced |= w.traced;
+	ksplice_log_mismatch(&w, s->name, bad);
+	return false;
+}
+
+static void ksplice_commit(struct ksplice_module *h, unsigned int f,
+			   const struct ksplice_runval *vals, bool keep)
+{
+	const struct ksplice_size *s = &h->size_tab[f];
+	unsigned int k = ksplice_first_site(h, s->thismod_addr);
+	unsigned int kend = ksplice_first_site(h, s->thismod_addr + s->size);
+
+	for (; k < kend; k++) {
+		unsigned int idx = h->by_site[k].reloc;
+
+		h->runval[idx].have = keep && vals[idx].have;
+		h->runval[idx].value = vals[idx].value;
+	}
+}
+
+/* Match function @f at each of @n addresses; record what was found. */
+static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
+			      const unsigned long *addrs, unsigned int n,
+			      u8 *buf, struct ksplice_runval *vals)
+{
+	const struct ksplice_size *s = &h->size_tab[f];
+	struct ksplice_match *m = &h->match[f];
+	unsigned int c, found = 0, inside = 0, nop = 0;
+
+	for (c = 0; c < n; c++) {
+		unsigned long a = addrs[c];
+
+		if (!s->size || !ksplice_in_core_text(h, a) ||
+		    !ksplice_in_core_text(h, a + s->size - 1))
+			continue;
+		inside++;
+		if (!ksplice_try(h, f, a, buf, vals, &nop, &m->traced))
+			continue;
+		if (found++ == 0) {
+			m->addr = a;
+			m->entry_nop = nop;
+			ksplice_commit(h, f, vals, true);
+		}
+	}
+	if (found == 1) {
+		m->status = KSPLICE_MATCH_FOUND;
+		h->matched++;
+	} else if (found > 1) {
+		m->status = KSPLICE_MATCH_SEVERAL;
+		m->addr = 0;
+		ksplice_commit(h, f, vals, false);
+	} else {
+		m->status = inside ? KSPLICE_MATCH_FAILED : KSPLICE_MATCH_OUTSIDE;
+	}
+}
+
+/*
+ * A function System.map does not list may still be reachable: another
+ * matched function's call or jump says where it is.  Repeat while that
+ * finds more.
+ */
+static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
+				    struct ksplice_runval *vals)
+{
+	bool progress = true;
+	unsigned int f;
+
+	while (progress) {
+		progress = false;
+		for (f = 0; f < h->nr_sizes; f++) {
+			unsigned long a;
+
+			if (h->match[f].status != KSPLICE_MATCH_OUTSIDE ||
+			    h->size_tab[f].nr_candidates)
+				continue;
+			if (ksplice_runpre_lookup(h, h->size_tab[f].name, &a))
+				continue;
+			ksplice_match_one(h, f, &a, 1, buf, vals);
+			progress |= h->match[f].status == KSPLICE_MATCH_FOUND;
+		}
+	}
+}
+
+void ksplice_runpre_free(struct ksplice_module *h)
+{
+	kfree(h->match);
+	kfree(h->runval);
+	kfree(h->by_site);
+	h->match = NULL;
+	h->runval = NULL;
+	h->by_site = NULL;
+	h->matched = 0;
+}
+
+/*
+ * Match every function the helper carries.  Returns 0, or the abort cause
+ * (as an enum ksplice_abort) when some function has copies in the running
+ * kernel's text and none of them matches.
+ */
+int ksplice_runpre(struct ksplice_module *h)
+{
+	struct ksplice_runval *vals = NULL;
+	unsigned long maxsize = 1;
+	unsigned int f, failed = 0;
+	bool traced = false;
+	u8 *buf = NULL;
+	int ret = KSPLICE_ABORT_NOMEM;
+
+	ksplice_runpre_free(h);
+	h->match = kcalloc(h->nr_sizes ? h->nr_sizes : 1, sizeof(*h->match),
+			   GFP_KERNEL);
+	h->runval = kcalloc(h->nr_relocs ? h->nr_relocs : 1, sizeof(*h->runval),
+			    GFP_KERNEL);
+	vals = kcalloc(h->nr_relocs ? h->nr_relocs : 1, sizeof(*vals), GFP_KERNEL);
+	for (f = 0; f < h->nr_sizes; f++)
+		maxsize = max(maxsize, h->size_tab[f].size);
+	buf = kvmalloc(maxsize, GFP_KERNEL);
+	if (!h->match || !h->runval || !vals || !buf || ksplice_sort_sites(h))
+		goto out;
+
+	for (f = 0; f < h->nr_sizes; f++) {
+		const struct ksplice_size *s = &h->size_tab[f];
+		unsigned long *addrs;
+		unsigned int c;
+
+		addrs = kcalloc(s->nr_candidates ? s->nr_candidates : 1,
+				sizeof(*addrs), GFP_KERNEL);
+		if (!addrs)
+			goto out;
+		for (c = 0; c < s->nr_candidates; c++)
+			addrs[c] = ksplice_run_addr(h, s->candidates[c]);
+		ksplice_match_one(h, f, addrs, s->nr_candidates, buf, vals);
+		kfree(addrs);
+	}
+	ksplice_match_reachable(h, buf, vals);
+
+	for (f = 0; f < h->nr_sizes; f++) {
+		if (h->match[f].status != KSPLICE_MATCH_FAILED)
+			continue;
+		failed++;
+		traced |= h->match[f].traced;
+		pr_warn("%s run-pre: no running copy of %s matches the update's pre code%s\n",
+			KSPLICE_ID, h->size_tab[f].name,
+			h->match[f].traced ? " (its entry is traced)" : "");
+	}
+	pr_info("%s run-pre: %u of %u functions matched, %u failed\n",
+		KSPLICE_ID, h->matched, h->nr_sizes, failed);
+	if (!failed)
+		ret = 0;
+	else
+		ret = traced ? KSPLICE_ABORT_TRACED : KSPLICE_ABORT_NO_MATCH;
+out:
+	kvfree(buf);
+	kfree(vals);
+	return ret;
+}
+
+/*
+ * The running value of symbol @name as run-pre matching saw it: a matched
+ * function of that name, or a value read at a relocation against it.
+ * -ENOENT when run-pre matching has nothing, -EINVAL when it saw several.
+ */
+int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
+			  unsigned long *value)
+{
+	unsigned int i;
+	bool have = false;
+
+	if (!h || !h->match)
+		return -ENOENT;
+	for (i = 0; i < h->nr_sizes; i++) {
+		if (h->match[i].status != KSPLICE_MATCH_FOUND ||
+		    strcmp(h->size_tab[i].name, name))
+			continue;
+		if (have && *value != h->match[i].addr)
+			return -EINVAL;
+		*value = h->match[i].addr;
+		have = true;
+	}
+	for (i = 0; i < h->nr_relocs; i++) {
+		if (!h->runval[i].have || strcmp(h->reloc_tab[i].symbol, name))
+			continue;
+		if (have && *value != h->runval[i].value)
+			return -EINVAL;
+		*value = h->runval[i].value;
+		have = true;
+	}
+	return have ? 0 : -ENOENT;
+}
+
+/* The matched helper function called @name, if exactly one matched. */
+const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module *h,
+						    const char *name,
+						    unsigned long *size)
+{
+	const struct ksplice_match *found = NULL;
+	unsigned int i;
+
+	if (!h || !h->match)
+		return NULL;
+	for (i = 0; i < h->nr_sizes; i++) {
+		if (h->match[i].status != KSPLICE_MATCH_FOUND ||
+		    strcmp(h->size_tab[i].name, name))
+			continue;
+		if (found && found->addr != h->match[i].addr)
+			return NULL;
+		found = &h->match[i];
+		*size = h->size_tab[i].size;
+	}
+	return found;
+}

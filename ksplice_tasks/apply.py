@@ -1,0 +1,357 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""``ksplice-apply``, ``ksplice-view`` and ``ksplice-undo``: the target machine's commands.
+
+They talk to an update's modules only through the kernel's module syscalls
+and the primary's sysfs directory ``/sys/module/ksplice_<id>/ksplice/``
+(see ``kmodsrc/README.md``): writing ``apply`` or ``reverse`` to ``stage``
+runs the operation in the kernel, and ``abort_cause`` says why one failed.
+
+Apply extracts the tarball into a private temporary directory (tarfile's
+"data" filter refuses links, devices and paths outside it), loads the
+primary and then the helper, applies, and unloads the helper.  Whenever it
+fails it unloads what it loaded, so the kernel is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import re
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+ID_RE = re.compile(r"^[a-z0-9]{8}$")
+
+# x86-64 system call numbers (the only architecture ksplice-py targets).
+SYS_DELETE_MODULE = 176
+SYS_FINIT_MODULE = 313
+O_NONBLOCK = 0o4000
+
+# abort_cause (kmodsrc/common.c) -> what the user is told.
+CAUSES: dict[str, str] = {
+    "no_match": "the update's original code does not match the running kernel (no match): "
+                "it was built from a different kernel source or configuration",
+    "code_busy": "a task is running or sleeping inside a function the update replaces "
+                 "(code busy); try again later",
+    "map_mismatch": "the System.map the update was built with does not describe the running "
+                    "kernel (System.map mismatch)",
+    "already_applied": "the update is already applied",
+    "not_applied": "the update is not applied",
+    "traced": "ftrace or livepatch is attached to a function the update replaces",
+    "unresolved": "a symbol the update needs has no unique address in the running kernel",
+    "code_changed": "the code to be patched was changed by someone else",
+    "no_helper": "the update's helper module is not loaded",
+    "nomem": "the kernel ran out of memory",
+    "bad_encoding": "an address does not fit its instruction field",
+}
+
+
+class ApplyError(UserError):
+    """An operation was refused or aborted; the kernel is as it was before."""
+
+
+def module_name(update_id: str, helper: bool = False) -> str:
+    """The kernel's name of an update module (Kbuild turns '-' into '_')."""
+    return f"ksplice_{update_id}" + ("_helper" if helper else "")
+
+
+def check_id(update_id: str) -> str:
+    if not ID_RE.match(update_id):
+        raise ApplyError(f"bad update id {update_id!r}: expected 8 characters from [a-z0-9]")
+    return update_id
+
+
+def explain(cause: str) -> str:
+    """One line for an abort cause read from sysfs."""
+    return CAUSES.get(cause, f"the kernel reported {cause!r}")
+
+
+# -- the package ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Package:
+    """An extracted update tarball."""
+
+    id: str
+    primary: Path
+    helper: Path
+
+
+def extract_package(tarball: Path, dest: Path) -> Package:
+    """Extract ``ksplice-<id>/`` safely into ``dest`` and find its two modules."""
+    if not tarball.is_file():
+        raise ApplyError(f"{tarball}: no such file")
+    try:
+        with tarfile.open(tarball) as tf:
+            names = tf.getnames()
+            tops = {n.split("/", 1)[0] for n in names}
+            if len(tops) != 1:
+                raise ApplyError(f"{tarball}: expected one ksplice-<id> directory")
+            top = tops.pop()
+            m = re.fullmatch(r"ksplice-([a-z0-9]{8})", top)
+            if not m:
+                raise ApplyError(f"{tarball}: {top!r} is not a ksplice-<id> directory")
+            tf.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        if isinstance(e, ApplyError):
+            raise
+        reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+        raise ApplyError(f"{tarball}: not a usable ksplice tarball ({reason})") from None
+    update_id = m.group(1)
+    pkg = Package(update_id, dest / top / f"ksplice-{update_id}.ko",
+                  dest / top / f"ksplice-{update_id}-helper.ko")
+    for f in (pkg.primary, pkg.helper):
+        if not f.is_file() or f.is_symlink():
+            raise ApplyError(f"{tarball}: missing {top}/{f.name}")
+    return pkg
+
+
+# -- the kernel ---------------------------------------------------------------------
+
+
+class Kernel:
+    """Module syscalls and the update modules' sysfs files; tests substitute a fake."""
+
+    def __init__(self, sys_root: Path = Path("/sys")) -> None:
+        self.sys_root = sys_root
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def _syscall(self, *args: object) -> None:
+        if self._libc.syscall(*args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def load(self, ko: Path) -> None:
+        """finit_module(2): the module file is read by the kernel, not copied here."""
+        fd = os.open(ko, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._syscall(ctypes.c_long(SYS_FINIT_MODULE), ctypes.c_int(fd),
+                          ctypes.c_char_p(b""), ctypes.c_int(0))
+        finally:
+            os.close(fd)
+
+    def unload(self, name: str) -> None:
+        self._syscall(ctypes.c_long(SYS_DELETE_MODULE), ctypes.c_char_p(name.encode()),
+                      ctypes.c_uint(O_NONBLOCK))
+
+    def attr_dir(self, module: str) -> Path:
+        return self.sys_root / "module" / module / "ksplice"
+
+    def loaded(self, module: str) -> bool:
+        return (self.sys_root / "module" / module).is_dir()
+
+    def read(self, module: str, attr: str) -> str:
+        return (self.attr_dir(module) / attr).read_text().strip()
+
+    def write(self, module: str, attr: str, value: str) -> None:
+        """One write(2): a buffered file would retry a failed command when it closes."""
+        fd = os.open(self.attr_dir(module) / attr, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, (value + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def update_ids(self) -> list[str]:
+        """Ids of loaded primaries, sorted."""
+        root = self.sys_root / "module"
+        out = []
+        for d in sorted(root.glob("ksplice_*")):
+            m = re.fullmatch(r"ksplice_([a-z0-9]{8})", d.name)
+            if m and (d / "ksplice").is_dir():
+                out.append(m.group(1))
+        return out
+
+
+def _oserror(what: str, e: OSError) -> ApplyError:
+    reason = {errno.EEXIST: "already loaded", errno.EPERM: "permission denied",
+              errno.ENOEXEC: "not a module for this kernel"}.get(e.errno or 0, e.strerror)
+    return ApplyError(f"{what}: {reason}")
+
+
+def _unload_quietly(kernel: Kernel, name: str) -> None:
+    if kernel.loaded(name):
+        try:
+            kernel.unload(name)
+        except OSError:
+            pass
+
+
+def apply_package(kernel: Kernel, pkg: Package) -> str:
+    """Load, apply, unload the helper; returns the stage. Any failure leaves nothing loaded."""
+    primary, helper = module_name(pkg.id), module_name(pkg.id, helper=True)
+    if kernel.loaded(primary):
+        stage = kernel.read(primary, "stage")
+        if stage == "applied":
+            raise ApplyError(f"update {pkg.id}: {explain('already_applied')}")
+        raise ApplyError(f"update {pkg.id} is already loaded (stage {stage}); "
+                         f"run ksplice-undo {pkg.id} first")
+    try:
+        kernel.load(pkg.primary)
+    except OSError as e:
+        raise _oserror(f"loading {pkg.primary.name}", e) from None
+    try:
+        try:
+            kernel.load(pkg.helper)
+        except OSError as e:
+            raise _oserror(f"loading {pkg.helper.name}", e) from None
+        try:
+            kernel.write(primary, "stage", "apply")
+        except OSError:
+            cause = kernel.read(primary, "abort_cause")
+            raise ApplyError(f"Aborted: {explain(cause)}") from None
+    except ApplyError:
+        _unload_quietly(kernel, helper)
+        _unload_quietly(kernel, primary)
+        raise
+    _unload_quietly(kernel, helper)
+    return kernel.read(primary, "stage")
+
+
+def undo_update(kernel: Kernel, update_id: str) -> None:
+    """Reverse (if applied) and unload; an abort leaves the update applied."""
+    primary, helper = module_name(update_id), module_name(update_id, helper=True)
+    if not kernel.loaded(primary):
+        raise ApplyError(f"update {update_id} is not loaded")
+    if kernel.read(primary, "stage") == "applied":
+        try:
+            kernel.write(primary, "stage", "reverse")
+        except OSError:
+            cause = kernel.read(primary, "abort_cause")
+            raise ApplyError(f"Aborted: {explain(cause)}; update {update_id} stays applied"
+                             ) from None
+    _unload_quietly(kernel, helper)
+    try:
+        kernel.unload(primary)
+    except OSError as e:
+        raise _oserror(f"unloading {primary}", e) from None
+
+
+@dataclass(frozen=True)
+class UpdateView:
+    """What ``ksplice-view`` shows about one loaded update."""
+
+    id: str
+    stage: str
+    functions: tuple[str, ...]
+    pause_us: str
+    abort_cause: str
+
+
+def view_update(kernel: Kernel, update_id: str) -> UpdateView:
+    m = module_name(update_id)
+    funcs = tuple(line.split()[0] for line in kernel.read(m, "functions").splitlines()
+                  if line.strip())
+    return UpdateView(update_id, kernel.read(m, "stage"), funcs, kernel.read(m, "pause_us"),
+                      kernel.read(m, "abort_cause"))
+
+
+def format_view(v: UpdateView) -> str:
+    lines = [f"ksplice-{v.id}: {v.stage}",
+             f"  functions: {' '.join(v.functions) or '-'}",
+             f"  stop_machine pause: {v.pause_us} us"]
+    if v.abort_cause != "none":
+        lines.append(f"  last abort: {explain(v.abort_cause)}")
+    return "\n".join(lines)
+
+
+# -- console commands -----------------------------------------------------------------
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ApplyError("must be run as root")
+
+
+def _run(prog: str, fn, argv: Sequence[str] | None) -> int:
+    try:
+        return fn(argv)
+    except UserError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+
+
+def _apply(argv: Sequence[str] | None, kernel: Kernel | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ksplice-apply",
+                                 description="Apply a ksplice update to the running kernel.")
+    ap.add_argument("tarball", type=Path, help="ksplice-<id>.tar.gz from ksplice-create")
+    args = ap.parse_args(argv)
+    kernel = kernel or Kernel()
+    _require_root()
+    with tempfile.TemporaryDirectory(prefix="ksplice-apply-") as tmp:
+        pkg = extract_package(args.tarball, Path(tmp))
+        apply_package(kernel, pkg)
+    print("Done!")
+    return 0
+
+
+def _view(argv: Sequence[str] | None, kernel: Kernel | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ksplice-view",
+                                 description="List the ksplice updates in the running kernel.")
+    ap.add_argument("--id", help="show only this update")
+    args = ap.parse_args(argv)
+    kernel = kernel or Kernel()
+    ids = kernel.update_ids()
+    if args.id is not None:
+        check_id(args.id)
+        if args.id not in ids:
+            raise ApplyError(f"update {args.id} is not loaded")
+        ids = [args.id]
+    if not ids:
+        print("No ksplice updates are loaded.")
+    for i in ids:
+        print(format_view(view_update(kernel, i)))
+    return 0
+
+
+def _undo(argv: Sequence[str] | None, kernel: Kernel | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ksplice-undo",
+                                 description="Reverse a ksplice update and unload it.")
+    ap.add_argument("id", help="the update's 8-character id")
+    args = ap.parse_args(argv)
+    check_id(args.id)
+    kernel = kernel or Kernel()
+    _require_root()
+    undo_update(kernel, args.id)
+    print("Done!")
+    return 0
+
+
+def apply_main(argv: Sequence[str] | None = None) -> int:
+    """``ksplice-apply TARBALL``."""
+    return _run("ksplice-apply", _apply, argv)
+
+
+def view_main(argv: Sequence[str] | None = None) -> int:
+    """``ksplice-view [--id ID]``."""
+    return _run("ksplice-view", _view, argv)
+
+
+def undo_main(argv: Sequence[str] | None = None) -> int:
+    """``ksplice-undo ID``."""
+    return _run("ksplice-undo", _undo, argv)
+
+
+COMMANDS = {"apply": apply_main, "view": view_main, "undo": undo_main}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ksplice_tasks.apply {apply,view,undo} ...`` (where no scripts are installed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m ksplice_tasks.apply {{{','.join(COMMANDS)}}} ...",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

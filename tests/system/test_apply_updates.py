@@ -1,0 +1,266 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Real updates applied, viewed and undone in the SMP+KASLR and lp (ftrace) test kernels.
+
+Each variant boots once, with the host's root over 9p so the guest runs the
+project's own ``ksplice-apply``/``-view``/``-undo`` code.  The updates are
+built by tests/system/updates.py from real 6.1 sources:
+
+* ``good``: /proc/loadavg gains a " ksplice" suffix (fs/proc/loadavg.c);
+* ``edited``: the same change, built from a pre source that differs from
+  what the running kernel was built from (run-pre matching must refuse it);
+* ``other``: the same change, compiled with the other test config's recipe;
+* ``msleep``: kernel/time/timer.c's msleep(), which a test kthread sleeps in.
+
+The guest prints each step after an ``@@name`` marker; the tests read them.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import updates
+
+import ksplice_tasks
+from ksplice_tasks import testkernel
+
+pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
+
+GOOD, EDITED, OTHER, MSLEEP = "lavg0001", "lavg0002", "lavg0003", "msle0001"
+CYCLES = 200
+SLEEP_MS = 15000
+ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
+
+LOADAVG_FMT = '"%lu.%02lu %lu.%02lu %lu.%02lu %u/%d %d\\n"'
+MSLEEP_LINE = "\tunsigned long timeout = msecs_to_jiffies(msecs) + 1;\n\n\twhile (timeout)\n"
+
+
+def loadavg_post(src: str) -> str:
+    assert LOADAVG_FMT in src
+    return src.replace(LOADAVG_FMT, LOADAVG_FMT.replace("%d\\n", "%d ksplice\\n"))
+
+
+def loadavg_edited_pre(src: str) -> str:
+    """A source the running kernel was not built from: a different constant in the function."""
+    assert "FIXED_1/200" in src
+    return src.replace("FIXED_1/200", "FIXED_1/100")
+
+
+def msleep_post(src: str) -> str:
+    assert MSLEEP_LINE in src
+    return src.replace(MSLEEP_LINE, MSLEEP_LINE.replace("+ 1;", "+ 2;"))
+
+
+OTHER_VARIANT = {"smp": "lp", "lp": "smp"}
+
+
+def build_all(kernel: testkernel.TestKernel, other: testkernel.TestKernel, d: Path
+              ) -> dict[str, Path]:
+    loadavg = (kernel.source / "fs/proc/loadavg.c").read_text()
+    timer = (kernel.source / "kernel/time/timer.c").read_text()
+    obj = "fs/proc/loadavg.o"
+    good = updates.build_update(kernel, obj, loadavg_post(loadavg), GOOD, d / "good")
+    edited = updates.build_update(kernel, obj, loadavg_post(loadavg), EDITED, d / "edited",
+                                  pre_text=loadavg_edited_pre(loadavg))
+    oth = updates.build_update(kernel, obj, loadavg_post(loadavg), OTHER, d / "other",
+                               compile_with=other)
+    msl = updates.build_update(kernel, "kernel/time/timer.o", msleep_post(timer), MSLEEP,
+                               d / "msleep")
+    return {"good": good.tarball, "edited": edited.tarball, "other": oth.tarball,
+            "msleep": msl.tarball, "sleeper": updates.build_sleeper(kernel, d / "sleeper")}
+
+
+def guest_script() -> str:
+    ks = f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable} -m ksplice_tasks.apply"
+    m = f"/sys/module/ksplice_{GOOD}/ksplice"
+    return f"""
+cp /m/*.tar.gz /host/run/
+echo junk > /host/run/junk.tar.gz
+KS="{ks}"
+mark() {{ echo "@@$1"; }}
+left() {{ ls /sys/module | grep ksplice; echo end; }}
+mark before; cat /proc/loadavg
+mark apply; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
+mark view; $KS view 2>&1; echo "rc=$?"
+mark view_id; $KS view --id {GOOD} 2>&1; echo "rc=$?"
+mark view_none; $KS view --id zzzzzzzz 2>&1; echo "rc=$?"
+mark after; cat /proc/loadavg
+mark left_applied; left
+mark again; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
+mark reverse; echo reverse > {m}/stage; echo "rc=$?"
+mark stage_reversed; cat {m}/stage
+mark patches; cat {m}/patches
+mark restored; cat /proc/loadavg
+mark undo; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark left_undone; left
+mark apply2; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
+mark after2; cat /proc/loadavg
+mark undo2; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark restored2; cat /proc/loadavg
+mark edited; $KS apply /run/edited.tar.gz 2>&1; echo "rc=$?"
+mark other; $KS apply /run/other.tar.gz 2>&1; echo "rc=$?"
+mark missing; $KS apply /run/nonexistent.tar.gz 2>&1; echo "rc=$?"
+mark junk; $KS apply /run/junk.tar.gz 2>&1; echo "rc=$?"
+mark badid; $KS undo NOT-AN-ID 2>&1; echo "rc=$?"
+mark notloaded; $KS undo zzzzzzzz 2>&1; echo "rc=$?"
+mark left_refused; left
+mark untouched; cat /proc/loadavg
+mark dmesg_refused; dmesg | grep -E 'run-pre|aborted'
+insmod /m/sleeper.ko ms={SLEEP_MS}
+mark busy; $KS apply /run/msleep.tar.gz 2>&1; echo "rc=$?"
+mark left_busy; left
+mark dmesg_busy; dmesg | grep -E 'is inside the code|aborted'
+while [ "$(cat /sys/module/msleeper/parameters/done)" != 1 ]; do sleep 1; done
+mark unbusy; $KS apply /run/msleep.tar.gz 2>&1; echo "rc=$?"
+mark unbusy_undo; $KS undo {MSLEEP} 2>&1; echo "rc=$?"
+mark stress_apply; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
+reader() {{
+    while :; do read l < /proc/loadavg; case "$l" in *" "*/*) ;; *) echo "BAD $l";; esac; done
+}}
+reader & r1=$!
+reader & r2=$!
+i=0
+while [ $i -lt {CYCLES} ]; do
+    echo reverse > {m}/stage || echo "FAIL reverse $i $(cat {m}/abort_cause)"
+    cat {m}/pause_us >> /tmp/pauses
+    echo apply > {m}/stage || echo "FAIL apply $i $(cat {m}/abort_cause)"
+    cat {m}/pause_us >> /tmp/pauses
+    i=$((i + 1))
+done
+kill $r1 $r2
+mark cycles; echo $i
+mark pauses; cat /tmp/pauses
+mark timing; cat {m}/timing
+mark stopped; dmesg | grep -o 'work [0-9]* us' | tail -5
+mark stress_undo; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark final; cat /proc/loadavg
+mark left_final; left
+mark dmesg; dmesg | grep -E 'WARNING|BUG|Oops|ftrace|ksplice'
+mark end
+"""
+
+
+def parse(out: str) -> dict[str, str]:
+    res: dict[str, str] = {}
+    key = None
+    for line in out.splitlines():
+        if line.startswith("@@"):
+            key = line[2:].strip()
+            res[key] = ""
+        elif key is not None:
+            res[key] += line + "\n"
+    return {k: v.strip() for k, v in res.items()}
+
+
+def rc(block: str) -> int:
+    m = re.findall(r"^rc=(\d+)$", block, re.M)
+    assert m, block
+    return int(m[-1])
+
+
+@pytest.fixture(scope="module", params=["smp", "lp"])
+def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[str, dict[str, str]]:
+    variant = request.param
+    kernel = testkernel.build_test_kernel(variant)
+    other = testkernel.build_test_kernel(OTHER_VARIANT[variant])
+    files = build_all(kernel, other, tmp_path_factory.mktemp(f"updates-{variant}"))
+    res = kernel.boot(guest_script(), hostfs=True, timeout=900,
+                      files=[(f"/m/{k}.tar.gz" if k != "sleeper" else "/m/sleeper.ko", v)
+                             for k, v in files.items()])
+    out = parse(res.guest_output)
+    assert res.ok and "end" in out, res.output[-6000:]
+    return variant, out
+
+
+def is_patched(line: str) -> bool:
+    return line.endswith(" ksplice")
+
+
+def test_behaviour_before_apply_after_undo(guest) -> None:
+    _v, g = guest
+    assert not is_patched(g["before"])
+    assert rc(g["apply"]) == 0 and g["apply"].splitlines()[0] == "Done!"
+    assert is_patched(g["after"])
+    assert g["left_applied"].split() == [f"ksplice_{GOOD}", "end"], "helper must be unloaded"
+    assert rc(g["reverse"]) == 0 and g["stage_reversed"] == "reversed"
+    assert not is_patched(g["restored"])
+    assert rc(g["undo"]) == 0 and g["left_undone"] == "end"
+    assert rc(g["apply2"]) == 0 and is_patched(g["after2"])
+    assert rc(g["undo2"]) == 0 and not is_patched(g["restored2"])
+
+
+def test_undo_restores_the_bytes_exactly(guest) -> None:
+    variant, g = guest
+    fields = dict(f.split("=", 1) for f in g["patches"].split()[1:])
+    assert g["patches"].split()[0] == "loadavg_proc_show"
+    assert fields["before"] == fields["now"] and fields["before"] != "0" * 16
+    site = int(fields["site"], 16) - int(fields["old"], 16)
+    # lp: the jump goes after the ftrace NOP, which stays for ftrace.
+    assert site == (5 if variant == "lp" else 0)
+
+
+def test_view_lists_the_update(guest) -> None:
+    _v, g = guest
+    assert rc(g["view"]) == 0 and rc(g["view_id"]) == 0
+    assert f"ksplice-{GOOD}: applied" in g["view"]
+    assert "functions: loadavg_proc_show" in g["view_id"]
+    assert re.search(r"stop_machine pause: \d+\.\d{3} us", g["view_id"])
+    assert rc(g["view_none"]) != 0 and len(g["view_none"].splitlines()) == 2
+
+
+def test_already_applied_is_refused(guest) -> None:
+    _v, g = guest
+    assert rc(g["again"]) == 1 and "already applied" in g["again"]
+
+
+def test_other_builds_are_refused_by_run_pre_matching(guest) -> None:
+    _v, g = guest
+    assert rc(g["edited"]) == 1 and "(no match)" in g["edited"], g["edited"]
+    assert rc(g["other"]) == 1 and "Aborted:" in g["other"], g["other"]
+    assert "(no match)" in g["other"] or "System.map mismatch" in g["other"]
+    assert g["left_refused"] == "end"
+    assert not is_patched(g["untouched"])
+    assert "run-pre: no running copy of loadavg_proc_show matches" in g["dmesg_refused"]
+
+
+def test_bad_input_is_one_line_and_nonzero(guest) -> None:
+    _v, g = guest
+    for key in ("missing", "junk", "badid", "notloaded"):
+        lines = g[key].splitlines()
+        assert len(lines) == 2 and rc(g[key]) != 0, (key, g[key])
+
+
+def test_sleeping_kthread_makes_apply_busy_until_it_leaves(guest) -> None:
+    _v, g = guest
+    assert rc(g["busy"]) == 1 and "(code busy)" in g["busy"], g["busy"]
+    assert g["left_busy"] == "end"
+    tries = re.findall(r"try (\d): ksplice_sleeper\[\d+\] is inside the code \(msleep\+",
+                       g["dmesg_busy"])
+    assert tries == ["1", "2", "3", "4", "5"], g["dmesg_busy"]
+    assert rc(g["unbusy"]) == 0 and rc(g["unbusy_undo"]) == 0
+
+
+def pauses(g: dict[str, str]) -> list[float]:
+    return [float(x) for x in g["pauses"].split()]
+
+
+def test_apply_undo_cycles_under_load(guest) -> None:
+    variant, g = guest
+    assert rc(g["stress_apply"]) == 0
+    assert int(g["cycles"]) == CYCLES
+    p = pauses(g)
+    assert len(p) == 2 * CYCLES and all(x > 0 for x in p)
+    assert rc(g["stress_undo"]) == 0 and not is_patched(g["final"])
+    assert g["left_final"] == "end"
+    print(f"\n{variant}: {CYCLES} cycles, stop_machine pause median "
+          f"{statistics.median(p):.1f} us, max {max(p):.1f} us")
+
+
+def test_no_oops_or_warning(guest) -> None:
+    _v, g = guest
+    for bad in ("WARNING", "BUG", "Oops", "FAIL", "ftrace failed", "BAD "):
+        assert bad not in g["dmesg"] and bad not in g["stress_apply"], g["dmesg"][-3000:]
