@@ -38,8 +38,13 @@ PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked")
 
 
 def kmodsrc_dir() -> Path:
-    """The kernel-side sources shipped beside the package (``<repo>/kmodsrc``)."""
-    return Path(__file__).resolve().parent.parent / "kmodsrc"
+    """The kernel-side sources: ``<repo>/kmodsrc``, or in an installed package
+    ``ksplice_tasks/kmodsrc`` (pyproject maps one onto the other)."""
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / "kmodsrc", here / "kmodsrc"):
+        if (d / "Kbuild").is_file():
+            return d
+    return here.parent / "kmodsrc"
 
 
 def _write_atomic(path: Path, data: str | bytes) -> Path:
