@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import metadata
+from . import kmod, metadata
 from .commands import run
 from .errors import UserError
 from .extract import RECORDS, work_dir
@@ -62,8 +62,9 @@ def module_tables(records: Sequence[dict], role: str) -> metadata.ModuleTables:
             renames = rec.get("renames", {})
             patches += [metadata.PatchInput(renames.get(f, f), f"{f}{rec['tag']}_post{GLOBAL}")
                         for f in patched_functions(rec)]
-    return metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL),
-                                 sizes=sizes, patches=patches)
+    tables = metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL),
+                                   sizes=sizes, patches=patches)
+    return kmod.with_primary_imports(tables) if role == "primary" else tables
 
 
 def patched_functions(rec: dict) -> list[str]:

@@ -22,6 +22,9 @@ from .inputs import Settings
 
 DIFF = "diff.json"
 RECORDS = "records.json"
+# Relocations the module loader must resolve itself: ftrace finds its call sites
+# in a module through them, and turns them into NOPs when the module loads.
+LOADER_SYMBOLS = frozenset({"__fentry__"})
 
 
 def object_key(rel: str) -> str:
@@ -67,6 +70,9 @@ def extract_one(s: Settings, rel: str) -> dict:
     if not d.is_empty:
         prim, prim_relocs = objmanip.keep_primary(read_object(s.postdir / rel), d.keep, tag,
                                                   "_post", d.renames, d.new_data)
+        for_loader = [r for r in prim_relocs if r.symbol in LOADER_SYMBOLS]
+        prim = objmanip.restore_relocs(prim, for_loader)
+        prim_relocs = [r for r in prim_relocs if r.symbol not in LOADER_SYMBOLS]
         prim, _ = objmanip.globalize(prim, tag + "_post")
         helper, helper_relocs = objmanip.keep_helper(read_object(s.ksrc / rel), tag, "_pre")
         helper, _ = objmanip.globalize(helper, tag + "_pre")

@@ -23,13 +23,13 @@ from pathlib import Path
 from ksplice_tasks import kmod, metadata, objdiff, objmanip
 from ksplice_tasks.elfread import read_object
 from ksplice_tasks.elfwrite import write_object
+from ksplice_tasks.extract import LOADER_SYMBOLS
 from ksplice_tasks.testkernel import TestKernel
 
 SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections"]
 # Symbols the module loader must resolve because tables it consumes at load
 # time refer to the call sites (ftrace's __mcount_loc): stripping them would
 # make ftrace find a call to nowhere and shut itself down.
-LOADER_SYMBOLS = frozenset({"__fentry__"})
 
 
 def recipe(build: Path, obj: str) -> list[list[str]]:
