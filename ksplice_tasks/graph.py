@@ -9,6 +9,7 @@ same graph.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -205,6 +206,7 @@ class CreatePlan:
     settings: Settings
     patch: Path
     uid: str
+    tool: str
 
     @property
     def work(self) -> Path:
@@ -237,13 +239,22 @@ def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
             return UserError("no patch: give PATCH=FILE or DIFFEXT=EXT "
                              "(or ksplice-create --patch/--diffext)")
         patching.strip_level(s.patch_opts)
-        return CreatePlan(s, patch, package.settings_id(s, patch))
+        return CreatePlan(s, patch, package.settings_id(s, patch), tool_stamp())
     except UserError as e:
         return e
 
 
+def tool_stamp() -> str:
+    """A hash of this package's code: a new ksplice-py redoes the work an old one did."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _task(basename: str, p: CreatePlan, action: Callable[..., Any], *args: Any,
           **kw: Any) -> dict:
+    kw["uptodate"] = [*kw.get("uptodate", []), config_changed(p.tool)]
     return {"basename": basename, "doc": DOCS[basename], "verbosity": 2,
             "actions": [(guarded_post, [p.settings, action, *args])], **kw}
 
