@@ -9,6 +9,7 @@ same graph.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,11 +32,21 @@ PERSISTED = ("KSRC", "ORIG", "POSTDIR", "PATCH", "DIFFEXT", "PATCH_OPT")
 TREE_VARS = ("KSRC", "ORIG", "POSTDIR")
 
 
-def guarded(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a stage function; a UserError becomes a failure that prints as one line."""
+def guarded(fn: Callable[..., Any], *args: Any,
+            cleanup: Callable[[], object] | None = None) -> Any:
+    """Run a stage function; a UserError becomes a failure that prints as one line.
+
+    ``cleanup`` runs first on failure (create tasks return the post tree to the
+    snapshot), so a refused update leaves nothing half-done behind.
+    """
     try:
         result = fn(*args)
     except UserError as e:
+        if cleanup is not None:
+            try:
+                cleanup()
+            except OSError as again:
+                return TaskFailed(f"{e} (and cleaning up failed: {again})")
         return TaskFailed(str(e))
     return result if isinstance(result, dict) else None
 
@@ -186,19 +197,6 @@ def prebuild_group(s: Settings | UserError) -> dict:
     }
 
 
-def guarded_post(s: Settings, fn: Callable[..., Any], *args: Any) -> Any:
-    """Like guarded, and a failure also returns the post tree to the snapshot."""
-    try:
-        result = fn(*args)
-    except UserError as e:
-        try:
-            patching.reset_post(s)
-        except OSError as again:
-            return TaskFailed(f"{e} (and resetting the post tree failed: {again})")
-        return TaskFailed(str(e))
-    return result if isinstance(result, dict) else None
-
-
 @dataclass(frozen=True)
 class CreatePlan:
     """What one create_update run is about: its patch file and its update id."""
@@ -255,8 +253,9 @@ def tool_stamp() -> str:
 def _task(basename: str, p: CreatePlan, action: Callable[..., Any], *args: Any,
           **kw: Any) -> dict:
     kw["uptodate"] = [*kw.get("uptodate", []), config_changed(p.tool)]
+    reset = functools.partial(patching.reset_post, p.settings)
     return {"basename": basename, "doc": DOCS[basename], "verbosity": 2,
-            "actions": [(guarded_post, [p.settings, action, *args])], **kw}
+            "actions": [(guarded, [action, *args], {"cleanup": reset})], **kw}
 
 
 def create_static(p: CreatePlan | UserError) -> list[dict]:

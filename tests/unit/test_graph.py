@@ -49,3 +49,26 @@ def test_config_differences_and_toolchain_symbols() -> None:
     diffs = prebuild.config_differences(want, got)
     assert diffs == ["CONFIG_B: unset -> y", "CONFIG_GCC_VERSION: 120200 -> 120300"]
     assert [prebuild.is_toolchain_symbol(d) for d in diffs] == [False, True]
+
+
+def test_guarded_turns_user_errors_into_one_line_failures() -> None:
+    from doit.exceptions import TaskFailed
+
+    from ksplice_tasks.errors import UserError
+
+    calls = []
+
+    def refuse() -> None:
+        raise UserError("No changes detected")
+
+    failed = graph.guarded(refuse, cleanup=lambda: calls.append("reset"))
+    assert isinstance(failed, TaskFailed) and failed.message == "No changes detected"
+    assert calls == ["reset"]
+    assert graph.guarded(lambda: {"n": 1}) == {"n": 1}
+    assert graph.guarded(lambda: "ignored") is None
+
+    def broken_cleanup() -> None:
+        raise OSError("disk full")
+
+    failed = graph.guarded(refuse, cleanup=broken_cleanup)
+    assert failed.message == "No changes detected (and cleaning up failed: disk full)"
