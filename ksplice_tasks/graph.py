@@ -251,8 +251,9 @@ def tool_stamp() -> str:
 
 
 def _task(basename: str, p: CreatePlan, action: Callable[..., Any], *args: Any,
-          **kw: Any) -> dict:
-    kw["uptodate"] = [*kw.get("uptodate", []), config_changed(p.tool)]
+          config: str = "", **kw: Any) -> dict:
+    # One config_changed per task: doit keeps a single saved value for all of them.
+    kw["uptodate"] = [*kw.get("uptodate", []), config_changed({"tool": p.tool, "task": config})]
     reset = functools.partial(patching.reset_post, p.settings)
     return {"basename": basename, "doc": DOCS[basename], "verbosity": 2,
             "actions": [(guarded, [action, *args], {"cleanup": reset})], **kw}
@@ -272,8 +273,8 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
               task_dep=["prebuild"],
               file_dep=[p.patch, s.postdir / POST_MARKER, s.state / prebuild.PRE_STAMP],
               targets=[patching.record_path(s)],
-              uptodate=[(patching.patch_is_applied, [s, p.patch]),
-                        config_changed(" ".join(s.patch_opts))]),
+              uptodate=[(patching.patch_is_applied, [s, p.patch])],
+              config=" ".join(s.patch_opts)),
         _task("post_build", p, postbuild.build_post, s,
               file_dep=[patching.record_path(s)],
               targets=[p.work / postbuild.RECORD]),
@@ -287,7 +288,7 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
         _task("modcommon", p, modules.write_modcommon, s, p.uid,
               file_dep=[s.orig / "System.map"],
               targets=[modules.kmod_dir(s) / "modcommon.auto.h"],
-              uptodate=[config_changed(p.uid)]),
+              config=p.uid),
         _task("kmod_build", p, modules.build, s, p.uid,
               file_dep=[*linked, modules.kmod_dir(s) / "modcommon.auto.h",
                         *kmod.all_kmodsrc_files()],
@@ -332,7 +333,7 @@ def create_objects(p: CreatePlan | UserError) -> list[dict]:
         tasks.append(_task("objdiff", p, extract.diff_one, s, rel, source, chunk, name=rel,
                            file_dep=[s.ksrc / rel, s.postdir / rel],
                            targets=[wd / extract.DIFF],
-                           uptodate=[config_changed(chunk)]))
+                           config=chunk))
         tasks.append(_task("extract", p, extract.extract_one, s, rel, name=rel,
                            file_dep=[wd / extract.DIFF, s.ksrc / rel, s.postdir / rel],
                            targets=[wd / extract.RECORDS]))
@@ -341,7 +342,7 @@ def create_objects(p: CreatePlan | UserError) -> list[dict]:
                        file_dep=[extract.work_dir(s, r) / extract.RECORDS for r in objects],
                        targets=[cd / f"collection.o.{r}" for r in modules.ROLES]
                        + [cd / f"tables.{r}.json" for r in modules.ROLES],
-                       uptodate=[config_changed(" ".join(objects))]))
+                       config=" ".join(objects)))
     return tasks
 
 
