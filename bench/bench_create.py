@@ -31,8 +31,9 @@ PATCHES = REPO / "tests" / "patches"
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--tree", default="tests", help="which cached prebuilt tree (tests, demo)")
     args = p.parse_args()
-    ksrc, orig = prebuilt_tree()
+    ksrc, orig = prebuilt_tree(args.tree)
     base = [sys.executable, "-m", "ksplice_tasks.cli", f"--config={orig}"]
     timed([*base, "--prebuild", str(ksrc)])
     patch, other = PATCHES / "loadavg-string.patch", PATCHES / "umask-syscall.patch"

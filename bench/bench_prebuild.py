@@ -26,8 +26,9 @@ from ksplice_tasks.prebuild import PRE_INPUTS
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--tree", default="tests", help="which cached prebuilt tree (tests, demo)")
     args = p.parse_args()
-    ksrc, orig = prebuilt_tree()
+    ksrc, orig = prebuilt_tree(args.tree)
     create = [sys.executable, "-m", "ksplice_tasks.cli", "--prebuild", f"--config={orig}",
               str(ksrc)]
     timed(create)  # make sure it is built and the caches are warm

@@ -20,7 +20,7 @@ def timed(argv: list[str], cwd: Path | None = None) -> float:
     return time.monotonic() - t0
 
 
-def prebuilt_tree() -> tuple[Path, Path]:
-    """(KERNEL_SOURCE, ORIG_CONFIG) of the tests' prebuilt SMP tree, built if needed."""
+def prebuilt_tree(name: str = "tests") -> tuple[Path, Path]:
+    """(KERNEL_SOURCE, ORIG_CONFIG) of a prebuilt SMP tree ("tests", "demo"), built if needed."""
     kernel = testkernel.build_test_kernel("smp")
-    return testkernel.prebuild_tree(kernel, "tests")
+    return testkernel.prebuild_tree(kernel, name)
