@@ -38,6 +38,7 @@ static const char * const ksplice_abort_names[] = {
 	[KSPLICE_ABORT_NOT_APPLIED] = "not_applied",
 	[KSPLICE_ABORT_NOMEM] = "nomem",
 	[KSPLICE_ABORT_BAD_ENCODING] = "bad_encoding",
+	[KSPLICE_ABORT_NOT_LOADED] = "not_loaded",
 };
 
 static const char * const ksplice_match_names[] = {
@@ -104,7 +105,8 @@ u64 ksplice_hash(unsigned long addr, unsigned long size)
 
 /*
  * kallsyms must name @name at exactly @addr ("name+0x0/...").  A cheap
- * guard against a wrong System.map or KASLR offset.
+ * guard against a wrong System.map or KASLR offset.  @buf gets what
+ * kallsyms says.
  */
 static bool ksplice_names_match(char *buf, unsigned long addr, const char *name)
 {
@@ -112,6 +114,20 @@ static bool ksplice_names_match(char *buf, unsigned long addr, const char *name)
 
 	sprint_symbol(buf, addr);
 	return !strncmp(buf, name, len) && !strncmp(buf + len, "+0x0/", 5);
+}
+
+/*
+ * Is @addr, outside the kernel image, a loaded module's symbol @name?  A
+ * module's static symbols are not in System.map, and may share a name with
+ * the kernel's.
+ */
+bool ksplice_module_symbol(const struct ksplice_module *km, char *buf,
+			   unsigned long addr, const char *name)
+{
+	if (addr >= KSPLICE_MAP_TEXT + km->kaslr_offset &&
+	    addr <= KSPLICE_MAP_END + km->kaslr_offset)
+		return false;
+	return ksplice_names_match(buf, addr, name);
 }
 
 static void ksplice_check(struct ksplice_module *km, char *buf,
@@ -126,6 +142,17 @@ static void ksplice_check(struct ksplice_module *km, char *buf,
 	km->checked++;
 	if (ksplice_names_match(buf, addr, name))
 		return;
+	/*
+	 * kallsyms shows one name per address; System.map lists every alias
+	 * (SYSCALL_DEFINE0's __x64_sys_X and __do_sys_X, say).  Another
+	 * symbol starting exactly there is such an alias: a wrong map or
+	 * KASLR offset lands inside functions, not at their first byte.
+	 */
+	if (strstr(buf, "+0x0/")) {
+		pr_debug("%s %s: %s is an alias of %s\n", KSPLICE_ID, km->role,
+			 name, buf);
+		return;
+	}
 	st->mismatch = true;
 	km->mismatched++;
 	pr_warn("%s %s: %s (System.map %#lx) is %s\n", KSPLICE_ID,
@@ -391,11 +418,13 @@ static ssize_t patches_show(struct kobject *kobj, struct kobj_attribute *attr,
 					   km->patch_tab[i].oldname);
 			continue;
 		}
-		n += sysfs_emit_at(buf, n, "%s old=%lx site=%lx repl=%lx size=%lu before=%016llx now=%016llx\n",
+		n += sysfs_emit_at(buf, n, "%s old=%lx site=%lx repl=%lx size=%lu before=%016llx now=%016llx%s%s\n",
 				   km->patch_tab[i].oldname, rt->oldaddr,
 				   rt->site, rt->repladdr, rt->oldsize,
 				   rt->oldhash,
-				   ksplice_hash(rt->oldaddr, rt->oldsize));
+				   ksplice_hash(rt->oldaddr, rt->oldsize),
+				   rt->mod ? " module=" : "",
+				   rt->mod ? rt->mod->name : "");
 	}
 	mutex_unlock(&km->lock);
 	return n;

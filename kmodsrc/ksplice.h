@@ -53,6 +53,7 @@ enum ksplice_abort {
 	KSPLICE_ABORT_NOT_APPLIED,
 	KSPLICE_ABORT_NOMEM,
 	KSPLICE_ABORT_BAD_ENCODING,	/* a value does not fit its field */
+	KSPLICE_ABORT_NOT_LOADED,	/* a replaced function's module is not loaded */
 };
 
 enum ksplice_sym_status {
@@ -93,6 +94,7 @@ enum ksplice_match_status {
 
 struct ksplice_match {
 	unsigned long addr;		/* running address when FOUND */
+	struct module *mod;		/* ...in this loaded module (a reference) */
 	unsigned int entry_nop;		/* end of the ftrace entry NOP, or 0 */
 	u8 status;			/* enum ksplice_match_status */
 	bool traced;			/* failed because its entry is traced */
@@ -111,6 +113,7 @@ struct ksplice_patch_rt {
 	unsigned long site;		/* where the jump goes */
 	unsigned long repladdr;
 	unsigned long replsize;
+	struct module *mod;		/* module of the old function (a reference) */
 	u64 oldhash;			/* of the old function, before apply */
 	u8 saved[KSPLICE_JMP_LEN];	/* bytes the jump replaced */
 	u8 jump[KSPLICE_JMP_LEN];
@@ -148,6 +151,7 @@ struct ksplice_module {
 	struct ksplice_runval *runval;	/* per reloc entry */
 	struct ksplice_site *by_site;	/* relocations sorted by site */
 	unsigned int matched;		/* functions FOUND */
+	char *symbuf;			/* KSYM_SYMBOL_LEN, for kallsyms checks */
 
 	/* primary: patching */
 	struct ksplice_module *helper;	/* the attached helper */
@@ -169,9 +173,23 @@ unsigned long ksplice_run_addr(const struct ksplice_module *km,
 bool ksplice_in_core_text(const struct ksplice_module *km, unsigned long addr);
 const char *ksplice_abort_name(int cause);
 u64 ksplice_hash(unsigned long addr, unsigned long size);
+bool ksplice_module_symbol(const struct ksplice_module *km, char *buf,
+			   unsigned long addr, const char *name);
+
+/*
+ * The kernel's module_kallsyms_on_each_symbol(): every symbol of every
+ * loaded module, with the module, under module_mutex.  Not exported; the
+ * primary imports it.  Functions of a module are not in System.map.
+ */
+typedef int (*ksplice_mod_syms_fn)(int (*fn)(void *data, const char *name,
+					      struct module *mod,
+					      unsigned long addr),
+				   void *data);
 
 /* runpre.c */
-int ksplice_runpre(struct ksplice_module *helper);
+int ksplice_runpre(struct ksplice_module *helper, ksplice_mod_syms_fn mod_syms);
+bool ksplice_runpre_not_loaded(const struct ksplice_module *helper,
+			       const char *name);
 void ksplice_runpre_free(struct ksplice_module *helper);
 int ksplice_runpre_lookup(const struct ksplice_module *helper,
 			  const char *name, unsigned long *value);

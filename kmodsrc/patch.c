@@ -22,6 +22,7 @@
 
 #include <linux/cpu.h>
 #include <linux/delay.h>
+#include <linux/kallsyms.h>
 #include <linux/kernel.h>
 #include <linux/ktime.h>
 #include <linux/sched.h>
@@ -52,6 +53,7 @@ struct ksplice_kernel {
 	ksplice_text_poke_fn text_poke;
 	struct mutex *text_mutex;
 	ksplice_stop_machine_fn stop_machine_cpuslocked;
+	ksplice_mod_syms_fn mod_syms;	/* optional: patching loaded modules */
 };
 
 /* Shared by the CPUs inside one stop_machine call. */
@@ -71,8 +73,8 @@ struct ksplice_stop {
 	u64 cycles;			/* the work on the master CPU */
 };
 
-static int ksplice_import(const struct ksplice_module *km, const char *name,
-			  unsigned long *addr)
+static int ksplice_import_quiet(const struct ksplice_module *km,
+				const char *name, unsigned long *addr)
 {
 	unsigned int i;
 
@@ -86,6 +88,14 @@ static int ksplice_import(const struct ksplice_module *km, const char *name,
 		*addr = st->addr;
 		return 0;
 	}
+	return -ENOENT;
+}
+
+static int ksplice_import(const struct ksplice_module *km, const char *name,
+			  unsigned long *addr)
+{
+	if (!ksplice_import_quiet(km, name, addr))
+		return 0;
 	pr_warn("%s: cannot import %s\n", KSPLICE_ID, name);
 	return -ENOENT;
 }
@@ -106,6 +116,9 @@ static int ksplice_get_imports(const struct ksplice_module *km,
 			return -ENOENT;
 		k->stop_machine_cpuslocked = (ksplice_stop_machine_fn)a;
 	}
+	/* Without it, functions of loaded modules are simply not found. */
+	if (!ksplice_import_quiet(km, "module_kallsyms_on_each_symbol", &a))
+		k->mod_syms = (ksplice_mod_syms_fn)a;
 	return 0;
 }
 
@@ -131,6 +144,11 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 	long rel;
 
 	m = ksplice_runpre_function(km->helper, p->oldname, &size);
+	if (!m && ksplice_runpre_not_loaded(km->helper, p->oldname)) {
+		pr_warn("%s: %s is neither in the kernel nor in a loaded module: load its module first\n",
+			KSPLICE_ID, p->oldname);
+		return KSPLICE_ABORT_NOT_LOADED;
+	}
 	if (!m) {
 		pr_warn("%s: run-pre matching did not find %s\n", KSPLICE_ID,
 			p->oldname);
@@ -144,6 +162,16 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 	}
 	rt->oldaddr = m->addr;
 	rt->oldsize = size;
+	/*
+	 * The jump and the replacement's relocations point into the module:
+	 * it must stay until this update is unloaded.
+	 */
+	if (m->mod) {
+		__module_get(m->mod);
+		rt->mod = m->mod;
+		pr_info("%s: %s is in module %s\n", KSPLICE_ID, p->oldname,
+			m->mod->name);
+	}
 	rt->oldhash = ksplice_hash(m->addr, size);
 	/* Past the ftrace NOP, so ftrace can still trace the old entry. */
 	rt->site = m->addr + m->entry_nop;
@@ -166,7 +194,7 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 
 /* The value of one of the primary's relocations, or an abort cause. */
 static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
-			       unsigned long *value)
+			       char *buf, unsigned long *value)
 {
 	const struct ksplice_reloc *r = &km->reloc_tab[i];
 	const struct ksplice_symstate *st = &km->reloc_state[i];
@@ -179,7 +207,9 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			KSPLICE_ID, r->symbol);
 		return KSPLICE_ABORT_UNRESOLVED;
 	}
-	if (!ret && st->status == KSPLICE_SYM_RESOLVED && v != st->addr) {
+	/* a patched module's own static symbol of a name the kernel has too */
+	if (!ret && st->status == KSPLICE_SYM_RESOLVED && v != st->addr &&
+	    !ksplice_module_symbol(km, buf, v, r->symbol)) {
 		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
 			r->symbol, (void *)v, (void *)st->addr);
 		return KSPLICE_ABORT_MAP_MISMATCH;
@@ -219,17 +249,21 @@ static int ksplice_write_relocs(struct ksplice_module *km,
 				const struct ksplice_kernel *k)
 {
 	unsigned int i;
-	int cause;
+	int cause = 0;
+	char *buf;
 
+	buf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
+	if (!buf)
+		return KSPLICE_ABORT_NOMEM;
 	for (i = 0; i < km->nr_relocs; i++) {
 		const struct ksplice_reloc *r = &km->reloc_tab[i];
 		unsigned long site = r->section_addr + r->offset, v = 0;
 		bool is_signed = r->flags & (KSPLICE_RELOC_SIGNED | KSPLICE_RELOC_PCREL);
 		u8 bytes[8];
 
-		cause = ksplice_reloc_value(km, i, &v);
+		cause = ksplice_reloc_value(km, i, buf, &v);
 		if (cause)
-			return cause;
+			break;
 		if (!strcmp(r->symbol, "__fentry__") &&
 		    !memcmp((void *)(site - 1), ksplice_nop5, sizeof(ksplice_nop5)))
 			continue;
@@ -240,17 +274,35 @@ static int ksplice_write_relocs(struct ksplice_module *km,
 			pr_warn("%s: %s+%#lx -> %s does not fit %u bytes\n",
 				KSPLICE_ID, r->section, r->offset, r->symbol,
 				r->size);
-			return KSPLICE_ABORT_BAD_ENCODING;
+			cause = KSPLICE_ABORT_BAD_ENCODING;
+			break;
 		}
 		memcpy(bytes, &v, sizeof(v));
 		mutex_lock(k->text_mutex);
 		k->text_poke((void *)site, bytes, r->size);
 		mutex_unlock(k->text_mutex);
 	}
-	return 0;
+	kfree(buf);
+	return cause;
 }
 
-/* Everything the stop_machine step needs, done once per primary. */
+/* Drop the references on the patched functions' modules. */
+static void ksplice_put_targets(struct ksplice_module *km)
+{
+	unsigned int i;
+
+	for (i = 0; km->patch_rt && i < km->nr_patches; i++) {
+		if (km->patch_rt[i].mod)
+			module_put(km->patch_rt[i].mod);
+		km->patch_rt[i].mod = NULL;
+	}
+}
+
+/*
+ * Everything the stop_machine step needs, done once per primary.  The
+ * result (with the module references) is kept until the primary unloads:
+ * later applies reuse the relocations written here.
+ */
 static int ksplice_prepare(struct ksplice_module *km,
 			   const struct ksplice_kernel *k)
 {
@@ -265,18 +317,18 @@ static int ksplice_prepare(struct ksplice_module *km,
 		return KSPLICE_ABORT_MAP_MISMATCH;
 	/* the helper's own lock guards its run-pre state against sysfs readers */
 	mutex_lock(&km->helper->lock);
-	cause = ksplice_runpre(km->helper);
+	cause = ksplice_runpre(km->helper, k->mod_syms);
 	mutex_unlock(&km->helper->lock);
 	if (cause)
 		return cause;
-	for (i = 0; i < km->nr_patches; i++) {
+	for (i = 0; i < km->nr_patches && !cause; i++)
 		cause = ksplice_resolve_patch(km, i);
-		if (cause)
-			return cause;
-	}
-	cause = ksplice_write_relocs(km, k);
-	if (cause)
+	if (!cause)
+		cause = ksplice_write_relocs(km, k);
+	if (cause) {
+		ksplice_put_targets(km);
 		return cause;
+	}
 	km->resolved = true;
 	return 0;
 }
@@ -609,6 +661,7 @@ int ksplice_reverse(struct ksplice_module *km)
 
 void ksplice_patch_free(struct ksplice_module *km)
 {
+	ksplice_put_targets(km);
 	kfree(km->patch_rt);
 	km->patch_rt = NULL;
 }

@@ -21,7 +21,9 @@
  */
 #define pr_fmt(fmt) "ksplice: " fmt
 
+#include <linux/kallsyms.h>
 #include <linux/kernel.h>
+#include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
 #include <linux/string.h>
@@ -47,6 +49,7 @@ struct ksplice_walk {
 	const u8 *run;			/* the running bytes, copied */
 	unsigned long runlen;
 	unsigned long runaddr;		/* where they run */
+	const struct module *mod;	/* in this loaded module, or NULL */
 	unsigned long i, j;		/* offsets in pre and run */
 	unsigned int k;			/* next entry of by_site */
 	unsigned int kend;
@@ -117,30 +120,41 @@ static unsigned long ksplice_read_field(const u8 *p, unsigned int size,
 }
 
 /* Does a value read from running code agree with what System.map says? */
-static bool ksplice_value_ok(const struct ksplice_module *h, unsigned int idx,
+static bool ksplice_value_ok(const struct ksplice_walk *w, unsigned int idx,
 			     unsigned long value)
 {
+	const struct ksplice_module *h = w->h;
 	const struct ksplice_reloc *r = &h->reloc_tab[idx];
 	const struct ksplice_symstate *st = &h->reloc_state[idx];
 	unsigned int c;
 
 	switch (st->status) {
 	case KSPLICE_SYM_RESOLVED:
-		return value == st->addr;
+		if (value == st->addr)
+			return true;
+		break;
 	case KSPLICE_SYM_AMBIGUOUS:
 		for (c = 0; c < r->nr_candidates; c++)
 			if (ksplice_run_addr(h, r->candidates[c]) == value)
 				return true;
-		return false;
+		break;
 	default:
 		return true;
 	}
+	/*
+	 * Code in a module may refer to the module's own static symbol of a
+	 * name System.map lists for the kernel (an out-of-line copy of a
+	 * header's static inline function, say): the module's kallsyms must
+	 * name exactly that symbol there.
+	 */
+	return w->mod && h->symbuf && within_module(value, (struct module *)w->mod) &&
+	       ksplice_module_symbol(h, h->symbuf, value, r->symbol);
 }
 
 static bool ksplice_take_value(struct ksplice_walk *w, unsigned int idx,
 			       unsigned long value)
 {
-	if (!ksplice_value_ok(w->h, idx, value)) {
+	if (!ksplice_value_ok(w, idx, value)) {
 		if (!strcmp(w->h->reloc_tab[idx].symbol, "__fentry__"))
 			w->traced = true;
 		return false;
@@ -287,8 +301,9 @@ static void ksplice_log_mismatch(const struct ksplice_walk *w, const char *name,
  * read from the running code are in @vals (indexed like the reloc table).
  */
 static bool ksplice_try(struct ksplice_module *h, unsigned int f,
-			unsigned long addr, u8 *buf, struct ksplice_runval *vals,
-			unsigned int *entry_nop, bool *traced)
+			unsigned long addr, const struct module *mod, u8 *buf,
+			struct ksplice_runval *vals, unsigned int *entry_nop,
+			bool *traced)
 {
 	const struct ksplice_size *s = &h->size_tab[f];
 	struct ksplice_walk w = {
@@ -298,6 +313,7 @@ static bool ksplice_try(struct ksplice_module *h, unsigned int f,
 		.run = buf,
 		.runlen = s->size,
 		.runaddr = addr,
+		.mod = mod,
 		.vals = vals,
 	};
 	unsigned long bad = 0;
@@ -333,9 +349,34 @@ static void ksplice_commit(struct ksplice_module *h, unsigned int f,
 	}
 }
 
-/* Match function @f at each of @n addresses; record what was found. */
+/*
+ * Can @addr..@addr+@size hold a function we compare?  Core kernel text,
+ * or the core text of @mod, a loaded module we hold a reference on.
+ * Init text is freed once init is over.
+ */
+static bool ksplice_text_ok(const struct ksplice_module *h, unsigned long addr,
+			    unsigned long size, const struct module *mod)
+{
+	unsigned long base;
+
+	if (!size)
+		return false;
+	if (!mod)
+		return ksplice_in_core_text(h, addr) &&
+		       ksplice_in_core_text(h, addr + size - 1);
+	base = (unsigned long)mod->core_layout.base;
+	return addr >= base && addr - base < mod->core_layout.text_size &&
+	       size <= mod->core_layout.text_size - (addr - base);
+}
+
+/*
+ * Match function @f at each of @n addresses; record what was found.
+ * @mods (or NULL) gives each address's module, referenced by the caller;
+ * a unique match in a module takes a reference of its own.
+ */
 static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
-			      const unsigned long *addrs, unsigned int n,
+			      const unsigned long *addrs,
+			      struct module * const *mods, unsigned int n,
 			      u8 *buf, struct ksplice_runval *vals)
 {
 	const struct ksplice_size *s = &h->size_tab[f];
@@ -344,15 +385,16 @@ static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
 
 	for (c = 0; c < n; c++) {
 		unsigned long a = addrs[c];
+		struct module *mod = mods ? mods[c] : NULL;
 
-		if (!s->size || !ksplice_in_core_text(h, a) ||
-		    !ksplice_in_core_text(h, a + s->size - 1))
+		if (!ksplice_text_ok(h, a, s->size, mod))
 			continue;
 		inside++;
-		if (!ksplice_try(h, f, a, buf, vals, &nop, &m->traced))
+		if (!ksplice_try(h, f, a, mod, buf, vals, &nop, &m->traced))
 			continue;
 		if (found++ == 0) {
 			m->addr = a;
+			m->mod = mod;
 			m->entry_nop = nop;
 			ksplice_commit(h, f, vals, true);
 		}
@@ -360,13 +402,77 @@ static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
 	if (found == 1) {
 		m->status = KSPLICE_MATCH_FOUND;
 		h->matched++;
+		if (m->mod)
+			__module_get(m->mod);
 	} else if (found > 1) {
 		m->status = KSPLICE_MATCH_SEVERAL;
 		m->addr = 0;
+		m->mod = NULL;
 		ksplice_commit(h, f, vals, false);
 	} else {
 		m->status = inside ? KSPLICE_MATCH_FAILED : KSPLICE_MATCH_OUTSIDE;
 	}
+}
+
+#define KSPLICE_MOD_CANDIDATES 16
+
+/* Copies of one name among the loaded modules' symbols. */
+struct ksplice_mod_cands {
+	const char *name;
+	unsigned int n;
+	unsigned long addrs[KSPLICE_MOD_CANDIDATES];
+	struct module *mods[KSPLICE_MOD_CANDIDATES];
+};
+
+/* Called under module_mutex, so @mod is alive while we take a reference. */
+static int ksplice_mod_cand(void *data, const char *name, struct module *mod,
+			    unsigned long addr)
+{
+	struct ksplice_mod_cands *mc = data;
+
+	/* an update's own modules carry copies under other names anyway */
+	if (strcmp(name, mc->name) || !strncmp(mod->name, "ksplice_", 8))
+		return 0;
+	if (mc->n == KSPLICE_MOD_CANDIDATES || !try_module_get(mod))
+		return 0;
+	mc->addrs[mc->n] = addr;
+	mc->mods[mc->n] = mod;
+	mc->n++;
+	return 0;
+}
+
+/*
+ * A function System.map does not list may be in a loaded module: every
+ * module symbol of that name is a candidate (static names repeat across
+ * modules), and the bytes decide as for the kernel's own functions.
+ */
+static void ksplice_match_modules(struct ksplice_module *h,
+				  ksplice_mod_syms_fn mod_syms, u8 *buf,
+				  struct ksplice_runval *vals)
+{
+	struct ksplice_mod_cands *mc;
+	unsigned int f, c;
+
+	mc = kmalloc(sizeof(*mc), GFP_KERNEL);
+	if (!mc)
+		return;
+	for (f = 0; f < h->nr_sizes; f++) {
+		if (h->match[f].status != KSPLICE_MATCH_OUTSIDE ||
+		    h->size_tab[f].nr_candidates)
+			continue;
+		mc->name = h->size_tab[f].name;
+		mc->n = 0;
+		mod_syms(ksplice_mod_cand, mc);
+		if (!mc->n)
+			continue;
+		ksplice_match_one(h, f, mc->addrs, mc->mods, mc->n, buf, vals);
+		if (h->match[f].mod)
+			pr_info("%s run-pre: %s found in module %s\n", KSPLICE_ID,
+				h->size_tab[f].name, h->match[f].mod->name);
+		for (c = 0; c < mc->n; c++)
+			module_put(mc->mods[c]);
+	}
+	kfree(mc);
 }
 
 /*
@@ -390,7 +496,7 @@ static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
 				continue;
 			if (ksplice_runpre_lookup(h, h->size_tab[f].name, &a))
 				continue;
-			ksplice_match_one(h, f, &a, 1, buf, vals);
+			ksplice_match_one(h, f, &a, NULL, 1, buf, vals);
 			progress |= h->match[f].status == KSPLICE_MATCH_FOUND;
 		}
 	}
@@ -398,9 +504,16 @@ static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
 
 void ksplice_runpre_free(struct ksplice_module *h)
 {
+	unsigned int f;
+
+	for (f = 0; h->match && f < h->nr_sizes; f++)
+		if (h->match[f].mod)
+			module_put(h->match[f].mod);
 	kfree(h->match);
 	kfree(h->runval);
 	kfree(h->by_site);
+	kfree(h->symbuf);
+	h->symbuf = NULL;
 	h->match = NULL;
 	h->runval = NULL;
 	h->by_site = NULL;
@@ -410,9 +523,10 @@ void ksplice_runpre_free(struct ksplice_module *h)
 /*
  * Match every function the helper carries.  Returns 0, or the abort cause
  * (as an enum ksplice_abort) when some function has copies in the running
- * kernel's text and none of them matches.
+ * kernel's text and none of them matches.  @mod_syms (may be NULL) lists
+ * the loaded modules' symbols, for functions System.map does not have.
  */
-int ksplice_runpre(struct ksplice_module *h)
+int ksplice_runpre(struct ksplice_module *h, ksplice_mod_syms_fn mod_syms)
 {
 	struct ksplice_runval *vals = NULL;
 	unsigned long maxsize = 1;
@@ -430,7 +544,9 @@ int ksplice_runpre(struct ksplice_module *h)
 	for (f = 0; f < h->nr_sizes; f++)
 		maxsize = max(maxsize, h->size_tab[f].size);
 	buf = kvmalloc(maxsize, GFP_KERNEL);
-	if (!h->match || !h->runval || !vals || !buf || ksplice_sort_sites(h))
+	h->symbuf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
+	if (!h->match || !h->runval || !vals || !buf || !h->symbuf ||
+	    ksplice_sort_sites(h))
 		goto out;
 
 	for (f = 0; f < h->nr_sizes; f++) {
@@ -444,9 +560,11 @@ int ksplice_runpre(struct ksplice_module *h)
 			goto out;
 		for (c = 0; c < s->nr_candidates; c++)
 			addrs[c] = ksplice_run_addr(h, s->candidates[c]);
-		ksplice_match_one(h, f, addrs, s->nr_candidates, buf, vals);
+		ksplice_match_one(h, f, addrs, NULL, s->nr_candidates, buf, vals);
 		kfree(addrs);
 	}
+	if (mod_syms)
+		ksplice_match_modules(h, mod_syms, buf, vals);
 	ksplice_match_reachable(h, buf, vals);
 
 	for (f = 0; f < h->nr_sizes; f++) {
@@ -523,4 +641,26 @@ const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module 
 		*size = h->size_tab[i].size;
 	}
 	return found;
+}
+
+/*
+ * Is @name a function System.map does not list and no loaded module has
+ * either?  Then it belongs to a module that is not loaded.
+ */
+bool ksplice_runpre_not_loaded(const struct ksplice_module *h, const char *name)
+{
+	unsigned int i;
+	bool seen = false;
+
+	if (!h || !h->match)
+		return false;
+	for (i = 0; i < h->nr_sizes; i++) {
+		if (strcmp(h->size_tab[i].name, name))
+			continue;
+		if (h->match[i].status != KSPLICE_MATCH_OUTSIDE ||
+		    h->size_tab[i].nr_candidates)
+			return false;
+		seen = true;
+	}
+	return seen;
 }

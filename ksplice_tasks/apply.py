@@ -51,6 +51,8 @@ CAUSES: dict[str, str] = {
     "no_helper": "the update's helper module is not loaded",
     "nomem": "the kernel ran out of memory",
     "bad_encoding": "an address does not fit its instruction field",
+    "not_loaded": "a function the update replaces is in a module that is not loaded "
+                  "(not loaded); load the module, then apply again",
 }
 
 

@@ -34,7 +34,9 @@ KMODSRC_FILES = ("Kbuild", "common.c", "runpre.c", "patch.c", "primary.c", "help
                  "ksplice.h", metadata.HEADER_NAME)
 # Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
 # build_update_modules adds them to the primary's imports table.
-PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked")
+# module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
+PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
+                   "module_kallsyms_on_each_symbol")
 
 
 def kmodsrc_dir() -> Path:

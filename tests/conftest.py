@@ -51,3 +51,29 @@ def update_tarballs(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFac
     out["pre tree unchanged"] = snapshot.tree_digest(prebuilt_smp.ksrc,
                                                      [prebuilt_smp.orig]) == before
     return out
+
+
+@pytest.fixture(scope="session")
+def kernel_lp() -> testkernel.TestKernel:
+    return testkernel.build_test_kernel("lp")
+
+
+@pytest.fixture(scope="session")
+def prebuilt_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
+    """Like prebuilt_smp, for the lp (ftrace, livepatch, ORC) test kernel."""
+    ksrc, orig = testkernel.prebuild_tree(kernel_lp, "tests")
+    res = run_create("--prebuild", f"--config={orig}", str(ksrc))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return Prebuilt(kernel_lp, ksrc, orig)
+
+
+@pytest.fixture(scope="session")
+def update_tarballs_lp(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The create issue's five updates built against the lp kernel, like update_tarballs."""
+    out: dict = {}
+    for name in EXPECTED:
+        outdir = tmp_path_factory.mktemp(f"lp-{name}")
+        res = create(prebuilt_lp, PATCHES / f"{name}.patch", outdir)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+        out[name] = tarball_from(res.stdout, outdir)
+    return out
