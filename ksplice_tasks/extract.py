@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import objdiff, objmanip
-from .elfread import read_object
+from .elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
 from .elfwrite import write_object
 from .files import write_json
 from .inputs import Settings
@@ -60,6 +60,17 @@ def load_diff(path: Path) -> objdiff.ObjDiff:
     return objdiff.ObjDiff(**data)
 
 
+def weak_functions(obj: ElfObject) -> dict[str, str]:
+    """Weak functions (name -> section): the running kernel may hold another definition.
+
+    A __weak default that another file overrides is linked in but nameless;
+    System.map's address under its name is the overriding function's, so
+    run-pre matching must not compare the two. They are left out of it.
+    """
+    return {sym.name: obj.sections[sym.shndx].name for sym in obj.symbols
+            if sym.bind == STB_WEAK and sym.type == STT_FUNC and sym.in_section}
+
+
 def extract_one(s: Settings, rel: str) -> dict:
     """keep-primary + globalize on the post object, keep-helper + globalize on the pre."""
     wd = work_dir(s, rel)
@@ -76,13 +87,15 @@ def extract_one(s: Settings, rel: str) -> dict:
         prim, _ = objmanip.globalize(prim, tag + "_post")
         helper, helper_relocs = objmanip.keep_helper(read_object(s.ksrc / rel), tag, "_pre")
         helper, _ = objmanip.globalize(helper, tag + "_pre")
+        weak = weak_functions(helper)
         write_object(prim, wd / "primary.o")
         write_object(helper, wd / "helper.o")
         record.update(
             primary_relocs=[asdict(r) for r in prim_relocs],
-            helper_relocs=[asdict(r) for r in helper_relocs],
+            helper_relocs=[asdict(r) for r in helper_relocs if r.section not in weak.values()],
             primary_sizes=[asdict(r) for r in objmanip.sizelist(prim)[1]],
-            helper_sizes=[asdict(r) for r in objmanip.sizelist(helper)[1]],
+            helper_sizes=[asdict(r) for r in objmanip.sizelist(helper)[1]
+                          if r.name not in weak],
         )
     write_json(wd / RECORDS, record)
     return {"empty": d.is_empty}

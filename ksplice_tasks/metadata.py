@@ -233,7 +233,11 @@ class ModuleTables:
 
 # -- System.map ------------------------------------------------------------------
 
-_SECTION_PREFIXES = (".text.", ".data.", ".bss.", ".rodata.")
+# A relocation names a section only when its target has no symbol of its own.
+# .text.<fn>, .data.<var> and .bss.<var> then still mean that symbol, but
+# .rodata.<fn> holds anonymous data such as <fn>'s switch jump table, whose
+# address run-pre matching must read from the running code instead.
+_SECTION_PREFIXES = (".text.", ".data.", ".bss.")
 _MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)")
 
 

@@ -99,3 +99,23 @@ def tarball_from(stdout: str, outdir: Path) -> Path:
     m = re.search(r"Ksplice update tarball written to (ksplice-([a-z0-9]{8})\.tar\.gz)", stdout)
     assert m, stdout[-2000:]
     return outdir / m.group(1)
+
+
+def parse_marked(out: str) -> dict[str, str]:
+    """Guest output cut into blocks: a line '@@key' starts the block of that key."""
+    res: dict[str, str] = {}
+    key = None
+    for line in out.splitlines():
+        if line.startswith("@@"):
+            key = line[2:].strip()
+            res[key] = ""
+        elif key is not None:
+            res[key] += line + "\n"
+    return {k: v.strip() for k, v in res.items()}
+
+
+def exit_code(block: str) -> int:
+    """The last 'rc=N' line a guest block printed."""
+    m = re.findall(r"^rc=(\d+)$", block, re.M)
+    assert m, block
+    return int(m[-1])

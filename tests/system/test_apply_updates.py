@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import updates
+from helpers import exit_code, parse_marked
 
 import ksplice_tasks
 from ksplice_tasks import testkernel
@@ -143,24 +144,6 @@ mark end
 """
 
 
-def parse(out: str) -> dict[str, str]:
-    res: dict[str, str] = {}
-    key = None
-    for line in out.splitlines():
-        if line.startswith("@@"):
-            key = line[2:].strip()
-            res[key] = ""
-        elif key is not None:
-            res[key] += line + "\n"
-    return {k: v.strip() for k, v in res.items()}
-
-
-def rc(block: str) -> int:
-    m = re.findall(r"^rc=(\d+)$", block, re.M)
-    assert m, block
-    return int(m[-1])
-
-
 @pytest.fixture(scope="module", params=["smp", "lp"])
 def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> tuple[str, dict[str, str]]:
@@ -171,7 +154,7 @@ def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     res = kernel.boot(guest_script(), hostfs=True, timeout=900,
                       files=[(f"/m/{k}.tar.gz" if k != "sleeper" else "/m/sleeper.ko", v)
                              for k, v in files.items()])
-    out = parse(res.guest_output)
+    out = parse_marked(res.guest_output)
     assert res.ok and "end" in out, res.output[-6000:]
     return variant, out
 
@@ -183,14 +166,14 @@ def is_patched(line: str) -> bool:
 def test_behaviour_before_apply_after_undo(guest) -> None:
     _v, g = guest
     assert not is_patched(g["before"])
-    assert rc(g["apply"]) == 0 and g["apply"].splitlines()[0] == "Done!"
+    assert exit_code(g["apply"]) == 0 and g["apply"].splitlines()[0] == "Done!"
     assert is_patched(g["after"])
     assert g["left_applied"].split() == [f"ksplice_{GOOD}", "end"], "helper must be unloaded"
-    assert rc(g["reverse"]) == 0 and g["stage_reversed"] == "reversed"
+    assert exit_code(g["reverse"]) == 0 and g["stage_reversed"] == "reversed"
     assert not is_patched(g["restored"])
-    assert rc(g["undo"]) == 0 and g["left_undone"] == "end"
-    assert rc(g["apply2"]) == 0 and is_patched(g["after2"])
-    assert rc(g["undo2"]) == 0 and not is_patched(g["restored2"])
+    assert exit_code(g["undo"]) == 0 and g["left_undone"] == "end"
+    assert exit_code(g["apply2"]) == 0 and is_patched(g["after2"])
+    assert exit_code(g["undo2"]) == 0 and not is_patched(g["restored2"])
 
 
 def test_undo_restores_the_bytes_exactly(guest) -> None:
@@ -205,22 +188,22 @@ def test_undo_restores_the_bytes_exactly(guest) -> None:
 
 def test_view_lists_the_update(guest) -> None:
     _v, g = guest
-    assert rc(g["view"]) == 0 and rc(g["view_id"]) == 0
+    assert exit_code(g["view"]) == 0 and exit_code(g["view_id"]) == 0
     assert f"ksplice-{GOOD}: applied" in g["view"]
     assert "functions: loadavg_proc_show" in g["view_id"]
     assert re.search(r"stop_machine pause: \d+\.\d{3} us", g["view_id"])
-    assert rc(g["view_none"]) != 0 and len(g["view_none"].splitlines()) == 2
+    assert exit_code(g["view_none"]) != 0 and len(g["view_none"].splitlines()) == 2
 
 
 def test_already_applied_is_refused(guest) -> None:
     _v, g = guest
-    assert rc(g["again"]) == 1 and "already applied" in g["again"]
+    assert exit_code(g["again"]) == 1 and "already applied" in g["again"]
 
 
 def test_other_builds_are_refused_by_run_pre_matching(guest) -> None:
     _v, g = guest
-    assert rc(g["edited"]) == 1 and "(no match)" in g["edited"], g["edited"]
-    assert rc(g["other"]) == 1 and "Aborted:" in g["other"], g["other"]
+    assert exit_code(g["edited"]) == 1 and "(no match)" in g["edited"], g["edited"]
+    assert exit_code(g["other"]) == 1 and "Aborted:" in g["other"], g["other"]
     assert "(no match)" in g["other"] or "System.map mismatch" in g["other"]
     assert g["left_refused"] == "end"
     assert not is_patched(g["untouched"])
@@ -231,17 +214,17 @@ def test_bad_input_is_one_line_and_nonzero(guest) -> None:
     _v, g = guest
     for key in ("missing", "junk", "badid", "notloaded"):
         lines = g[key].splitlines()
-        assert len(lines) == 2 and rc(g[key]) != 0, (key, g[key])
+        assert len(lines) == 2 and exit_code(g[key]) != 0, (key, g[key])
 
 
 def test_sleeping_kthread_makes_apply_busy_until_it_leaves(guest) -> None:
     _v, g = guest
-    assert rc(g["busy"]) == 1 and "(code busy)" in g["busy"], g["busy"]
+    assert exit_code(g["busy"]) == 1 and "(code busy)" in g["busy"], g["busy"]
     assert g["left_busy"] == "end"
     tries = re.findall(r"try (\d): ksplice_sleeper\[\d+\] is inside the code \(msleep\+",
                        g["dmesg_busy"])
     assert tries == ["1", "2", "3", "4", "5"], g["dmesg_busy"]
-    assert rc(g["unbusy"]) == 0 and rc(g["unbusy_undo"]) == 0
+    assert exit_code(g["unbusy"]) == 0 and exit_code(g["unbusy_undo"]) == 0
 
 
 def pauses(g: dict[str, str]) -> list[float]:
@@ -250,11 +233,11 @@ def pauses(g: dict[str, str]) -> list[float]:
 
 def test_apply_undo_cycles_under_load(guest) -> None:
     variant, g = guest
-    assert rc(g["stress_apply"]) == 0
+    assert exit_code(g["stress_apply"]) == 0
     assert int(g["cycles"]) == CYCLES
     p = pauses(g)
     assert len(p) == 2 * CYCLES and all(x > 0 for x in p)
-    assert rc(g["stress_undo"]) == 0 and not is_patched(g["final"])
+    assert exit_code(g["stress_undo"]) == 0 and not is_patched(g["final"])
     assert g["left_final"] == "end"
     print(f"\n{variant}: {CYCLES} cycles, stop_machine pause median "
           f"{statistics.median(p):.1f} us, max {max(p):.1f} us")

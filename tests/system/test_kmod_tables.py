@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import parse_marked
 
 from ksplice_tasks import kmod, testkernel
 from ksplice_tasks import metadata as md
@@ -117,18 +118,6 @@ def dump(mod: str, tag: str) -> str:
                    for f in FILES)
 
 
-def parse_dump(out: str) -> dict[str, str]:
-    res: dict[str, str] = {}
-    key = None
-    for line in out.splitlines():
-        if line.startswith("@@"):
-            key = line[2:].strip()
-            res[key] = ""
-        elif key is not None:
-            res[key] += line + "\n"
-    return {k: v.strip() for k, v in res.items()}
-
-
 GUEST = f"""
 echo "@@kallsyms"; grep -E \
 ' (_printk|loadavg_proc_show|text_poke|text_poke_sync|text_mutex|stop_machine_cpuslocked)$' \
@@ -156,7 +145,7 @@ def guest(modules, kernel_smp: testkernel.TestKernel) -> dict[str, str]:
     res = kernel_smp.boot(GUEST, files=[("/lib/modules/primary.ko", primary),
                                         ("/lib/modules/helper.ko", helper)], timeout=180)
     assert res.ok, res.output[-4000:]
-    return parse_dump(res.guest_output)
+    return parse_marked(res.guest_output)
 
 
 def kallsyms(out: str) -> dict[str, int]:

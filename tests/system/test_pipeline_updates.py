@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from helpers import EXPECTED, PATCHES, Prebuilt, create, tarball_from
+from helpers import (
+    EXPECTED,
+    PATCHES,
+    Prebuilt,
+    create,
+    exit_code,
+    parse_marked,
+    tarball_from,
+)
 
 import ksplice_tasks
 from ksplice_tasks import testkernel
@@ -54,24 +62,6 @@ OBSERVE = {
     "binfmt-misc-module": f"cat {BM}/status",
 }
 STEPS = ("before", "after", "reversed", "after2", "restored")
-
-# Pipeline bugs that make run-pre matching refuse these updates today (the
-# kernel is left untouched, see test_blocked_updates_are_refused_cleanly):
-# the helper carries kernel/sys.c's __weak arch_prctl_spec_ctrl_get/set,
-# which the link replaced with arch/x86/kernel/cpu/bugs.c's, and relocations
-# against a function's jump table section ".rodata.<fn>" get <fn>'s own
-# System.map address as their candidate (metadata.map_name).
-BLOCKED = {
-    "umask-syscall": "pipeline: __weak functions and .rodata.<fn> candidates (kernel/sys.o)",
-    "getpgid-inlined-helper": "pipeline: __weak functions and .rodata.<fn> candidates "
-                              "(kernel/sys.o)",
-}
-
-
-def maybe_blocked(names):
-    return [pytest.param(n, marks=pytest.mark.xfail(reason=BLOCKED[n], strict=True))
-            if n in BLOCKED else n for n in names]
-
 
 def uid_of(tarball: Path) -> str:
     return tarball.name[len("ksplice-"):-len(".tar.gz")]
@@ -126,24 +116,6 @@ def five_script(tarballs: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse(out: str) -> dict[str, str]:
-    res: dict[str, str] = {}
-    key = None
-    for line in out.splitlines():
-        if line.startswith("@@"):
-            key = line[2:].strip()
-            res[key] = ""
-        elif key is not None:
-            res[key] += line + "\n"
-    return {k: v.strip() for k, v in res.items()}
-
-
-def rc(block: str) -> int:
-    m = re.findall(r"^rc=(\d+)$", block, re.M)
-    assert m, block
-    return int(m[-1])
-
-
 def patch_lines(block: str) -> dict[str, dict[str, str]]:
     """The primary's ``patches`` file: function -> its key=value fields."""
     out = {}
@@ -165,7 +137,7 @@ def five(request: pytest.FixtureRequest) -> tuple[str, dict[str, str], dict[str,
     kernel = testkernel.build_test_kernel(variant)
     res = kernel.boot(five_script(tarballs), hostfs=True, timeout=900,
                       files=[("/m/binfmt_misc.ko", kernel.build / "fs/binfmt_misc.ko")])
-    out = parse(res.guest_output)
+    out = parse_marked(res.guest_output)
     assert res.ok and "end" in out, res.output[-6000:]
     print(f"\n{variant}: five pipeline updates, one boot, {res.seconds:.1f} s")
     return variant, out, tarballs
@@ -193,20 +165,20 @@ def is_changed(name: str, text: str) -> bool:
     return text == "enabled (ksplice)"
 
 
-@pytest.mark.parametrize("name", maybe_blocked(OBSERVE))
+@pytest.mark.parametrize("name", OBSERVE)
 def test_behaviour_before_after_undo(five, name: str) -> None:
     _v, g, tarballs = five
     seen = {step: is_changed(name, g[f"{name}:{step}"]) for step in STEPS}
     assert seen == {"before": False, "after": True, "reversed": False, "after2": True,
                     "restored": False}, {s: g[f"{name}:{s}"] for s in STEPS}
-    assert rc(g[f"{name}:apply"]) == 0 and g[f"{name}:apply"].startswith("Done!")
-    assert rc(g[f"{name}:reverse"]) == 0 and rc(g[f"{name}:reapply"]) == 0
-    assert rc(g[f"{name}:undo"]) == 0
+    assert exit_code(g[f"{name}:apply"]) == 0 and g[f"{name}:apply"].startswith("Done!")
+    assert exit_code(g[f"{name}:reverse"]) == 0 and exit_code(g[f"{name}:reapply"]) == 0
+    assert exit_code(g[f"{name}:undo"]) == 0
     uid = uid_of(tarballs[name])
     assert g[f"{name}:left"].split() == [f"ksplice_{uid}", "end"], "helper must be unloaded"
 
 
-@pytest.mark.parametrize("name", maybe_blocked(OBSERVE))
+@pytest.mark.parametrize("name", OBSERVE)
 def test_reverse_restores_the_patched_bytes(five, name: str) -> None:
     _v, g, _t = five
     applied = patch_lines(g[f"{name}:patches_applied"])
@@ -221,7 +193,7 @@ def test_reverse_restores_the_patched_bytes(five, name: str) -> None:
 
 def test_module_update_refused_until_the_module_is_loaded(five) -> None:
     _v, g, _t = five
-    assert rc(g["bm_notloaded"]) == 1, g["bm_notloaded"]
+    assert exit_code(g["bm_notloaded"]) == 1, g["bm_notloaded"]
     assert "(not loaded)" in g["bm_notloaded"], g["bm_notloaded"]
     assert g["bm_notloaded_left"] == "end"
     assert "bm_status_read is neither in the kernel nor in a loaded module" in g["dmesg"]
@@ -232,23 +204,13 @@ def test_module_update_patches_and_pins_the_loaded_module(five) -> None:
     f = patch_lines(g["binfmt-misc-module:patches_applied"])["bm_status_read"]
     assert f["module"] == "binfmt_misc"
     assert int(f["old"], 16) >= 0xffffffffc0000000, "module space"
-    assert rc(g["bm_rmmod_applied"]) != 0, "binfmt_misc must stay while the update is loaded"
-    assert rc(g["bm_rmmod_undone"]) == 0, "undo must release binfmt_misc"
-
-
-@pytest.mark.parametrize("name", sorted(BLOCKED))
-def test_blocked_updates_are_refused_cleanly(five, name: str) -> None:
-    _v, g, _t = five
-    if rc(g[f"{name}:apply"]) == 0:
-        pytest.skip(f"{name} applies now: drop it from BLOCKED")
-    assert "Aborted:" in g[f"{name}:apply"], g[f"{name}:apply"]
-    assert not any(is_changed(name, g[f"{name}:{step}"]) for step in STEPS)
-    assert g[f"{name}:left"] == "end"
+    assert exit_code(g["bm_rmmod_applied"]) != 0, "binfmt_misc must stay while the update is loaded"
+    assert exit_code(g["bm_rmmod_undone"]) == 0, "undo must release binfmt_misc"
 
 
 def test_lp_jumps_go_after_the_ftrace_nop(five) -> None:
     variant, g, _t = five
-    for name in (n for n in OBSERVE if n not in BLOCKED):
+    for name in OBSERVE:
         for fn, f in patch_lines(g[f"{name}:patches_applied"]).items():
             site = int(f["site"], 16) - int(f["old"], 16)
             assert site == (5 if variant == "lp" else 0), (name, fn, f)
@@ -325,7 +287,7 @@ def same_name(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFactory):
     tarball = tarball_from(res.stdout, outdir)
     kernel = prebuilt_smp.kernel
     boot = kernel.boot(same_name_script(tarball), hostfs=True, timeout=600)
-    out = parse(boot.guest_output)
+    out = parse_marked(boot.guest_output)
     assert boot.ok and "end" in out, boot.output[-6000:]
     print(f"\nsmp: same-name static update, one boot, {boot.seconds:.1f} s")
     return out, static_address(kernel, SAME_NAME_OBJ, SAME_NAME), tarball
@@ -354,8 +316,8 @@ def test_same_name_static_the_right_one_is_patched(same_name) -> None:
 def test_same_name_static_behaviour(same_name) -> None:
     g, _a, _t = same_name
     assert g["before"] == "0" and g["restored"] == "0"
-    assert rc(g["apply"]) == 0 and int(g["after"]) > 0, g["after_sample"]
-    assert rc(g["undo"]) == 0
+    assert exit_code(g["apply"]) == 0 and int(g["after"]) > 0, g["after_sample"]
+    assert exit_code(g["undo"]) == 0
     # fs/namespace.c's m_show is untouched: /proc/mounts prints as before
     assert g["mounts_after"] == g["mounts_before"] and "/proc" in g["mounts_after"]
     assert g["kallsyms_after"] == g["kallsyms_before"]
