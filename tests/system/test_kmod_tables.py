@@ -120,7 +120,7 @@ def dump(mod: str, tag: str) -> str:
 
 GUEST = f"""
 echo "@@kallsyms"; grep -E \
-' (_printk|loadavg_proc_show|text_poke|text_poke_sync|text_mutex|stop_machine_cpuslocked)$' \
+' ({"|".join(("_printk", "loadavg_proc_show", "text_poke_sync", *kmod.PRIMARY_IMPORTS))})$' \
 /proc/kallsyms
 insmod /lib/modules/helper.ko; rc=$?; echo "@@helper_alone_rc"; echo $rc
 {dump(HELPER_MOD, "helper_alone")}
