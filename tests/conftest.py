@@ -29,25 +29,35 @@ def kernel_smp() -> testkernel.TestKernel:
     return testkernel.build_test_kernel("smp")
 
 
-@pytest.fixture(scope="session")
-def prebuilt_smp(kernel_smp: testkernel.TestKernel) -> Prebuilt:
-    """A KERNEL_SOURCE prebuilt by ksplice-create against the SMP test kernel's ORIG_CONFIG."""
-    ksrc, orig = testkernel.prebuild_tree(kernel_smp, "tests")
+def prebuild(kernel: testkernel.TestKernel) -> Prebuilt:
+    """A KERNEL_SOURCE prebuilt by ksplice-create against a test kernel's ORIG_CONFIG."""
+    ksrc, orig = testkernel.prebuild_tree(kernel, "tests")
     res = run_create("--prebuild", f"--config={orig}", str(ksrc))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return Prebuilt(kernel_smp, ksrc, orig)
+    return Prebuilt(kernel, ksrc, orig)
+
+
+def create_all(pb: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The create issue's five updates for one prebuilt tree, name -> tarball."""
+    out = {}
+    for name in EXPECTED:
+        outdir = tmp_path_factory.mktemp(f"{pb.kernel.variant}-{name}")
+        res = create(pb, PATCHES / f"{name}.patch", outdir)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+        out[name] = tarball_from(res.stdout, outdir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prebuilt_smp(kernel_smp: testkernel.TestKernel) -> Prebuilt:
+    return prebuild(kernel_smp)
 
 
 @pytest.fixture(scope="session")
 def update_tarballs(prebuilt_smp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The create issue's five updates, built once; also whether the pre tree stayed put."""
+    """The five updates on SMP+KASLR; also whether the pre tree stayed put meanwhile."""
     before = snapshot.tree_digest(prebuilt_smp.ksrc, [prebuilt_smp.orig])
-    out: dict = {}
-    for name in EXPECTED:
-        outdir = tmp_path_factory.mktemp(name)
-        res = create(prebuilt_smp, PATCHES / f"{name}.patch", outdir)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-        out[name] = tarball_from(res.stdout, outdir)
+    out: dict = create_all(prebuilt_smp, tmp_path_factory)
     out["pre tree unchanged"] = snapshot.tree_digest(prebuilt_smp.ksrc,
                                                      [prebuilt_smp.orig]) == before
     return out
@@ -61,19 +71,10 @@ def kernel_lp() -> testkernel.TestKernel:
 @pytest.fixture(scope="session")
 def prebuilt_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
     """Like prebuilt_smp, for the lp (ftrace, livepatch, ORC) test kernel."""
-    ksrc, orig = testkernel.prebuild_tree(kernel_lp, "tests")
-    res = run_create("--prebuild", f"--config={orig}", str(ksrc))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return Prebuilt(kernel_lp, ksrc, orig)
+    return prebuild(kernel_lp)
 
 
 @pytest.fixture(scope="session")
 def update_tarballs_lp(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The create issue's five updates built against the lp kernel, like update_tarballs."""
-    out: dict = {}
-    for name in EXPECTED:
-        outdir = tmp_path_factory.mktemp(f"lp-{name}")
-        res = create(prebuilt_lp, PATCHES / f"{name}.patch", outdir)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-        out[name] = tarball_from(res.stdout, outdir)
-    return out
+    """The five updates built against the lp kernel."""
+    return create_all(prebuilt_lp, tmp_path_factory)
