@@ -26,7 +26,8 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+
+from .objmanip import RelocRecord
 
 SystemMap = Mapping[str, Sequence[int]]
 
@@ -176,20 +177,7 @@ class RelocInput:
     signed: bool = False
 
 
-class RelocLike(Protocol):
-    """What the object passes' relocation records (objmanip.RelocRecord) provide."""
-
-    symbol: str
-    section: str
-    offset: int
-    pcrel: bool
-    addend: int
-    size: int
-    type: int
-    signed: bool
-
-
-def relocs_from_records(records: Iterable[RelocLike], anchor_suffix: str = "_global"
+def relocs_from_records(records: Iterable[RelocRecord], anchor_suffix: str = "_global"
                         ) -> list[RelocInput]:
     """Table inputs from pass records; each section's anchor is globalize's alias of it."""
     return [RelocInput(r.symbol, r.section, r.offset, r.pcrel, r.addend, r.size,
