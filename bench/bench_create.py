@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchlib import prebuilt_tree, timed
 
-from ksplice_tasks import kbuild, snapshot
+from ksplice_tasks.tree import kbuild, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "tests" / "patches"

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ksplice_tasks.elfread import read_object  # noqa: E402
-from ksplice_tasks.objdiff import ObjdiffRefusal, diff_objects  # noqa: E402
-from ksplice_tasks.objmanip import globalize, keep_helper, keep_primary  # noqa: E402
+from ksplice_tasks.obj.elfread import read_object  # noqa: E402
+from ksplice_tasks.obj.objdiff import ObjdiffRefusal, diff_objects  # noqa: E402
+from ksplice_tasks.obj.objmanip import globalize, keep_helper, keep_primary  # noqa: E402
 
 FIX = ROOT / "tests" / "unit" / "objfixtures"
 FLAGS = ["-O2", "-mcmodel=kernel", "-mfentry", "-pg", "-fno-PIE", "-fno-pic",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from benchlib import prebuilt_tree, timed
 
-from ksplice_tasks import kbuild, snapshot
-from ksplice_tasks.inputs import STATE_DIRNAME
-from ksplice_tasks.prebuild import PRE_INPUTS
+from ksplice_tasks.stages.inputs import STATE_DIRNAME
+from ksplice_tasks.stages.prebuild import PRE_INPUTS
+from ksplice_tasks.tree import kbuild, snapshot
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> float:

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Layout of the .ksplice.* tables that ksplice-create links into the
- * update modules.  Generated from ksplice_tasks/metadata.py (STRUCTS);
- * regenerate with: python -m ksplice_tasks.metadata --header
+ * update modules.  Generated from ksplice_tasks/encode/ksplice_tables.py
+ * regenerate with: python -m ksplice_tasks.encode.ksplice_tables --header
  *
  * Each table starts at a global label named after it and ends with an
  * all-zero entry.  Candidates are System.map addresses.

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
-from . import graph
-from .errors import UserError
-from .inputs import resolve
-from .reporter import CreateReporter
+from ksplice_tasks import graph
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.reporter import CreateReporter
+from ksplice_tasks.stages.inputs import resolve
 
 PROG = "ksplice-create"
 
@@ -87,7 +87,7 @@ def create_main(argv: Sequence[str] | None = None) -> int:
         plan = graph.plan_create(settings)
         assert isinstance(plan, graph.CreatePlan)
         print("Now running ksplice-apply to apply update...", flush=True)
-        from .apply import apply_main
+        from ksplice_tasks.target.apply import apply_main
 
         return apply_main([str(plan.tarball)])
     return 0

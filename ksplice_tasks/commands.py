@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import UserError
+from ksplice_tasks.errors import UserError
 
 
 def echo(argv: Sequence[str | Path], cwd: Path | None = None) -> None:

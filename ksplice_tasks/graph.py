@@ -22,11 +22,20 @@ from doit import create_after
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import collect, extract, kmod, modules, package, patching, postbuild, prebuild
-from .errors import UserError
-from .files import write_if_changed
-from .inputs import POST_MARKER, Settings, resolve
-from .reporter import KspliceReporter
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_if_changed
+from ksplice_tasks.reporter import KspliceReporter
+from ksplice_tasks.stages import (
+    collect,
+    extract,
+    kmod,
+    modules,
+    package,
+    patching,
+    postbuild,
+    prebuild,
+)
+from ksplice_tasks.stages.inputs import POST_MARKER, Settings, resolve
 
 PERSISTED = ("KSRC", "ORIG", "POSTDIR", "PATCH", "DIFFEXT", "PATCH_OPT")
 TREE_VARS = ("KSRC", "ORIG", "POSTDIR")
@@ -245,8 +254,8 @@ def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
 def tool_stamp() -> str:
     """A hash of this package's code: a new ksplice-py redoes the work an old one did."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(str(path.relative_to(Path(__file__).parent)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import EXPECTED, PATCHES, Prebuilt, create, run_create, tarball_from  # noqa: E402
 
-from ksplice_tasks import snapshot, testkernel  # noqa: E402
+from ksplice_tasks.testing import testkernel  # noqa: E402
+from ksplice_tasks.tree import snapshot
 
 
 @pytest.fixture(scope="session")

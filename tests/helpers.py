@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ from helpers import (
     tarball_from,
 )
 
-from ksplice_tasks import patching, prebuild
-from ksplice_tasks.inputs import STATE_DIRNAME, resolve
+from ksplice_tasks.stages import patching, prebuild
+from ksplice_tasks.stages.inputs import STATE_DIRNAME, resolve
 
 pytestmark = pytest.mark.kernel
 

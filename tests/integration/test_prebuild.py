@@ -11,8 +11,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from helpers import Prebuilt, run_create, run_doit
 
-from ksplice_tasks import kbuild, snapshot
-from ksplice_tasks.inputs import POST_MARKER, STATE_DIRNAME
+from ksplice_tasks.stages.inputs import POST_MARKER, STATE_DIRNAME
+from ksplice_tasks.tree import kbuild, snapshot
 
 pytestmark = pytest.mark.kernel
 

@@ -26,7 +26,7 @@ import updates
 from helpers import exit_code, parse_marked
 
 import ksplice_tasks
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
@@ -75,7 +75,8 @@ def build_all(kernel: testkernel.TestKernel, other: testkernel.TestKernel, d: Pa
 
 
 def guest_script() -> str:
-    ks = f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable} -m ksplice_tasks.apply"
+    ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
+          " -m ksplice_tasks.target.apply")
     m = f"/sys/module/ksplice_{GOOD}/ksplice"
     return f"""
 cp /m/*.tar.gz /host/run/

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
@@ -48,8 +48,8 @@ def test_smp_kernel_boots_two_cpus_with_kaslr(kernel_smp: testkernel.TestKernel)
 
 
 def test_guest_runs_the_projects_python_over_9p(kernel_smp: testkernel.TestKernel) -> None:
-    script = (f"chroot /host {sys.executable} -c 'import tempfile, ksplice_tasks.qemu, elftools,"
-              " doit; print(\"GUEST-PY-OK\", tempfile.mkdtemp())'\n")
+    script = (f"chroot /host {sys.executable} -c 'import tempfile, ksplice_tasks.testing.qemu,"
+              " elftools, doit; print(\"GUEST-PY-OK\", tempfile.mkdtemp())'\n")
     res = kernel_smp.boot(script, hostfs=True, timeout=240)
     assert res.ok, res.output[-3000:]
     assert "GUEST-PY-OK /run/" in res.guest_output  # and a writable TMPDIR

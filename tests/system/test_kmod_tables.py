@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import parse_marked
 
-from ksplice_tasks import kmod, testkernel
-from ksplice_tasks import metadata as md
+from ksplice_tasks.encode import ksplice_tables as md
+from ksplice_tasks.stages import kmod
+from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 

@@ -39,12 +39,13 @@ from helpers import (
 )
 
 import ksplice_tasks
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
 ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
-KS = f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable} -m ksplice_tasks.apply"
+KS = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
+      " -m ksplice_tasks.target.apply")
 PY = f"chroot /host {sys.executable}"
 BM = "/bm"
 

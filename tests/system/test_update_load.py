@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import EXPECTED
 
-from ksplice_tasks import testkernel
+from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 

@@ -20,11 +20,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksplice_tasks import kmod, metadata, objdiff, objmanip
-from ksplice_tasks.elfread import read_object
-from ksplice_tasks.elfwrite import write_object
-from ksplice_tasks.extract import LOADER_SYMBOLS
-from ksplice_tasks.testkernel import TestKernel
+from ksplice_tasks.encode import ksplice_tables as metadata
+from ksplice_tasks.obj import objdiff, objmanip
+from ksplice_tasks.obj.elfread import read_object
+from ksplice_tasks.obj.elfwrite import write_object
+from ksplice_tasks.stages import kmod
+from ksplice_tasks.stages.extract import LOADER_SYMBOLS
+from ksplice_tasks.testing.testkernel import TestKernel
 
 SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections"]
 # Symbols the module loader must resolve because tables it consumes at load

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ksplice_tasks import apply
+from ksplice_tasks.target import apply
 
 ID = "abcd1234"
 

@@ -9,13 +9,13 @@ import pytest
 from conftest import CASES, FIXTURES
 from oracles import ld_r, readelf_clean
 
-from ksplice_tasks.elfread import (
+from ksplice_tasks.obj.elfread import (
     STB_LOCAL,
     ElfFormatError,
     gcc_comment_count,
     read_object,
 )
-from ksplice_tasks.elfwrite import object_bytes, write_object
+from ksplice_tasks.obj.elfwrite import object_bytes, write_object
 
 
 @pytest.mark.parametrize("case", CASES)

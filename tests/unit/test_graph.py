@@ -8,7 +8,8 @@ from pathlib import Path
 
 from helpers import make_fake_kernel_tree, make_orig, run_doit
 
-from ksplice_tasks import graph, prebuild
+from ksplice_tasks import graph
+from ksplice_tasks.stages import prebuild
 
 
 def test_doit_list_shows_every_task_with_its_doc(tmp_path: Path) -> None:

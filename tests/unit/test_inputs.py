@@ -9,8 +9,8 @@ import pytest
 from helpers import make_fake_kernel_tree, make_orig, run_create, run_doit
 
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.inputs import POST_MARKER, resolve
-from ksplice_tasks.snapshot import tree_digest
+from ksplice_tasks.stages.inputs import POST_MARKER, resolve
+from ksplice_tasks.tree.snapshot import tree_digest
 
 
 @pytest.fixture

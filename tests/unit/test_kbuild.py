@@ -5,7 +5,7 @@ import io
 import sys
 from pathlib import Path
 
-from ksplice_tasks import kbuild
+from ksplice_tasks.tree import kbuild
 
 
 def test_compiled_object_lines() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from ksplice_tasks import kmod
-from ksplice_tasks import metadata as md
+from ksplice_tasks.encode import ksplice_tables as md
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.stages import kmod
 
 SYSTEM_MAP = """\
 0000000000000000 D __per_cpu_start
@@ -94,7 +94,8 @@ def test_primary_imports_are_added_once() -> None:
 def test_checked_in_header_is_generated() -> None:
     text = (kmod.kmodsrc_dir() / md.HEADER_NAME).read_text()
     assert text == md.render_struct_header(), \
-        "regenerate: python -m ksplice_tasks.metadata --header > kmodsrc/ksplice_tables.h"
+        ("regenerate: python -m ksplice_tasks.encode.ksplice_tables --header"
+         " > kmodsrc/ksplice_tables.h")
 
 
 def test_struct_layout_matches_c(tmp_path: Path) -> None:
@@ -362,7 +363,7 @@ def test_kbuild_argv() -> None:
 
 
 def test_relocs_from_pass_records() -> None:
-    from ksplice_tasks.objmanip import RelocRecord
+    from ksplice_tasks.obj.objmanip import RelocRecord
 
     rec = RelocRecord("foo", ".text.bar____1_x_post", 5, True, -4, 4, 4, True, "bar")
     assert md.relocs_from_records([rec]) == [

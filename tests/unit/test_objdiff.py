@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import CASES, expectation
 
-from ksplice_tasks import objdiff
-from ksplice_tasks.objdiff import ObjdiffRefusal, diff_objects, line_map_from_patch
+from ksplice_tasks.obj import objdiff
+from ksplice_tasks.obj.objdiff import ObjdiffRefusal, diff_objects, line_map_from_patch
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -10,11 +10,11 @@ import pytest
 from conftest import CASES, FIXTURES, expectation
 from oracles import driver, ld_r, link_and_run, readelf_clean
 
-from ksplice_tasks import objmanip
-from ksplice_tasks.elfread import SHN_UNDEF, STB_GLOBAL, read_object
-from ksplice_tasks.elfwrite import write_object
-from ksplice_tasks.objdiff import diff_objects
-from ksplice_tasks.objmanip import (
+from ksplice_tasks.obj import objmanip
+from ksplice_tasks.obj.elfread import SHN_UNDEF, STB_GLOBAL, read_object
+from ksplice_tasks.obj.elfwrite import write_object
+from ksplice_tasks.obj.objdiff import diff_objects
+from ksplice_tasks.obj.objmanip import (
     RelocRecord,
     globalize,
     keep_helper,

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import make_fake_kernel_tree, make_orig
 
-from ksplice_tasks import patching, snapshot
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.inputs import resolve
+from ksplice_tasks.stages import patching
+from ksplice_tasks.stages.inputs import resolve
+from ksplice_tasks.tree import snapshot
 
 TWO_FILES = """diff --git a/fs/a.c b/fs/a.c
 --- a/fs/a.c\t2026-01-01 00:00:00

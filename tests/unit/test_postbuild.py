@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ksplice_tasks import package, postbuild
+from ksplice_tasks.stages import package, postbuild
 
 CMD = b"""savedcmd_fs/proc/loadavg.o := gcc -Wp,-MMD,fs/proc/.loadavg.o.d -c -o fs/proc/loadavg.o \
 fs/proc/loadavg.c

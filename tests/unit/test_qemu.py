@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ksplice_tasks import qemu
+from ksplice_tasks.testing import qemu
 
 
 def test_init_script_mounts_and_reports_status() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ksplice_tasks import snapshot
-from ksplice_tasks.inputs import POST_MARKER
+from ksplice_tasks.stages.inputs import POST_MARKER
+from ksplice_tasks.tree import snapshot
 
 OLD = time.time() - 86400 * 365
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ksplice_tasks import testkernel
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.testing import testkernel
 
 
 def test_later_fragments_override_earlier_ones() -> None:

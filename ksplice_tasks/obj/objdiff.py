@@ -33,7 +33,8 @@ from pathlib import Path
 
 import capstone
 
-from .elfread import (
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.obj.elfread import (
     SHF_MERGE,
     SHF_STRINGS,
     SHN_ABS,
@@ -51,7 +52,6 @@ from .elfread import (
     read_object,
     reloc_info,
 )
-from .errors import UserError
 
 
 class ObjdiffRefusal(UserError):

@@ -3,7 +3,7 @@
 lief is not used for writing: on relocatable objects it mis-orders symbols and
 corrupts relocations (DESIGN section 4).  objcopy cannot add or remove single
 relocations, which every pass here needs.  So this module serialises an
-:class:`~ksplice_tasks.elfread.ElfObject` itself:
+:class:`~ksplice_tasks.obj.elfread.ElfObject` itself:
 
 * ``sections`` is written in dict order; the keys are the *input* indices and
   are only used to resolve references (symbol ``shndx``, relocation targets,
@@ -17,7 +17,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .elfread import (
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.obj.elfread import (
     EM_X86_64,
     SHF_GROUP,
     SHF_INFO_LINK,
@@ -35,7 +36,6 @@ from .elfread import (
     ElfObject,
     Section,
 )
-from .files import write_atomic
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from . import kmod, metadata
-from .collect import collect_dir, tables_from_json
-from .errors import UserError
-from .files import copy_atomic, write_json
-from .inputs import Settings
+from ksplice_tasks.encode import ksplice_tables as metadata
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import copy_atomic, write_json
+from ksplice_tasks.stages import kmod
+from ksplice_tasks.stages.collect import collect_dir, tables_from_json
+from ksplice_tasks.stages.inputs import Settings
 
 ROLES = ("primary", "helper")
 

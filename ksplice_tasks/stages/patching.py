@@ -20,11 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import snapshot
-from .commands import echo
-from .errors import UserError
-from .files import write_json
-from .inputs import Settings
+from ksplice_tasks.commands import echo
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_json
+from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.tree import snapshot
 
 RECORD = "post-patch.json"
 

@@ -27,10 +27,11 @@ from typing import TextIO
 
 from elftools.elf.elffile import ELFFile
 
-from . import kbuild, qemu
-from .commands import run
-from .errors import UserError
-from .files import copy_atomic
+from ksplice_tasks.commands import run
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import copy_atomic
+from ksplice_tasks.testing import qemu
+from ksplice_tasks.tree import kbuild
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 

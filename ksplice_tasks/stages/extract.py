@@ -14,11 +14,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from . import objdiff, objmanip
-from .elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
-from .elfwrite import write_object
-from .files import write_json
-from .inputs import Settings
+from ksplice_tasks.files import write_json
+from ksplice_tasks.obj import objdiff, objmanip
+from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
+from ksplice_tasks.obj.elfwrite import write_object
+from ksplice_tasks.stages.inputs import Settings
 
 DIFF = "diff.json"
 RECORDS = "records.json"

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from . import kbuild, patching, snapshot
-from .errors import UserError
-from .files import write_json
-from .inputs import Settings
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_json
+from ksplice_tasks.stages import patching
+from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.tree import kbuild, snapshot
 
 RECORD = "post-build.json"
 SOURCE_SUFFIXES = (".c", ".h", ".S")

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ksplice_tasks.errors import UserError
 
 ID_RE = re.compile(r"^[a-z0-9]{8}$")
 
@@ -346,10 +346,10 @@ COMMANDS = {"apply": apply_main, "view": view_main, "undo": undo_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ksplice_tasks.apply {apply,view,undo} ...`` (where no scripts are installed)."""
+    """``python -m ksplice_tasks.target.apply {apply,view,undo} ...`` (no console scripts)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m ksplice_tasks.apply {{{','.join(COMMANDS)}}} ...",
+        print(f"usage: python -m ksplice_tasks.target.apply {{{','.join(COMMANDS)}}} ...",
               file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])

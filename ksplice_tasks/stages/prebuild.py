@@ -11,12 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import kbuild, snapshot
-from .commands import run
-from .errors import UserError
-from .files import write_atomic
-from .inputs import Settings
-from .postbuild import parse_cmd
+from ksplice_tasks.commands import run
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.stages.postbuild import parse_cmd
+from ksplice_tasks.tree import kbuild, snapshot
 
 PRE_STAMP = "pre-build.json"
 PRE_INPUTS = "pre-inputs.json"

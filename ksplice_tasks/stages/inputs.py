@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.tree.snapshot import POST_MARKER
 
 STATE_DIRNAME = ".ksplice"
-POST_MARKER = ".ksplice-post"
 
 
 @dataclass(frozen=True)

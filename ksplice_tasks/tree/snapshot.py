@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .inputs import POST_MARKER
+# The file that marks a directory as a post tree ksplice made (and may empty).
+POST_MARKER = ".ksplice-post"
 
 
 def _excluded_set(root: Path, exclude: Sequence[Path]) -> set[str]:

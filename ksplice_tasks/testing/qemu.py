@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ksplice_tasks.errors import UserError
 
 BUSYBOX = Path("/bin/busybox")
 EXIT_MARK = "KSPLICE-GUEST-EXIT="

@@ -18,8 +18,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from . import qemu, testkernel
-from .errors import UserError
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.testing import qemu, testkernel
 
 
 def say(msg: str) -> None:
@@ -36,7 +36,7 @@ def run_create(args: list[str], cwd: Path | None = None) -> float:
     return time.monotonic() - t0
 
 
-GUEST_SCRIPT = """KS="chroot /host {python} -m ksplice_tasks.apply"
+GUEST_SCRIPT = """KS="chroot /host {python} -m ksplice_tasks.target.apply"
 echo "guest: $(cat /proc/version)"
 echo "guest: CPUs online: $(cat /sys/devices/system/cpu/online)"
 echo "guest: before: /proc/loadavg says: $(cat /proc/loadavg)"

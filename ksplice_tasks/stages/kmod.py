@@ -26,9 +26,9 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from . import metadata
-from .commands import run
-from .errors import UserError
+from ksplice_tasks.commands import run
+from ksplice_tasks.encode import ksplice_tables as metadata
+from ksplice_tasks.errors import UserError
 
 KMODSRC_FILES = ("Kbuild", "common.c", "runpre.c", "patch.c", "primary.c", "helper.c",
                  "ksplice.h", metadata.HEADER_NAME)
@@ -42,7 +42,7 @@ PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
 def kmodsrc_dir() -> Path:
     """The kernel-side sources: ``<repo>/kmodsrc``, or in an installed package
     ``ksplice_tasks/kmodsrc`` (pyproject maps one onto the other)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for d in (here.parent / "kmodsrc", here / "kmodsrc"):
         if (d / "Kbuild").is_file():
             return d

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .inputs import Settings
+from ksplice_tasks.stages.inputs import Settings
 
 ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 ID_VERSION = b"ksplice-py update id 1\0"

@@ -13,13 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import kmod, metadata
-from .commands import run
-from .errors import UserError
-from .extract import RECORDS, work_dir
-from .files import write_json
-from .inputs import Settings
-from .objmanip import RelocRecord
+from ksplice_tasks.commands import run
+from ksplice_tasks.encode import ksplice_tables as metadata
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_json
+from ksplice_tasks.obj.objmanip import RelocRecord
+from ksplice_tasks.stages import kmod
+from ksplice_tasks.stages.extract import RECORDS, work_dir
+from ksplice_tasks.stages.inputs import Settings
 
 GLOBAL = "_global"
 # Code the running kernel has freed after boot (or never keeps): nothing to match or patch.

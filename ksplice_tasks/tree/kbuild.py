@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .commands import echo
+from ksplice_tasks.commands import echo
 
 SECTION_FLAGS = "-ffunction-sections -fdata-sections"
 

@@ -23,7 +23,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .elfread import (
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.obj.elfread import (
     SHF_GROUP,
     SHF_LINK_ORDER,
     SHN_ABS,
@@ -45,9 +46,8 @@ from .elfread import (
     read_object,
     reloc_info,
 )
-from .elfwrite import write_object
-from .errors import UserError
-from .objdiff import ObjectView, is_special
+from ksplice_tasks.obj.elfwrite import write_object
+from ksplice_tasks.obj.objdiff import ObjectView, is_special
 
 
 class ObjmanipError(UserError):

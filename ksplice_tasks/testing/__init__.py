@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Test and demo support: cached real test kernels, qemu boots, the README's demo."""
