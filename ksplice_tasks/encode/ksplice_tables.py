@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ksplice_tasks.obj.objmanip import RelocRecord
+from ksplice_tasks.artifacts import RelocRecord
 
 SystemMap = Mapping[str, Sequence[int]]
 

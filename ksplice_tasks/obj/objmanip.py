@@ -20,9 +20,10 @@ import json
 import struct
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from ksplice_tasks.artifacts import RelocRecord, SizeRecord
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.obj.elfread import (
     SHF_GROUP,
@@ -52,37 +53,6 @@ from ksplice_tasks.obj.objdiff import ObjectView, is_special
 
 class ObjmanipError(UserError):
     """A pass was asked for something the object does not have."""
-
-
-@dataclass(frozen=True)
-class RelocRecord:
-    """A relocation taken out of an object, to be resolved at load time.
-
-    ``symbol`` is the name the running kernel knows the target by (for an
-    anonymous target, the name of the section it lies in); the field is
-    ``size`` bytes at ``offset`` in output section ``section``, inside
-    function ``function`` when it is code.  The value to store is
-    ``S + addend`` (minus the field's address when ``pcrel``).
-    """
-
-    symbol: str
-    section: str
-    offset: int
-    pcrel: bool
-    addend: int
-    size: int
-    type: int
-    signed: bool
-    function: str = ""
-
-
-@dataclass(frozen=True)
-class SizeRecord:
-    """A function's name, size and section, for the sizes table."""
-
-    name: str
-    size: int
-    section: str
 
 
 # Kernel tables made of fixed-size entries, each about one spot of code.

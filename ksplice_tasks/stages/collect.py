@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from ksplice_tasks.artifacts import RelocRecord
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import write_json
-from ksplice_tasks.obj.objmanip import RelocRecord
 from ksplice_tasks.stages import kmod
 from ksplice_tasks.stages.extract import RECORDS, work_dir
 from ksplice_tasks.stages.inputs import Settings

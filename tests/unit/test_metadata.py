@@ -363,7 +363,7 @@ def test_kbuild_argv() -> None:
 
 
 def test_relocs_from_pass_records() -> None:
-    from ksplice_tasks.obj.objmanip import RelocRecord
+    from ksplice_tasks.artifacts import RelocRecord
 
     rec = RelocRecord("foo", ".text.bar____1_x_post", 5, True, -4, 4, 4, True, "bar")
     assert md.relocs_from_records([rec]) == [
