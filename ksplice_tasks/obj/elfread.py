@@ -8,15 +8,17 @@ costs ~10x more on kernel objects.
 Sections are identified by their *index*: names repeat in kernel objects
 (one ``__patchable_function_entries`` per function, ``.text`` twice in
 group-using objects, and so on).  The model is what :mod:`elfwrite` writes back,
-so every field a writer needs is kept.
+so every field a writer needs is kept: relocation sections keep their name and
+flags (:class:`RelaSection`), so a read-write round trip keeps them too.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_SH_TYPE_AMD64
@@ -41,6 +43,11 @@ SHF_STRINGS = 0x20
 SHF_INFO_LINK = 0x40
 SHF_LINK_ORDER = 0x80
 SHF_GROUP = 0x200
+# A relocation section the livepatch core applies, not the module loader
+# (include/uapi/linux/elf.h; Documentation/livepatch/module-elf-format.rst).
+SHF_RELA_LIVEPATCH = 0x00100000
+
+GRP_COMDAT = 0x1  # first word of an SHT_GROUP payload (gABI "Section Groups")
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
@@ -53,24 +60,42 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
 
 EM_X86_64 = 62
 
-# x86-64 relocation types we need to understand: name, field size, pc-relative.
-R_X86_64 = {
-    0: ("R_X86_64_NONE", 0, False),
-    1: ("R_X86_64_64", 8, False),
-    2: ("R_X86_64_PC32", 4, True),
-    4: ("R_X86_64_PLT32", 4, True),
-    9: ("R_X86_64_GOTPCREL", 4, True),
-    10: ("R_X86_64_32", 4, False),
-    11: ("R_X86_64_32S", 4, False),
-    12: ("R_X86_64_16", 2, False),
-    13: ("R_X86_64_PC16", 2, True),
-    14: ("R_X86_64_8", 1, False),
-    15: ("R_X86_64_PC8", 1, True),
-    24: ("R_X86_64_PC64", 8, True),
-    41: ("R_X86_64_GOTPCRELX", 4, True),
-    42: ("R_X86_64_REX_GOTPCRELX", 4, True),
+
+
+class RelocType(NamedTuple):
+    """What an x86-64 relocation type writes: name, field size (bytes), pc-relative, signed.
+
+    Source: the x86-64 psABI, table "Relocation Types" (field word8/16/32/64,
+    calculations S + A - P for the pc-relative ones); signed means the linker
+    checks the result against a signed range (R_X86_64_32S, the PC types).
+    """
+
+    name: str
+    size: int
+    pcrel: bool
+    signed: bool
+
+
+# The x86-64 relocation types this tool understands, by r_type.
+RELOC_TYPES: dict[int, RelocType] = {
+    0: RelocType("R_X86_64_NONE", 0, False, False),
+    1: RelocType("R_X86_64_64", 8, False, False),
+    2: RelocType("R_X86_64_PC32", 4, True, True),
+    4: RelocType("R_X86_64_PLT32", 4, True, True),
+    9: RelocType("R_X86_64_GOTPCREL", 4, True, True),
+    10: RelocType("R_X86_64_32", 4, False, False),
+    11: RelocType("R_X86_64_32S", 4, False, True),
+    12: RelocType("R_X86_64_16", 2, False, False),
+    13: RelocType("R_X86_64_PC16", 2, True, True),
+    14: RelocType("R_X86_64_8", 1, False, False),
+    15: RelocType("R_X86_64_PC8", 1, True, True),
+    24: RelocType("R_X86_64_PC64", 8, True, True),
+    41: RelocType("R_X86_64_GOTPCRELX", 4, True, True),
+    42: RelocType("R_X86_64_REX_GOTPCRELX", 4, True, True),
 }
-SIGNED_RELOCS = frozenset({2, 4, 9, 11, 13, 15, 24, 41, 42})
+R_X86_64_PLT32 = 4
+SIGNED_RELOCS = frozenset(t for t, info in RELOC_TYPES.items() if info.signed)
+_UNKNOWN_RELOC = RelocType("?", 0, False, False)
 
 _SH_TYPE_NUM = {k: v for k, v in ENUM_SH_TYPE_AMD64.items() if isinstance(v, int)}
 _SYM = struct.Struct("<IBBHQQ")
@@ -145,11 +170,35 @@ class Reloc:
 
     @property
     def size(self) -> int:
-        return R_X86_64.get(self.type, ("?", 0, False))[1]
+        """Bytes of the field it patches; 0 for a type outside :data:`RELOC_TYPES`."""
+        return RELOC_TYPES.get(self.type, _UNKNOWN_RELOC).size
 
     @property
     def pcrel(self) -> bool:
-        return R_X86_64.get(self.type, ("?", 0, False))[2]
+        """Whether the stored value is relative to the field's own address (S + A - P)."""
+        return RELOC_TYPES.get(self.type, _UNKNOWN_RELOC).pcrel
+
+    @property
+    def signed(self) -> bool:
+        """Whether the field holds a signed value (see :class:`RelocType`)."""
+        return RELOC_TYPES.get(self.type, _UNKNOWN_RELOC).signed
+
+
+@dataclass(frozen=True)
+class RelaSection:
+    """The header of one SHT_RELA section (gABI "Relocation"): name, flags, target.
+
+    ``target`` is the index of the section its entries patch (``sh_info``);
+    ``sh_link`` is always the object's one symbol table (:func:`read_object`
+    refuses others), so the writer sets it and it is not stored.  Compilers
+    name it ``.rela<target name>`` with ``SHF_INFO_LINK`` (plus ``SHF_GROUP``
+    in a group); a livepatch module's ``.klp.rela.<obj>.<section>`` carries
+    ``SHF_RELA_LIVEPATCH | SHF_ALLOC`` as well.
+    """
+
+    name: str
+    flags: int
+    target: int
 
 
 @dataclass
@@ -157,8 +206,14 @@ class ElfObject:
     """An ET_REL object: its sections by index, symbols, and RELA lists.
 
     ``relocs`` maps a *target* section index to its relocations sorted by
-    offset.  The symbol table, string tables and RELA sections themselves are
-    not in ``sections``: a writer regenerates them.
+    offset.  The symbol table and string tables are not in ``sections``: a
+    writer regenerates them.  Neither are the RELA sections: their entries are
+    ``relocs[key]`` and their header ``rela[key]``.  The key of a target's
+    first relocation section is the target's index; a further one for the same
+    target (``.klp.rela.vmlinux..text.f`` beside ``.rela.text.f``) has a key
+    that is no section index (its own input index, or one from
+    :meth:`add_rela_section`) and names its target in ``rela[key].target``.
+    A key without a ``rela`` entry is written as :meth:`rela_section` says.
     """
 
     path: str
@@ -166,6 +221,39 @@ class ElfObject:
     sections: dict[int, Section]
     symbols: list[Symbol]
     relocs: dict[int, list[Reloc]] = field(default_factory=dict)
+    rela: dict[int, RelaSection] = field(default_factory=dict)
+
+    def rela_section(self, key: int) -> RelaSection:
+        """The header of relocation list ``relocs[key]``: as read, or the compiler's default.
+
+        The default is ``.rela<target name>`` with ``SHF_INFO_LINK``; the
+        writer adds ``SHF_GROUP`` when the target is in a group.  Raises
+        KeyError for a key that is neither a section nor in ``rela``.
+        """
+        hdr = self.rela.get(key)
+        if hdr is not None:
+            return hdr
+        return RelaSection(".rela" + self.sections[key].name, SHF_INFO_LINK, key)
+
+    def add_rela_section(self, name: str, flags: int, target: int,
+                         relocs: list[Reloc]) -> int:
+        """Add one more relocation section for ``target``; return its key in ``relocs``.
+
+        For sections the target's ordinary ``.rela`` section must not hold,
+        e.g. ``.klp.rela.vmlinux.<section>`` (flags ``SHF_RELA_LIVEPATCH |
+        SHF_ALLOC | SHF_INFO_LINK``).  Raises KeyError for an unknown target.
+        """
+        if target not in self.sections:
+            raise KeyError(f"no section {target} to relocate")
+        key = max([*self.sections, *self.relocs, *self.rela, 0]) + 1
+        self.relocs[key] = sorted(relocs, key=lambda r: r.offset)
+        self.rela[key] = RelaSection(name, flags, target)
+        return key
+
+    def rela_target(self, key: int) -> int:
+        """The section index relocation list ``relocs[key]`` patches."""
+        hdr = self.rela.get(key)
+        return key if hdr is None else hdr.target
 
     def section_symbols(self) -> dict[int, int]:
         """Section index -> index of its STT_SECTION symbol."""
@@ -180,12 +268,29 @@ class ElfObject:
         return [s for s in self.sections.values() if s.name == name]
 
 
-def reloc_info(r_type: int) -> tuple[str, int, bool]:
-    """(name, field size, pc-relative) of an x86-64 relocation type."""
+def reloc_info(r_type: int) -> RelocType:
+    """(name, field size, pc-relative, signed) of an x86-64 relocation type.
+
+    Raises ElfFormatError for a type outside :data:`RELOC_TYPES`.
+    """
     try:
-        return R_X86_64[r_type]
+        return RELOC_TYPES[r_type]
     except KeyError:
         raise ElfFormatError(f"unsupported x86-64 relocation type {r_type}") from None
+
+
+def group_members(sec: Section) -> list[int]:
+    """Section indices of an SHT_GROUP section's members (gABI "Section Groups").
+
+    The payload is a flag word (``GRP_COMDAT``) followed by one 4-byte
+    little-endian section index per member.
+    """
+    return [m for (m,) in struct.iter_unpack("<I", sec.data[4:])]
+
+
+def group_data(sec: Section, members: Iterable[int]) -> bytes:
+    """An SHT_GROUP payload: ``sec``'s flag word, then ``members`` (section indices)."""
+    return sec.data[:4] + b"".join(struct.pack("<I", m) for m in members)
 
 
 def _cstr(table: bytes, off: int) -> str:
@@ -246,20 +351,22 @@ def read_object(path: str | Path) -> ElfObject:
         symbols = parse_symbols(symtab.data, raw[symtab.link].data)
         skip = {symtab.index, symtab.link, elf["e_shstrndx"]}
         relocs: dict[int, list[Reloc]] = {}
+        rela: dict[int, RelaSection] = {}
         for s in raw.values():
             if s.type == SHT_REL:
                 raise ElfFormatError(f"{path}: SHT_REL sections are not supported")
             if s.type == SHT_RELA:
                 if s.link != symtab.index:
                     raise ElfFormatError(f"{path}: {s.name} uses another symbol table")
-                relocs.setdefault(s.info, []).extend(parse_relas(s.data))
+                # The first one of a target is keyed by the target, a further one by itself.
+                key = s.info if s.info not in rela else s.index
+                relocs[key] = parse_relas(s.data)
+                rela[key] = RelaSection(s.name, s.flags, s.info)
                 skip.add(s.index)
         for i, s in raw.items():
             if i not in skip:
                 sections[i] = s
-        for rl in relocs.values():
-            rl.sort(key=lambda r: r.offset)
-        return ElfObject(path, header, sections, symbols, relocs)
+        return ElfObject(path, header, sections, symbols, relocs, rela)
 
 
 def _osabi(v: object) -> int:
@@ -273,8 +380,30 @@ def reloc_addend_field(sec: Section, r: Reloc) -> int:
     size = r.size
     if size == 0:
         return 0
-    return int.from_bytes(sec.data[r.offset:r.offset + size], "little",
-                          signed=r.type in SIGNED_RELOCS)
+    return int.from_bytes(sec.data[r.offset:r.offset + size], "little", signed=r.signed)
+
+
+def undefined_symbols(path: str | Path) -> set[str]:
+    """Names of the SHN_UNDEF symbols of an ELF object or ``.ko`` (what a linker or
+    the module loader must resolve).
+
+    An object without ``.symtab`` has none.  Raises ElfFormatError when
+    ``path`` is not an ELF file, OSError when it cannot be read.
+    """
+    with open(path, "rb") as f:
+        try:
+            elf = ELFFile(f)
+            symtab = next((s for s in elf.iter_sections() if s["sh_type"] == "SHT_SYMTAB"),
+                          None)
+            if symtab is None:
+                return set()
+            strtab = elf.get_section(symtab["sh_link"]).data()
+            data = symtab.data()
+        except ElfFormatError:
+            raise
+        except Exception as exc:  # pyelftools raises several types
+            raise ElfFormatError(f"{path}: not an ELF file ({exc})") from None
+    return {s.name for s in parse_symbols(data, strtab) if s.shndx == SHN_UNDEF and s.name}
 
 
 def gcc_comment_count(obj: ElfObject) -> int:

@@ -8,7 +8,11 @@ relocations, which every pass here needs.  So this module serialises an
 * ``sections`` is written in dict order; the keys are the *input* indices and
   are only used to resolve references (symbol ``shndx``, relocation targets,
   ``SHF_LINK_ORDER`` links, ``SHT_GROUP`` members);
-* ``.rela<name>``, ``.symtab``, ``.strtab`` and ``.shstrtab`` are regenerated;
+* each relocation list ``relocs[key]`` becomes an SHT_RELA section right after
+  its target, named and flagged as ``rela_section(key)`` says (as read, or
+  ``.rela<name>``), ``SHF_GROUP`` following the target's; empty lists are
+  left out;
+* ``.symtab``, ``.strtab`` and ``.shstrtab`` are regenerated;
 * local symbols come first and ``.symtab``'s ``sh_info`` is recomputed.
 """
 
@@ -21,7 +25,6 @@ from ksplice_tasks.files import write_atomic
 from ksplice_tasks.obj.elfread import (
     EM_X86_64,
     SHF_GROUP,
-    SHF_INFO_LINK,
     SHF_LINK_ORDER,
     SHN_LORESERVE,
     SHN_UNDEF,
@@ -35,6 +38,8 @@ from ksplice_tasks.obj.elfread import (
     ElfFormatError,
     ElfObject,
     Section,
+    group_data,
+    group_members,
 )
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -62,16 +67,22 @@ def _align(n: int, a: int) -> int:
 def object_bytes(obj: ElfObject) -> bytes:
     """Serialise ``obj`` to the bytes of an ELF64 x86-64 relocatable object."""
     keys = list(obj.sections)
-    # Output index of every section and of each regenerated RELA section.
-    out_order: list[tuple[str, object]] = []  # ("sec", key) | ("rela", key)
+    # Relocation lists by target: the target's own key first, then further ones.
+    # Lists of sections that are not written are left out with them.
+    by_target: dict[int, list[int]] = {}
+    for key in sorted(obj.relocs, key=lambda k: (k != obj.rela_target(k), k)):
+        target = obj.rela_target(key)
+        if obj.relocs[key] and target in obj.sections:
+            by_target.setdefault(target, []).append(key)
+    # Output index of every section and of each RELA section.
+    out_order: list[tuple[str, int]] = []  # ("sec", section key) | ("rela", relocs key)
     for k in keys:
         out_order.append(("sec", k))
-        if obj.relocs.get(k):
-            out_order.append(("rela", k))
+        out_order += [("rela", key) for key in by_target.get(k, ())]
     newidx: dict[int, int] = {}
     relaidx: dict[int, int] = {}
     for i, (kind, k) in enumerate(out_order, start=1):
-        (newidx if kind == "sec" else relaidx)[k] = i  # type: ignore[index]
+        (newidx if kind == "sec" else relaidx)[k] = i
     symtab_idx = len(out_order) + 1
     strtab_idx = symtab_idx + 1
     shstrtab_idx = symtab_idx + 2
@@ -97,14 +108,6 @@ def object_bytes(obj: ElfObject) -> bytes:
         symdata += _SYM.pack(name, (s.bind << 4) | (s.type & 0xF), s.other, shndx, s.value, s.size)
     first_global = 1 + sum(1 for i in locals_ if i in symmap)
 
-    # Group membership, so a RELA section of a group member joins the group.
-    group_of: dict[int, int] = {}
-    for k in keys:
-        sec = obj.sections[k]
-        if sec.type == SHT_GROUP:
-            for (m,) in struct.iter_unpack("<I", sec.data[4:]):
-                group_of[m] = k
-
     shstr = _StrTab()
     headers: list[tuple] = [(0,) * 10]
     blobs: list[tuple[bytes, int]] = []  # payload, alignment (parallel to headers[1:])
@@ -115,19 +118,22 @@ def object_bytes(obj: ElfObject) -> bytes:
         blobs.append((data, align))
 
     for kind, k in out_order:
-        sec: Section = obj.sections[k]  # type: ignore[index]
         if kind == "rela":
+            hdr = obj.rela_section(k)
+            sec: Section = obj.sections[hdr.target]
             rows = bytearray()
-            for r in obj.relocs[k]:  # type: ignore[index]
+            for r in obj.relocs[k]:
                 if r.sym not in symmap:
                     raise ElfFormatError(
                         f"relocation in {sec.name}+{r.offset:#x} refers to a dropped symbol "
                         f"{obj.symbols[r.sym].name or r.sym}")
                 rows += _RELA.pack(r.offset, (symmap[r.sym] << 32) | r.type, r.addend)
-            flags = SHF_INFO_LINK | (SHF_GROUP if sec.flags & SHF_GROUP else 0)
-            _emit(".rela" + sec.name, SHT_RELA, flags, len(rows), symtab_idx, newidx[k],
+            # A relocation section is in its target's group, or in none.
+            flags = (hdr.flags & ~SHF_GROUP) | (sec.flags & SHF_GROUP)
+            _emit(hdr.name, SHT_RELA, flags, len(rows), symtab_idx, newidx[hdr.target],
                   8, _RELA.size, bytes(rows))
             continue
+        sec = obj.sections[k]
         link, info, data = 0, 0, sec.data
         if sec.flags & SHF_LINK_ORDER:
             if sec.link not in newidx:
@@ -138,10 +144,10 @@ def object_bytes(obj: ElfObject) -> bytes:
             if sec.info not in symmap:
                 raise ElfFormatError(f"{sec.name}: group signature symbol was dropped")
             info = symmap[sec.info]
-            members = [m for (m,) in struct.iter_unpack("<I", sec.data[4:])]
+            members = group_members(sec)
             out = [newidx[m] for m in members if m in newidx]
-            out += [relaidx[m] for m in members if m in relaidx]
-            data = sec.data[:4] + b"".join(struct.pack("<I", m) for m in out)
+            out += [relaidx[key] for m in members for key in by_target.get(m, ())]
+            data = group_data(sec, out)
         size = sec.size if sec.type == SHT_NOBITS else len(data)
         _emit(sec.name, sec.type, sec.flags, size, link, info, sec.addralign, sec.entsize,
               b"" if sec.type == SHT_NOBITS else data)

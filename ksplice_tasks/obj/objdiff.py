@@ -28,57 +28,38 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import capstone
 
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.obj.elfread import (
-    SHF_MERGE,
-    SHF_STRINGS,
-    SHN_ABS,
-    SHN_COMMON,
     SHT_NOBITS,
-    STB_LOCAL,
-    STT_FILE,
-    STT_FUNC,
-    STT_OBJECT,
-    STT_SECTION,
     ElfFormatError,
-    ElfObject,
     Reloc,
     Section,
     read_object,
     reloc_info,
 )
+from ksplice_tasks.obj.kernel_sections import Role, TableLayoutError, table_entries
+from ksplice_tasks.obj.view import NUMBERED, Item, ObjectView, base_name, gcc_number
+
+__all__ = [
+    "ObjDiff", "ObjdiffRefusal", "ObjectView", "Fingerprints", "diff_views", "diff_objects",
+    "correlate", "line_map_from_patch", "read_object", "format_text", "main",
+]
 
 
 class ObjdiffRefusal(UserError):
-    """The change cannot be applied by replacing code (data or .bss changed)."""
+    """The change cannot be applied by replacing code (data or .bss changed).
 
+    ``symbols`` names every refused data symbol; the message (one line) too.
+    """
 
-# Sections that are tables *about* code (or build metadata), never code or
-# data a patch is about.  They are not compared directly; the ones that carry
-# per-function facts (``__bug_table``) are attributed to functions instead.
-_SPECIAL_EXACT = frozenset({
-    "__bug_table", "__ex_table", ".altinstructions", ".altinstr_replacement", ".altinstr_aux",
-    "__jump_table", ".static_call_sites", ".static_call.text", ".retpoline_sites",
-    ".return_sites", ".call_sites", ".ibt_endbr_seal", "__mcount_loc",
-    "__patchable_function_entries", ".orc_unwind", ".orc_unwind_ip", ".orc_header",
-    ".smp_locks", ".parainstructions", "__tracepoints", "__tracepoints_ptrs",
-    "__tracepoints_strings", "_ftrace_events", "_ftrace_eval_map", "__dyndbg",
-    "__dyndbg_classes", ".kcfi_traps", "__ksymtab_strings", ".modinfo", "__param", "__modver",
-    ".init.setup", ".comment", ".eh_frame", ".BTF", ".BTF.ext", "__bpf_raw_tp_map",
-    ".export_symbol", "__kcrctab", "__kcrctab_gpl", "__ksymtab", "__ksymtab_gpl",
-    ".gnu.linkonce.this_module", "__versions", ".data..ro_after_init.__jump_table",
-    ".fixup", "__syscalls_metadata", "_kprobe_blacklist", "_error_injection_whitelist",
-    ".static_call_tramp_key", ".printk_index", ".con_initcall.init", ".ctors", ".init_array",
-})
-_SPECIAL_PREFIX = (
-    ".discard", ".note", ".debug_", ".rela", "___ksymtab", "__ksymtab_", "__kcrctab_",
-    ".initcall", ".gnu.", ".BTF", "__tracepoint_str", ".printk_index",
-)
+    def __init__(self, message: str, symbols: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.symbols = list(symbols)
+
 
 # Calls whose argument carries __LINE__, by x86-64 argument register (see
 # _line_only_text).  The printk family takes it in any position after the format.
@@ -97,39 +78,6 @@ _PRINTK_RE = re.compile(r"^(_?printk|_printk_deferred|__warn_printk|__dynamic_(p
                         r"|_dev_(emerg|alert|crit|err|warn|notice|info)|dev_printk|panic"
                         r"|__ubsan_handle_\w+|seq_printf|snprintf|sprintf|printf|puts|fprintf"
                         r"|__printk_ratelimit|_printk_ratelimited)$")
-
-_NUMBERED = re.compile(r"^(.*?)(\.\d+)$")
-
-
-def is_special(name: str) -> bool:
-    """Kernel metadata tables (and build/debug sections) that are not code or data."""
-    return name in _SPECIAL_EXACT or name.startswith(_SPECIAL_PREFIX)
-
-
-def base_name(name: str) -> str:
-    """``count.3`` -> ``count``; ``f.constprop.0`` -> ``f.constprop``; GCC numbering only."""
-    m = _NUMBERED.match(name)
-    return m.group(1) if m else name
-
-
-def parent_of_cold(name: str) -> str | None:
-    """``f.cold`` / ``f.part.0.cold`` -> the function the cold part belongs to."""
-    m = re.match(r"^(.*)\.cold(\.\d+)?$", name)
-    return m.group(1) if m else None
-
-
-@dataclass
-class Item:
-    """A function part or a data object: a byte range of one section."""
-
-    name: str
-    shndx: int
-    start: int
-    end: int
-    kind: str  # "func" | "cold" | "data" | "rodata" | "section"
-    local: bool
-    owner: str = ""  # for "cold": the function it belongs to
-
 
 @dataclass
 class ObjDiff:
@@ -165,216 +113,63 @@ class ObjDiff:
                 "line_only": self.line_only, "sections": self.sections}
 
 
-class ObjectView:
-    """Indexes over one object: its functions, data items and reloc targets."""
+class Fingerprints:
+    """Numbering-independent fingerprints of one view's items (cached).
 
-    def __init__(self, obj: ElfObject) -> None:
-        self.obj = obj
-        self.items: list[Item] = []
-        self.by_sec: dict[int, list[Item]] = defaultdict(list)
-        self.funcs: dict[str, list[Item]] = {}  # name -> [main part, cold parts...]
-        self.canon: dict[str, str] = {}  # this object's name -> name used for comparing
-        self._starts: dict[int, list[int]] = {}
-        self._insns: dict[int, tuple[list[int], list[int]]] = {}
+    ``canon`` maps this object's local names to the names compared (post ->
+    pre from :func:`correlate`; empty for the pre side).
+    """
+
+    def __init__(self, view: ObjectView, canon: dict[str, str] | None = None) -> None:
+        self.view = view
+        self.canon = dict(canon or {})
         self._fp: dict[int, object] = {}
-        self._build()
-
-    # -- indexing ---------------------------------------------------------
-    def _build(self) -> None:
-        obj = self.obj
-        named: dict[int, list[tuple[int, int, str, int, bool]]] = defaultdict(list)
-        for s in obj.symbols:
-            if not s.in_section or s.type in (STT_SECTION, STT_FILE) or not s.name:
-                continue
-            sec = obj.sections.get(s.shndx)
-            if sec is None or is_special(sec.name) or not sec.is_alloc:
-                continue
-            if s.name.startswith(".L"):
-                continue
-            if sec.is_exec and s.type != STT_FUNC:
-                continue
-            if not sec.is_exec and s.type not in (STT_OBJECT, 0):
-                continue
-            named[s.shndx].append((s.value, s.size, s.name, s.type, s.bind == STB_LOCAL))
-        for shndx, sec in obj.sections.items():
-            if not sec.is_alloc or is_special(sec.name):
-                continue
-            syms = sorted(set(named.get(shndx, [])))
-            items: list[Item] = []
-            for j, (value, size, name, _t, local) in enumerate(syms):
-                end = value + size
-                if size == 0:  # asm symbol without .size: extends to the next one
-                    nxt = [v for v, *_ in syms[j + 1:] if v > value]
-                    end = nxt[0] if nxt else sec.size
-                if sec.is_exec:
-                    parent = parent_of_cold(name)
-                    kind = "cold" if parent else "func"
-                else:
-                    kind = "data" if sec.is_write else "rodata"
-                    parent = None
-                items.append(Item(name, shndx, value, end, kind, local, parent or ""))
-            if not items and not sec.is_exec and sec.size:
-                kind = "section"
-                items.append(Item(sec.name, shndx, 0, sec.size, kind, True))
-            items.sort(key=lambda it: (it.start, it.end))
-            self.by_sec[shndx] = items
-            self._starts[shndx] = [it.start for it in items]
-            self.items.extend(items)
-        for it in self.items:
-            if it.kind == "func":
-                self.funcs.setdefault(it.name, []).insert(0, it)
-        for it in self.items:
-            if it.kind == "cold":
-                if it.owner in self.funcs:
-                    self.funcs[it.owner].append(it)
-                else:  # an orphan cold part stands for itself
-                    self.funcs.setdefault(it.name, []).append(it)
-
-    def covering(self, shndx: int, off: int) -> Item | None:
-        items = self.by_sec.get(shndx)
-        if not items:
-            return None
-        j = bisect.bisect_right(self._starts[shndx], off) - 1
-        # Prefer the last item starting at or before off that contains it.
-        while j >= 0:
-            it = items[j]
-            if it.start <= off < it.end or (it.start == off == it.end):
-                return it
-            if it.end <= off and it.start < off:
-                break
-            j -= 1
-        # A reference just past the end of an object (e.g. array end) stays with it.
-        j = bisect.bisect_right(self._starts[shndx], off) - 1
-        if j >= 0 and items[j].end == off:
-            return items[j]
-        return None
-
-    def relocs_in(self, shndx: int, start: int, end: int) -> list[Reloc]:
-        rl = self.obj.relocs.get(shndx, [])
-        if not rl:
-            return []
-        offs = self._reloc_offsets(shndx)
-        return rl[bisect.bisect_left(offs, start):bisect.bisect_left(offs, end)]
-
-    @cached_property
-    def _offsets(self) -> dict[int, list[int]]:
-        return {k: [r.offset for r in v] for k, v in self.obj.relocs.items()}
-
-    def _reloc_offsets(self, shndx: int) -> list[int]:
-        return self._offsets[shndx]
-
-    def insn_bounds(self, shndx: int) -> tuple[list[int], list[int]]:
-        """Instruction starts and ends of an exec section (linear sweep)."""
-        if shndx not in self._insns:
-            data = self.obj.sections[shndx].data
-            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-            starts: list[int] = []
-            ends: list[int] = []
-            pos = 0
-            while pos < len(data):
-                n = 0
-                for addr, size, _m, _o in md.disasm_lite(data[pos:], pos):
-                    starts.append(addr)
-                    ends.append(addr + size)
-                    n += size
-                pos += n
-                if pos < len(data):  # undecodable byte: step over it
-                    starts.append(pos)
-                    ends.append(pos + 1)
-                    pos += 1
-            self._insns[shndx] = (starts, ends)
-        return self._insns[shndx]
-
-    def pc_adjust(self, sec: Section, r: Reloc) -> int:
-        """Distance from a pc-relative field to the end of its instruction."""
-        if not r.pcrel or not sec.is_exec:
-            return 0
-        if r.type == 4:  # PLT32: call/jmp rel32, the field ends the instruction
-            return r.size
-        starts, ends = self.insn_bounds(sec.index)
-        j = bisect.bisect_right(starts, r.offset) - 1
-        if j < 0 or ends[j] <= r.offset:
-            return r.size
-        return ends[j] - r.offset
-
-    # -- reloc targets ----------------------------------------------------
-    def target(self, sec: Section, r: Reloc) -> tuple[str, object, int]:
-        """Resolve a reloc to (kind, item-or-name, offset from the item's start).
-
-        kind is "undef", "abs", "item" (a function or data Item), "str", "cst"
-        or "section" (no item covers the spot).
-        """
-        s = self.obj.symbols[r.sym]
-        if s.shndx == 0 or s.shndx == SHN_COMMON:
-            return ("undef", s.name, r.addend)
-        if s.shndx == SHN_ABS:
-            return ("abs", s.name, s.value + r.addend)
-        tsec = self.obj.sections.get(s.shndx)
-        if tsec is None:
-            return ("section", f"#{s.shndx}", s.value + r.addend)
-        base = s.value + r.addend
-        spot = base + self.pc_adjust(sec, r)
-        if s.type not in (STT_SECTION,) and s.name and not s.name.startswith(".L"):
-            it = self._item_named(s)
-            if it is not None:
-                return ("item", it, base - it.start)
-        if tsec.flags & SHF_MERGE and tsec.flags & SHF_STRINGS and not is_special(tsec.name):
-            return ("str", tsec, base)
-        if tsec.flags & SHF_MERGE and tsec.entsize and not is_special(tsec.name):
-            return ("cst", tsec, base)
-        it = self.covering(s.shndx, spot)
-        if it is not None:
-            return ("item", it, base - it.start)
-        return ("section", tsec.name, base)
-
-    def _item_named(self, s) -> Item | None:
-        for it in self.by_sec.get(s.shndx, ()):
-            if it.name == s.name and it.start == s.value:
-                return it
-        return None
 
     def key(self, sec: Section, r: Reloc, stack: frozenset[int] = frozenset()) -> tuple:
         """What a relocation refers to, independent of numbering and layout."""
-        kind, what, off = self.target(sec, r)
+        kind, what, off = self.view.target(sec, r)
         if kind in ("undef", "abs", "section"):
             return (kind, what, off, r.type)
         if kind == "str":
             tsec: Section = what  # type: ignore[assignment]
-            spot = off + self.pc_adjust(sec, r)
+            spot = off + self.view.pc_adjust(sec, r)
             start = tsec.data.rfind(b"\0", 0, max(spot, 0)) + 1 if spot > 0 else 0
             end = tsec.data.find(b"\0", max(spot, 0))
             end = len(tsec.data) if end < 0 else end
             return ("str", tsec.name, tsec.data[start:end], off - start, r.type)
         if kind == "cst":
             tsec = what  # type: ignore[assignment]
-            spot = off + self.pc_adjust(sec, r)
+            spot = off + self.view.pc_adjust(sec, r)
             e = tsec.entsize
             start = max(spot, 0) // e * e
             return ("cst", tsec.name, tsec.data[start:start + e], off - start, r.type)
         it: Item = what  # type: ignore[assignment]
         if it.kind in ("func", "cold"):
             return ("func", self.canon.get(it.name, it.name), off, r.type)
-        if it.kind == "data" or (it.kind == "section" and self.obj.sections[it.shndx].is_write):
+        if _is_data(self.view, it):
             return ("data", self.canon.get(it.name, it.name), off, r.type)
         # read-only: compare by content, so renumbered or changed rodata is seen
         name = base_name(it.name) if it.local else it.name
         return ("rodata", name, self.fingerprint(it, stack), off, r.type)
 
     def fingerprint(self, it: Item, stack: frozenset[int] = frozenset()) -> object:
-        """Bytes with relocation fields zeroed, plus the keys of those relocations."""
+        """Bytes with relocation fields zeroed, plus the keys of those relocations.
+
+        Raises ElfFormatError for a relocation type outside ``RELOC_TYPES``.
+        """
         ident = id(it)
         if ident in self._fp:
             return self._fp[ident]
         if ident in stack:  # a cycle of read-only objects pointing at each other
             return ("cycle", it.name)
-        sec = self.obj.sections[it.shndx]
+        sec = self.view.obj.sections[it.shndx]
         if sec.type == SHT_NOBITS:
             fp: object = ("nobits", it.end - it.start)
         else:
             buf = bytearray(sec.data[it.start:it.end])
             keys = []
-            for r in self.relocs_in(it.shndx, it.start, it.end):
-                size = reloc_info(r.type)[1]
+            for r in self.view.relocs_in(it.shndx, it.start, it.end):
+                size = reloc_info(r.type).size
                 lo = r.offset - it.start
                 buf[lo:lo + size] = bytes(size)
                 keys.append((lo, self.key(sec, r, stack | {ident})))
@@ -383,60 +178,41 @@ class ObjectView:
         return fp
 
     def func_fingerprint(self, name: str) -> tuple:
-        parts = self.funcs[name]
+        """(kind, size, fingerprint) of each part of function ``name``, main part first."""
+        parts = self.view.funcs[name]
         return tuple((p.kind, p.end - p.start, self.fingerprint(p)) for p in parts)
 
-    def referrers(self) -> dict[str, frozenset[str]]:
-        """Data and function symbol -> the functions that refer to it."""
-        refs: dict[str, set[str]] = defaultdict(set)
-        for fname, parts in self.funcs.items():
-            for p in parts:
-                sec = self.obj.sections[p.shndx]
-                for r in self.relocs_in(p.shndx, p.start, p.end):
-                    kind, what, _off = self.target(sec, r)
-                    if kind == "item" and what is not p:
-                        refs[what.name].add(fname)  # type: ignore[union-attr]
-        return {k: frozenset(v) for k, v in refs.items()}
-
     def bug_entries(self) -> dict[str, list[tuple]]:
-        """``__bug_table`` entries per function: (offset, file key, flags, line)."""
+        """``__bug_table`` entries per function: (part, offset, file key, flags, line).
+
+        The entry layout (12 bytes with CONFIG_DEBUG_BUGVERBOSE, else 8) comes
+        from :func:`~ksplice_tasks.obj.kernel_sections.table_entries`; a table
+        whose layout cannot be derived is skipped.  Without a file field the
+        file key is None and the line 0.
+        """
+        view = self.view
         out: dict[str, list[tuple]] = defaultdict(list)
-        for sec in self.obj.sections.values():
+        for sec in view.obj.sections.values():
             if sec.name != "__bug_table":
                 continue
-            rl = self.obj.relocs.get(sec.index, [])
-            size = _bug_entry_size(sec, rl)
-            if size is None:
+            try:
+                entries = table_entries(view.obj, sec)
+            except TableLayoutError:
                 continue
-            by_off = {r.offset: r for r in rl}
-            for e in range(0, sec.size, size):
-                r = by_off.get(e)
+            for e in entries:
+                r = e.field_reloc(Role.CODE)
                 if r is None:
                     continue
-                kind, what, off = self.target(sec, r)
+                kind, what, off = view.target(sec, r)
                 if kind != "item" or what.kind not in ("func", "cold"):  # type: ignore[union-attr]
                     continue
                 fname = what.owner or what.name  # type: ignore[union-attr]
-                fr = by_off.get(e + 4)
-                fkey = self.key(sec, fr) if (fr is not None and size == 12) else None
-                if size == 12:
-                    line = int.from_bytes(sec.data[e + 8:e + 10], "little")
-                    flags = int.from_bytes(sec.data[e + 10:e + 12], "little")
-                else:
-                    line, flags = 0, int.from_bytes(sec.data[e + 4:e + 6], "little")
+                fr = e.field_reloc(Role.FILE)
+                fkey = self.key(sec, fr) if fr is not None else None
+                line = e.value(sec.data, "line") or 0
+                flags = e.value(sec.data, "flags")
                 out[fname].append((what.name, off, fkey, flags, line))  # type: ignore[union-attr]
         return out
-
-
-def _bug_entry_size(sec: Section, rl: Sequence[Reloc]) -> int | None:
-    if sec.entsize in (8, 12):
-        return sec.entsize
-    offs = {r.offset for r in rl}
-    if sec.size % 12 == 0 and all(o % 12 in (0, 4) for o in offs):
-        return 12
-    if sec.size % 8 == 0 and all(o % 8 == 0 for o in offs):
-        return 8
-    return None
 
 
 # -- correlation of GCC-numbered local names ---------------------------------
@@ -451,19 +227,19 @@ def correlate(pre_names: Iterable[str], post_names: Iterable[str],
     the counts agree; what stays unpaired is new or removed.
     """
     pre_set, post_set = set(pre_names), set(post_names)
-    out = {n: n for n in post_set & pre_set if not _NUMBERED.match(n)}
+    out = {n: n for n in post_set & pre_set if not NUMBERED.match(n)}
     groups_pre: dict[str, list[str]] = defaultdict(list)
     groups_post: dict[str, list[str]] = defaultdict(list)
     for n in pre_set:
-        if _NUMBERED.match(n) or n not in out:
+        if NUMBERED.match(n) or n not in out:
             groups_pre[base_name(n)].append(n)
     for n in post_set:
-        if _NUMBERED.match(n) or n not in out:
+        if NUMBERED.match(n) or n not in out:
             groups_post[base_name(n)].append(n)
 
     def num(n: str) -> int:
-        m = _NUMBERED.match(n)
-        return int(m.group(2)[1:]) if m else -1
+        k = gcc_number(n)
+        return -1 if k is None else k
 
     for base, posts in groups_post.items():
         pres = list(groups_pre.get(base, []))
@@ -550,7 +326,7 @@ def line_map_from_patch(patch: str, source: str) -> LineMap | None:
     return mapping
 
 
-def _line_candidates(pre: ObjectView, post: ObjectView, pname: str,
+def _line_candidates(pre: Fingerprints, post: Fingerprints, pname: str,
                      qname: str) -> list[tuple[bool, int, int]] | None:
     """The (trusted, pre, post) line immediates two functions differ in, or None.
 
@@ -560,7 +336,7 @@ def _line_candidates(pre: ObjectView, post: ObjectView, pname: str,
     *trusted* when that callee takes a line number in that register
     (``__might_sleep``...); for printk-style callees it is only a candidate.
     """
-    pp, qp = pre.funcs[pname], post.funcs[qname]
+    pp, qp = pre.view.funcs[pname], post.view.funcs[qname]
     if len(pp) != len(qp):
         return None
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -580,7 +356,7 @@ def _line_candidates(pre: ObjectView, post: ObjectView, pname: str,
         if [(x[0], x[1]) for x in ia] != [(x[0], x[1]) for x in ib]:
             return None
         starts = [x[0] for x in ib]
-        calls = _call_targets(post, b, ib)
+        calls = _call_targets(post.view, b, ib)
         seen: set[int] = set()
         for d in diffs:
             j = bisect.bisect_right(starts, d) - 1
@@ -642,7 +418,7 @@ def _next_call(insns: list[tuple], j: int, calls: dict[int, str]) -> str | None:
     return None
 
 
-# -- the diff ----------------------------------------------------------------
+# -- the diff: named passes ------------------------------------------------------
 
 def diff_views(pre: ObjectView, post: ObjectView, line_map: LineMap | None = None) -> ObjDiff:
     """Compare two indexed objects; raise ObjdiffRefusal for data changes.
@@ -653,93 +429,164 @@ def diff_views(pre: ObjectView, post: ObjectView, line_map: LineMap | None = Non
     line-taking helpers are trusted, and printk-style arguments are accepted
     only when their shift equals one of those trusted shifts.
     """
-    pre_refs, post_refs = pre.referrers(), post.referrers()
+    ren = correlate_names(pre, post)
+    pre_fp, post_fp = Fingerprints(pre), Fingerprints(post, ren)
+    new_data = check_data(pre_fp, post_fp, ren)
+    cmp = compare_functions(pre_fp, post_fp, ren)
+    changed, line_only = classify_line_only(cmp, line_map)
+    res = ObjDiff(pre.obj.path, post.obj.path, changed=changed, new=cmp.new,
+                  removed=list_removed(pre, cmp.matched_pre), line_only=line_only,
+                  new_data=new_data, renames={q: p for q, p in ren.items() if q != p})
+    res.section_indices = changed_sections(post, res.keep)
+    res.sections = [post.obj.sections[i].name for i in res.section_indices]
+    return res
+
+
+def correlate_names(pre: ObjectView, post: ObjectView) -> dict[str, str]:
+    """Post item name -> pre item name, GCC-renumbered locals paired (:func:`correlate`)."""
     pre_names = [it.name for it in pre.items if it.kind != "section"]
     post_names = [it.name for it in post.items if it.kind != "section"]
-    ren = correlate(pre_names, post_names, pre_refs, post_refs)
-    post.canon = ren
-    pre.canon = {}
-    res = ObjDiff(pre.obj.path, post.obj.path)
-    res.renames = {q: p for q, p in ren.items() if q != p}
+    return correlate(pre_names, post_names, pre.referrers(), post.referrers())
 
-    _check_data(pre, post, ren, res)
 
-    pre_bugs, post_bugs = pre.bug_entries(), post.bug_entries()
-    matched_pre = set()
-    pending: dict[str, list[tuple[bool, int, int]]] = {}
-    for qname in sorted(post.funcs):
-        pname = ren.get(qname)
-        if pname is None or pname not in pre.funcs:
-            res.new.append(qname)
+def _is_data(view: ObjectView, it: Item) -> bool:
+    return it.kind == "data" or (it.kind == "section" and view.obj.sections[it.shndx].is_write)
+
+
+def check_data(pre: Fingerprints, post: Fingerprints, ren: dict[str, str]) -> list[str]:
+    """The post data items new in the patch (sorted); refuse changed or moved data.
+
+    Every writable item of the post object is checked against its pre
+    counterpart: same size, same kind (.bss or initialised), same place when
+    it shares a section, same initial value.  All refusals are collected
+    first; ObjdiffRefusal then names every refused symbol in one line.
+    """
+    pv, qv = pre.view, post.view
+    pre_data = {it.name: it for it in pv.items if _is_data(pv, it)}
+    shared_pre = {k for k, v in pv.by_sec.items() if len(v) > 1}
+    shared_post = {k for k, v in qv.by_sec.items() if len(v) > 1}
+    new: list[str] = []
+    refused: list[tuple[str, str, str]] = []  # (symbol, what the patch does, why not)
+    for it in qv.items:
+        if not _is_data(qv, it):
             continue
-        matched_pre.add(pname)
+        pname = ren.get(it.name, it.name if it.kind == "section" else None)
+        old = pre_data.get(pname) if pname else None
+        if old is None:
+            new.append(it.name)
+            continue
+        why = _data_refusal(pre, post, old, it, shared_pre, shared_post)
+        if why is not None:
+            refused.append((it.name, *why))
+    if len(refused) == 1:
+        _name, what, reason = refused[0]
+        raise ObjdiffRefusal(f"patch {what}; {reason}", [refused[0][0]])
+    if refused:
+        names = ", ".join(f"'{n}'" for n, _w, _r in refused)
+        raise ObjdiffRefusal(
+            f"patch changes data ksplice cannot change ({len(refused)} symbols: {names}): "
+            + "; ".join(what for _n, what, _r in refused), [n for n, _w, _r in refused])
+    return sorted(new)
+
+
+def _data_refusal(pre: Fingerprints, post: Fingerprints, old: Item, it: Item,
+                  shared_pre: set[int], shared_post: set[int]) -> tuple[str, str] | None:
+    """(what the patch does, why ksplice cannot) for one data item, or None if unchanged."""
+    sec = post.view.obj.sections[it.shndx]
+    osec = pre.view.obj.sections[old.shndx]
+    what = "uninitialised data (.bss)" if sec.type == SHT_NOBITS else "initialised data"
+    if (old.end - old.start) != (it.end - it.start):
+        return (f"changes the size of {what} '{it.name}' in {sec.name} "
+                f"({old.end - old.start} -> {it.end - it.start} bytes)",
+                "ksplice cannot change data layout")
+    if (osec.type == SHT_NOBITS) != (sec.type == SHT_NOBITS):
+        return (f"changes the initial value of '{it.name}' ({osec.name} -> {sec.name})",
+                "ksplice cannot change initialised data")
+    if (old.shndx in shared_pre or it.shndx in shared_post) and (
+            old.start != it.start or osec.name != sec.name):
+        return (f"moves {what} '{it.name}' in {sec.name} "
+                f"(offset {old.start:#x} -> {it.start:#x})", "ksplice cannot change data layout")
+    if sec.type != SHT_NOBITS and pre.fingerprint(old) != post.fingerprint(it):
+        return (f"changes the initial value of {what} '{it.name}' in {sec.name}",
+                "ksplice cannot change initialised data")
+    return None
+
+
+@dataclass
+class FunctionComparison:
+    """What :func:`compare_functions` found, before line-only changes are told apart.
+
+    ``pending`` maps a post function that differs only in line-number
+    candidates to those candidates: (trusted, pre line, post line).
+    """
+
+    changed: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    matched_pre: set[str] = field(default_factory=set)
+    pending: dict[str, list[tuple[bool, int, int]]] = field(default_factory=dict)
+
+
+def compare_functions(pre: Fingerprints, post: Fingerprints,
+                      ren: dict[str, str]) -> FunctionComparison:
+    """Pair each post function with its pre one and compare bug entries and fingerprints."""
+    pv, qv = pre.view, post.view
+    out = FunctionComparison()
+    pre_bugs, post_bugs = pre.bug_entries(), post.bug_entries()
+    for qname in sorted(qv.funcs):
+        pname = ren.get(qname)
+        if pname is None or pname not in pv.funcs:
+            out.new.append(qname)
+            continue
+        out.matched_pre.add(pname)
         ba, bb = pre_bugs.get(pname, []), post_bugs.get(qname, [])
         if [b[:4] for b in ba] != [(ren.get(b[0], b[0]), *b[1:4]) for b in bb]:
-            res.changed.append(qname)
+            out.changed.append(qname)
             continue
         cands = [(True, x[4], y[4]) for x, y in zip(ba, bb, strict=True) if x[4] != y[4]]
         if pre.func_fingerprint(pname) != post.func_fingerprint(qname):
             text = _line_candidates(pre, post, pname, qname)
             if text is None:
-                res.changed.append(qname)
+                out.changed.append(qname)
                 continue
             cands += text
         if cands:
-            pending[qname] = cands
-    trusted = {b - a for cs in pending.values() for t, a, b in cs if t}
-    for qname, cands in pending.items():
+            out.pending[qname] = cands
+    return out
+
+
+def classify_line_only(cmp: FunctionComparison,
+                       line_map: LineMap | None) -> tuple[list[str], list[str]]:
+    """(changed, line-only) function names, both sorted.
+
+    A pending function is line-only when every candidate agrees with
+    ``line_map``, or without one, when each is trusted or shifts by a trusted
+    shift; otherwise it is changed.
+    """
+    changed, line_only = list(cmp.changed), []
+    trusted = {b - a for cs in cmp.pending.values() for t, a, b in cs if t}
+    for qname, cands in cmp.pending.items():
         if line_map is not None:
             ok = all(line_map(a) == b for _t, a, b in cands)
         else:
             ok = all(t or (b - a) in trusted for t, a, b in cands)
-        (res.line_only if ok else res.changed).append(qname)
-    res.changed.sort()
-    res.line_only.sort()
-    res.removed = sorted(n for n in pre.funcs if n not in matched_pre)
-    for name in res.keep:
+        (line_only if ok else changed).append(qname)
+    return sorted(changed), sorted(line_only)
+
+
+def list_removed(pre: ObjectView, matched_pre: set[str]) -> list[str]:
+    """Pre functions no post function was paired with, sorted."""
+    return sorted(n for n in pre.funcs if n not in matched_pre)
+
+
+def changed_sections(post: ObjectView, keep: Iterable[str]) -> list[int]:
+    """Indices of the post sections holding the kept functions, by (name, index)."""
+    out: list[int] = []
+    for name in keep:
         for part in post.funcs[name]:
-            if part.shndx not in res.section_indices:
-                res.section_indices.append(part.shndx)
-    res.section_indices.sort(key=lambda i: (post.obj.sections[i].name, i))
-    res.sections = [post.obj.sections[i].name for i in res.section_indices]
-    return res
-
-
-def _check_data(pre: ObjectView, post: ObjectView, ren: dict[str, str], res: ObjDiff) -> None:
-    pre_data = {it.name: it for it in pre.items if it.kind == "data" or
-                (it.kind == "section" and pre.obj.sections[it.shndx].is_write)}
-    shared_pre = {k for k, v in pre.by_sec.items() if len(v) > 1}
-    shared_post = {k for k, v in post.by_sec.items() if len(v) > 1}
-    for it in post.items:
-        sec = post.obj.sections[it.shndx]
-        if not (it.kind == "data" or (it.kind == "section" and sec.is_write)):
-            continue
-        pname = ren.get(it.name, it.name if it.kind == "section" else None)
-        old = pre_data.get(pname) if pname else None
-        if old is None:
-            res.new_data.append(it.name)
-            continue
-        osec = pre.obj.sections[old.shndx]
-        what = "uninitialised data (.bss)" if sec.type == SHT_NOBITS else "initialised data"
-        if (old.end - old.start) != (it.end - it.start):
-            raise ObjdiffRefusal(
-                f"patch changes the size of {what} '{it.name}' in {sec.name} "
-                f"({old.end - old.start} -> {it.end - it.start} bytes); "
-                "ksplice cannot change data layout")
-        if (osec.type == SHT_NOBITS) != (sec.type == SHT_NOBITS):
-            raise ObjdiffRefusal(
-                f"patch changes the initial value of '{it.name}' ({osec.name} -> {sec.name}); "
-                "ksplice cannot change initialised data")
-        if (old.shndx in shared_pre or it.shndx in shared_post) and (
-                old.start != it.start or osec.name != sec.name):
-            raise ObjdiffRefusal(
-                f"patch moves {what} '{it.name}' in {sec.name} "
-                f"(offset {old.start:#x} -> {it.start:#x}); ksplice cannot change data layout")
-        if sec.type != SHT_NOBITS and pre.fingerprint(old) != post.fingerprint(it):
-            raise ObjdiffRefusal(
-                f"patch changes the initial value of {what} '{it.name}' in {sec.name}; "
-                "ksplice cannot change initialised data")
-    res.new_data.sort()
+            if part.shndx not in out:
+                out.append(part.shndx)
+    out.sort(key=lambda i: (post.obj.sections[i].name, i))
+    return out
 
 
 def diff_objects(pre_path: str | Path, post_path: str | Path,

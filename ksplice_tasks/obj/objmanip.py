@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ksplice_tasks.artifacts import RelocRecord, SizeRecord
@@ -31,7 +30,6 @@ from ksplice_tasks.obj.elfread import (
     SHN_ABS,
     SHN_UNDEF,
     SHT_GROUP,
-    SIGNED_RELOCS,
     STB_GLOBAL,
     STB_LOCAL,
     STT_FILE,
@@ -44,25 +42,27 @@ from ksplice_tasks.obj.elfread import (
     Reloc,
     Section,
     Symbol,
+    group_members,
     read_object,
     reloc_info,
 )
 from ksplice_tasks.obj.elfwrite import write_object
-from ksplice_tasks.obj.objdiff import ObjectView, is_special
+from ksplice_tasks.obj.kernel_sections import (
+    CARRIED_TABLES,
+    PER_FUNCTION_TABLES,
+    Kind,
+    TableEntry,
+    TableLayoutError,
+    is_special,
+    parallel_size,
+    row,
+    table_entries,
+)
+from ksplice_tasks.obj.view import ObjectView
 
 
 class ObjmanipError(UserError):
     """A pass was asked for something the object does not have."""
-
-
-# Kernel tables made of fixed-size entries, each about one spot of code.
-# keep_primary keeps the entries that refer to kept code.
-TABLE_ENTRY_SIZES = {
-    "__bug_table": 12, "__ex_table": 12, ".altinstructions": 12, "__jump_table": 16,
-    ".static_call_sites": 8, ".retpoline_sites": 4, ".return_sites": 4, ".call_sites": 4,
-    ".ibt_endbr_seal": 4, "__mcount_loc": 8, ".smp_locks": 4, ".orc_unwind_ip": 4,
-}
-_PARALLEL = {".orc_unwind_ip": (".orc_unwind", 6)}
 
 
 def uniquify(name: str, tag: str, suffix: str) -> str:
@@ -85,9 +85,9 @@ def _record(view: ObjectView, sec: Section, r: Reloc, out_section: str, function
         tsec = view.obj.sections.get(s.shndx)
         name = s.name if s.type != STT_SECTION or tsec is None else tsec.name
         addend = r.addend + (s.value if s.type == STT_SECTION else 0)
-    _n, size, pcrel = reloc_info(r.type)
-    return RelocRecord(name, out_section, r.offset, pcrel, addend, size, r.type,
-                       r.type in SIGNED_RELOCS, function)
+    info = reloc_info(r.type)
+    return RelocRecord(name, out_section, r.offset, info.pcrel, addend, info.size, r.type,
+                       info.signed, function)
 
 
 def _function_at(view: ObjectView, shndx: int, off: int) -> str:
@@ -101,7 +101,8 @@ def _assemble(obj: ElfObject, keep: Sequence[int], section_names: Mapping[int, s
     """A new object holding ``keep`` (input indices) and the symbols they need.
 
     ``relocs`` hold input symbol indices; unreferenced undefined symbols and
-    symbols of dropped sections are left out.
+    symbols of dropped sections are left out.  Relocation sections get the
+    compiler's names (``.rela<new name>``), since sections may be renamed.
     """
     keepset = set(keep)
     sections: dict[int, Section] = {}
@@ -110,7 +111,7 @@ def _assemble(obj: ElfObject, keep: Sequence[int], section_names: Mapping[int, s
         data, size = section_data.get(i, (sec.data, sec.size))
         flags = sec.flags
         if flags & SHF_GROUP and not any(
-                s.type == SHT_GROUP and i in _group_members(s) for s in obj.sections.values()
+                s.type == SHT_GROUP and i in group_members(s) for s in obj.sections.values()
                 if s.index in keepset):
             flags &= ~SHF_GROUP
         sections[i] = replace(sec, name=section_names.get(i, sec.name), data=data, size=size,
@@ -139,10 +140,6 @@ def _assemble(obj: ElfObject, keep: Sequence[int], section_names: Mapping[int, s
     return ElfObject(obj.path, dict(obj.header), sections, symbols, out_relocs)
 
 
-def _group_members(sec: Section) -> list[int]:
-    return [m for (m,) in struct.iter_unpack("<I", sec.data[4:])]
-
-
 def _rename_symbols(obj: ElfObject, keep: Collection[int], tag: str,
                     suffix: str) -> dict[int, str]:
     out = {}
@@ -153,80 +150,44 @@ def _rename_symbols(obj: ElfObject, keep: Collection[int], tag: str,
     return out
 
 
-def _filter_table(view: ObjectView, sec: Section, entry: int, kept: set[int],
-                  keep_target: set[int]) -> tuple[list[int], list[Reloc]] | None:
-    """Entries (by index) of a table that refer to kept code, and their relocs.
+# -- keep_primary, step by step ---------------------------------------------------
 
-    An entry is kept when one of its relocations points into kept code and
-    every other one points at something the output can still refer to (kept
-    sections, string constants, undefined symbols).  ``keep_target`` collects
-    sections (such as string sections) the kept entries need.
+@dataclass
+class TableCut:
+    """The kernel-table entries keep-primary carries (see :func:`filter_kernel_tables`).
+
+    ``section_data`` maps a table's index to its new (bytes, size);
+    ``relocs`` to its kept relocations (offsets in the new bytes);
+    ``tables`` lists the table sections kept; ``needed`` the sections kept
+    entries point at that must come along (strings, replacement code).
     """
-    if sec.size % entry:
-        return None
-    by_entry: dict[int, list[Reloc]] = {}
-    for r in view.obj.relocs.get(sec.index, []):
-        by_entry.setdefault(r.offset // entry, []).append(r)
-    keep_idx = []
-    for idx, rl in sorted(by_entry.items()):
-        hits, ok, need = False, True, set()
-        for r in rl:
-            s = view.obj.symbols[r.sym]
-            if s.shndx == SHN_UNDEF or s.shndx == SHN_ABS:
-                continue
-            tsec = view.obj.sections.get(s.shndx)
-            if tsec is None:
-                ok = False
-            elif s.shndx in kept:
-                hits = hits or tsec.is_exec
-            elif not tsec.is_write and not tsec.is_exec and tsec.is_alloc:
-                need.add(s.shndx)  # e.g. the file name string of a bug entry
-            elif tsec.name == ".altinstr_replacement":
-                need.add(s.shndx)
-            else:
-                ok = False
-        if hits and ok:
-            keep_idx.append(idx)
-            keep_target |= need
-    relocs = []
-    new_pos = {idx: n for n, idx in enumerate(keep_idx)}
-    for idx in keep_idx:
-        for r in by_entry[idx]:
-            relocs.append(replace(r, offset=new_pos[idx] * entry + r.offset % entry))
-    return keep_idx, relocs
+
+    section_data: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+    relocs: dict[int, list[Reloc]] = field(default_factory=dict)
+    tables: list[int] = field(default_factory=list)
+    needed: set[int] = field(default_factory=set)
 
 
-def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str = "_post",
-                 renames: Mapping[str, str] | None = None,
-                 new_data: Iterable[str] = ()) -> tuple[ElfObject, list[RelocRecord]]:
-    """Keep ``functions`` (changed and new) of a post object for the primary module.
+def select_functions(view: ObjectView, functions: Iterable[str],
+                     new_data: Iterable[str]) -> set[int]:
+    """Sections of every part of ``functions`` and of the ``new_data`` items.
 
-    Kept: every part of each function (``.cold`` included), the read-only
-    sections they reference (strings, constants, jump tables; copied, renamed),
-    the sections of ``new_data``, and the entries of the kernel tables in
-    ``TABLE_ENTRY_SIZES`` (plus per-function ``__patchable_function_entries``)
-    that describe kept code.  Relocations from kept code to anything not kept -
-    other functions, existing data, undefined symbols - are stripped and
-    returned; ``renames`` (post -> pre, from objdiff) makes them name what the
-    running kernel calls those symbols.  Relocations inside kept tables are kept
-    as they are, because the module loader consumes those tables before the
-    ksplice core could resolve anything; table entries that would need a
-    stripped relocation are dropped.  Other metadata (``.discard.*``, notes,
-    ``.eh_frame``, debug info, ``__ksymtab``...) is dropped.
+    Raises ObjmanipError for a function the object does not define.
     """
-    renames = dict(renames or {})
-    view = ObjectView(obj)
-    wanted = list(dict.fromkeys(functions))
     kept: set[int] = set()
-    for name in wanted:
+    for name in dict.fromkeys(functions):
         if name not in view.funcs:
-            raise ObjmanipError(f"{obj.path}: no function {name!r}")
+            raise ObjmanipError(f"{view.obj.path}: no function {name!r}")
         kept |= {p.shndx for p in view.funcs[name]}
     data_names = set(new_data)
     for it in view.items:
         if it.kind in ("data", "section") and it.name in data_names:
             kept.add(it.shndx)
-    # Closure over read-only data referenced from kept sections.
+    return kept
+
+
+def close_over_rodata(obj: ElfObject, kept: set[int]) -> set[int]:
+    """Add to ``kept`` (in place; returned) the read-only data kept sections refer to."""
     todo = list(kept)
     while todo:
         i = todo.pop()
@@ -240,42 +201,119 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
             if not tsec.is_exec and not tsec.is_write:
                 kept.add(s.shndx)
                 todo.append(s.shndx)
-    # Kernel tables about kept code.
-    section_data: dict[int, tuple[bytes, int]] = {}
-    relocs: dict[int, list[Reloc]] = {}
-    extra: set[int] = set()
-    tables: list[int] = []
+    return kept
+
+
+def _entry_verdict(view: ObjectView, entry: TableEntry,
+                   kept: set[int]) -> tuple[bool, set[int]]:
+    """Whether a table entry is about kept code, and the sections it needs then.
+
+    It is when one of its relocations points into kept code and every other
+    one points at something the output can still refer to: kept sections,
+    read-only data, replacement code, undefined or absolute symbols.
+    """
+    obj = view.obj
+    hits, need = False, set()
+    for r in entry.relocs:
+        s = obj.symbols[r.sym]
+        if s.shndx == SHN_UNDEF or s.shndx == SHN_ABS:
+            continue
+        tsec = obj.sections.get(s.shndx)
+        if tsec is None:
+            return False, set()
+        if s.shndx in kept:
+            hits = hits or tsec.is_exec
+        elif not tsec.is_write and not tsec.is_exec and tsec.is_alloc:
+            need.add(s.shndx)  # e.g. the file name string of a bug entry
+        elif (rw := row(tsec.name)) is not None and rw.kind == Kind.REPLACEMENT:
+            need.add(s.shndx)
+        else:
+            return False, set()
+    return hits, need
+
+
+def _filter_table(view: ObjectView, sec: Section, kept: set[int],
+                  needed: set[int]) -> tuple[list[TableEntry], list[Reloc]]:
+    """The entries of a table that are about kept code, and their relocations moved.
+
+    ``needed`` collects the sections (strings, replacement code) the kept
+    entries point at.  Raises TableLayoutError as
+    :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does.
+    """
+    keep: list[TableEntry] = []
+    for e in table_entries(view.obj, sec):
+        if not e.relocs:
+            continue
+        hit, need = _entry_verdict(view, e, kept)
+        if hit:
+            keep.append(e)
+            needed |= need
+    relocs = [replace(r, offset=n * e.size + r.offset - e.start)
+              for n, e in enumerate(keep) for r in e.relocs]
+    return keep, relocs
+
+
+def _cut(data: bytes, size: int, indices: Sequence[int]) -> tuple[bytes, int]:
+    return b"".join(data[i * size:(i + 1) * size] for i in indices), len(indices) * size
+
+
+def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
+    """Cut every carried kernel table down to the entries about kept code.
+
+    Tables are the :data:`~ksplice_tasks.obj.kernel_sections.CARRIED_TABLES`,
+    their parallel sections cut alike, and the per-function
+    ``SHF_LINK_ORDER`` sections of kept code, kept whole.  A table whose entry
+    layout cannot be derived is refused (ObjmanipError) when it refers to kept
+    code, and left out otherwise.
+    """
+    obj = view.obj
+    cut = TableCut()
     for sec in obj.sections.values():
-        if sec.name in TABLE_ENTRY_SIZES:
-            res = _filter_table(view, sec, TABLE_ENTRY_SIZES[sec.name], kept, extra)
-            if not res or not res[0]:
+        if sec.name in CARRIED_TABLES:
+            try:
+                entries, rl = _filter_table(view, sec, kept, cut.needed)
+            except TableLayoutError as exc:
+                code = {i for i in kept if obj.sections[i].is_exec}
+                if any(obj.symbols[r.sym].shndx in code for r in obj.relocs.get(sec.index, [])):
+                    raise ObjmanipError(f"{exc}; cannot keep its entries about the kept "
+                                        "code") from None
                 continue
-            idx, rl = res
-            size = TABLE_ENTRY_SIZES[sec.name]
-            section_data[sec.index] = (b"".join(sec.data[i * size:(i + 1) * size]
-                                                for i in idx), len(idx) * size)
-            relocs[sec.index] = rl
-            tables.append(sec.index)
-            if sec.name in _PARALLEL:
-                pname, psize = _PARALLEL[sec.name]
-                for p in obj.sections_named(pname):
-                    section_data[p.index] = (b"".join(p.data[i * psize:(i + 1) * psize]
-                                                      for i in idx), len(idx) * psize)
-                    tables.append(p.index)
+            if not entries:
+                continue
+            idx = [e.index for e in entries]
+            size = entries[0].size
+            cut.section_data[sec.index] = _cut(sec.data, size, idx)
+            cut.relocs[sec.index] = rl
+            cut.tables.append(sec.index)
+            parallel = row(sec.name).parallel  # type: ignore[union-attr]
+            if parallel:
+                psize = parallel_size(parallel)
+                for p in obj.sections_named(parallel):
+                    if p.size != (sec.size // size) * psize:
+                        raise ObjmanipError(f"{obj.path}: {p.name} has {p.size} bytes, not "
+                                            f"{psize} per {sec.name} entry")
+                    cut.section_data[p.index] = _cut(p.data, psize, idx)
+                    cut.tables.append(p.index)
         elif (sec.flags & SHF_LINK_ORDER and sec.link in kept
-              and sec.name == "__patchable_function_entries"):
-            tables.append(sec.index)
-            relocs[sec.index] = list(obj.relocs.get(sec.index, []))
-    for i in extra:
-        if i not in kept:
-            kept.add(i)
-            if obj.sections[i].name == ".altinstr_replacement":
-                tables.append(i)
-    keep_order = [i for i in obj.sections if i in kept or i in tables
-                  or obj.sections[i].name == ".note.GNU-stack"]
-    keepset = set(keep_order)
-    names = {i: uniquify(obj.sections[i].name, tag, suffix) for i in kept
-             if not is_special(obj.sections[i].name)}
+              and sec.name in PER_FUNCTION_TABLES):
+            cut.tables.append(sec.index)
+            cut.relocs[sec.index] = list(obj.relocs.get(sec.index, []))
+    return cut
+
+
+def strip_relocations(view: ObjectView, kept: set[int], keepset: set[int],
+                      preserved: Mapping[int, list[Reloc]], names: Mapping[int, str],
+                      tag: str, suffix: str, renames: Mapping[str, str],
+                      ) -> tuple[dict[int, list[Reloc]], list[RelocRecord]]:
+    """Relocations of the kept sections that stay, and records of the stripped ones.
+
+    A relocation stays when it points into the output (``keepset``), at an
+    absolute symbol, or (in a kernel table) at an undefined symbol; tables in
+    ``preserved`` keep theirs as they are.  Every other one is returned as a
+    :class:`RelocRecord` naming what the running kernel calls its target.
+    """
+    obj = view.obj
+    relocs: dict[int, list[Reloc]] = dict(preserved)
     records: list[RelocRecord] = []
     for i in kept:
         if i in relocs:
@@ -293,8 +331,47 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
             records.append(_record(view, sec, r, names.get(i, sec.name),
                                    uniquify(fn, tag, suffix) if fn else "", renames))
         relocs[i] = out
+    return relocs, records
+
+
+def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str = "_post",
+                 renames: Mapping[str, str] | None = None,
+                 new_data: Iterable[str] = ()) -> tuple[ElfObject, list[RelocRecord]]:
+    """Keep ``functions`` (changed and new) of a post object for the primary module.
+
+    Kept: every part of each function (``.cold`` included), the read-only
+    sections they reference (strings, constants, jump tables; copied, renamed),
+    the sections of ``new_data``, and the entries of the carried kernel tables
+    (:mod:`~ksplice_tasks.obj.kernel_sections`; plus per-function
+    ``__patchable_function_entries``) that describe kept code.  Relocations
+    from kept code to anything not kept - other functions, existing data,
+    undefined symbols - are stripped and returned; ``renames`` (post -> pre,
+    from objdiff) makes them name what the running kernel calls those symbols.
+    Relocations inside kept tables are kept as they are, because the module
+    loader consumes those tables before the ksplice core could resolve
+    anything; table entries that would need a stripped relocation are dropped.
+    Other metadata (``.discard.*``, notes, ``.eh_frame``, debug info,
+    ``__ksymtab``...) is dropped.  Raises ObjmanipError for an unknown function
+    or a kernel table about kept code whose entry layout cannot be derived.
+    """
+    renames = dict(renames or {})
+    view = ObjectView(obj)
+    kept = close_over_rodata(obj, select_functions(view, functions, new_data))
+    cut = filter_kernel_tables(view, kept)
+    for i in cut.needed:
+        if i not in kept:
+            kept.add(i)
+            rw = row(obj.sections[i].name)
+            if rw is not None and rw.kind == Kind.REPLACEMENT:
+                cut.tables.append(i)
+    keep_order = [i for i in obj.sections if i in kept or i in cut.tables
+                  or obj.sections[i].name == ".note.GNU-stack"]
+    names = {i: uniquify(obj.sections[i].name, tag, suffix) for i in kept
+             if not is_special(obj.sections[i].name)}
+    relocs, records = strip_relocations(view, kept, set(keep_order), cut.relocs, names, tag,
+                                        suffix, renames)
     symnames = _rename_symbols(obj, kept, tag, suffix)
-    return _assemble(obj, keep_order, names, section_data, relocs, symnames), records
+    return _assemble(obj, keep_order, names, cut.section_data, relocs, symnames), records
 
 
 def keep_helper(obj: ElfObject, tag: str, suffix: str = "_pre") -> tuple[ElfObject,
@@ -478,5 +555,6 @@ if __name__ == "__main__":  # pragma: no cover
 
 __all__ = [
     "RelocRecord", "SizeRecord", "ObjmanipError", "keep_primary", "keep_helper", "globalize",
-    "sizelist", "rmsyms", "restore_relocs", "uniquify", "TABLE_ENTRY_SIZES",
+    "sizelist", "rmsyms", "restore_relocs", "uniquify", "select_functions", "close_over_rodata",
+    "filter_kernel_tables", "strip_relocations", "TableCut",
 ]

@@ -10,9 +10,14 @@ from conftest import CASES, FIXTURES
 from oracles import ld_r, readelf_clean
 
 from ksplice_tasks.obj.elfread import (
+    SHF_ALLOC,
+    SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
     STB_LOCAL,
     ElfFormatError,
     gcc_comment_count,
+    group_data,
+    group_members,
     read_object,
 )
 from ksplice_tasks.obj.elfwrite import object_bytes, write_object
@@ -97,3 +102,98 @@ def test_gcc_comment_count(fixture_pair, tmp_path, compile_c):
     subprocess.run(["ld", "-r", "-o", linked, pre, other], check=True)
     # ld merges identical .comment strings; a linked object is still not a compile
     assert gcc_comment_count(read_object(linked)) >= 1
+
+
+def _rela_headers(path) -> list[tuple[str, str, str, str]]:
+    """(name, flags, link, info) of every RELA section, from readelf -SW."""
+    text = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    rows = []
+    for line in text.splitlines():
+        if " RELA " in line:
+            f = line.split("]", 1)[1].split()
+            flags = f[6] if len(f) == 10 else ""
+            rows.append((f[0], flags, f[-3], f[-2]))
+    return rows
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_round_trip_keeps_relocation_sections(case, fixture_pair, tmp_path):
+    for src in fixture_pair(case):
+        obj = read_object(src)
+        assert all(obj.rela_section(k).target == k for k in obj.relocs)
+        out = tmp_path / "rt.o"
+        write_object(obj, out)
+        back = read_object(out)
+        assert back.rela == obj.rela
+        names = {s.name for s in obj.sections.values()}
+        got = _rela_headers(out)
+        assert got and all(n[len(".rela"):] in names for n, *_ in got)
+        # Same names, flags and targets as the compiler wrote (the link is the symtab).
+        assert [(n, fl) for n, fl, _l, _i in got] == \
+            [(n, fl) for n, fl, _l, _i in _rela_headers(src)]
+
+
+def test_round_trip_keeps_kernel_shaped_relocation_sections(compile_c, tmp_path):
+    src = compile_c(FIXTURES / "tables.c", "tables", "tables")
+    obj = read_object(src)
+    assert {h.name for h in obj.rela.values()} >= {
+        ".rela__bug_table", ".rela__ex_table", ".rela.altinstructions",
+        ".rela.text.keep_me"}
+    out = tmp_path / "rt.o"
+    write_object(obj, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+    assert sorted(_rela_headers(out)) == sorted(_rela_headers(src))
+
+
+def test_livepatch_relocation_section(fixture_pair, tmp_path):
+    """A second relocation section for one target, with its own name and flags."""
+    obj = read_object(fixture_pair("string_literal")[1])
+    text = obj.sections_named(".text.f")[0]
+    ordinary = obj.relocs[text.index]
+    printk = [r for r in ordinary if obj.symbols[r.sym].name == "printk"]
+    obj.relocs[text.index] = [r for r in ordinary if r not in printk]
+    flags = SHF_RELA_LIVEPATCH | SHF_ALLOC | SHF_INFO_LINK
+    key = obj.add_rela_section(".klp.rela.vmlinux..text.f", flags, text.index, printk)
+    assert key not in obj.sections and obj.rela_target(key) == text.index
+    out = tmp_path / "klp.o"
+    write_object(obj, out)
+    readelf_clean(out)
+    rows = {n: (fl, info) for n, fl, _link, info in _rela_headers(out)}
+    assert rows[".klp.rela.vmlinux..text.f"][0] == "AIo"  # alloc, info link, OS-specific
+    assert rows[".klp.rela.vmlinux..text.f"][1] == rows[".rela.text.f"][1]
+    back = read_object(out)
+    klp = [(k, h) for k, h in back.rela.items() if h.name.startswith(".klp.")]
+    assert len(klp) == 1
+    k, hdr = klp[0]
+    assert (hdr.flags, back.sections[hdr.target].name) == (flags, ".text.f")
+    assert [back.symbols[r.sym].name for r in back.relocs[k]] == ["printk"]
+    assert object_bytes(back) == out.read_bytes()
+
+
+def test_group_members_round_trip(tmp_path):
+    asm = tmp_path / "g.s"
+    asm.write_text("""
+        .section .text.g,"axG",@progbits,sig,comdat
+        .globl sig
+sig:    call ext
+        .section .data.g,"awG",@progbits,sig,comdat
+        .quad sig
+        .section .note.GNU-stack,"",@progbits
+""")
+    o = tmp_path / "g.o"
+    subprocess.run(["as", "-o", o, asm], check=True)
+    obj = read_object(o)
+    group = next(s for s in obj.sections.values() if s.type == 17)
+    members = group_members(group)
+    assert len(members) == 4  # the two sections and their relocation sections
+    assert [obj.sections[m].name for m in members if m in obj.sections] == [".text.g", ".data.g"]
+    assert group_data(group, members) == group.data
+    out = tmp_path / "out.o"
+    write_object(obj, out)
+    readelf_clean(out)
+    text = subprocess.run(["readelf", "-gW", str(out)], capture_output=True, text=True).stdout
+    assert "contains 4 sections" in text
+    assert {line.split()[-1] for line in text.splitlines() if line.strip().startswith("[ ")} == \
+        {".text.g", ".rela.text.g", ".data.g", ".rela.data.g"}

@@ -9,7 +9,9 @@ import pytest
 from conftest import CASES, expectation
 
 from ksplice_tasks.obj import objdiff
+from ksplice_tasks.obj.elfread import read_object
 from ksplice_tasks.obj.objdiff import ObjdiffRefusal, diff_objects, line_map_from_patch
+from ksplice_tasks.obj.view import ObjectView
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -113,8 +115,8 @@ def test_correlate_prefers_referrers():
 def test_static_locals_pair_by_their_functions(fixture_pair):
     pre, post = fixture_pair("static_local")
     d = diff_objects(pre, post)
-    pv = objdiff.ObjectView(objdiff.read_object(pre))
-    qv = objdiff.ObjectView(objdiff.read_object(post))
+    pv = ObjectView(read_object(pre))
+    qv = ObjectView(read_object(post))
     owner_pre = {n: set(f) for n, f in pv.referrers().items() if n.startswith("count.")}
     owner_post = {n: set(f) for n, f in qv.referrers().items() if n.startswith("count.")}
     assert [owner_post[n] for n in d.new_data] == [{"z"}]
@@ -123,3 +125,23 @@ def test_static_locals_pair_by_their_functions(fixture_pair):
             continue
         p = d.renames.get(q, q)
         assert owner_pre[p] == owners
+
+
+def test_every_data_refusal_is_named_at_once(compile_c, tmp_path, capsys):
+    srcs = {}
+    for side, body in (("pre", "int a = 1;\nint b[2] = {1, 2};\nint c;\n"),
+                       ("post", "int a = 2;\nint b[3] = {1, 2, 3};\nint c;\n")):
+        d = tmp_path / side
+        d.mkdir()
+        src = d / "twodata.c"
+        src.write_text(body + "int f(int x) { return a + b[x] + c; }\n")
+        srcs[side] = compile_c(src, "twodata_" + side, "twodata")
+    with pytest.raises(ObjdiffRefusal) as exc:
+        diff_objects(srcs["pre"], srcs["post"])
+    assert sorted(exc.value.symbols) == ["a", "b"]
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1 and "'a'" in msg and "'b'" in msg and "'c'" not in msg
+    assert "initial value" in msg and "size" in msg
+    assert objdiff.main([str(srcs["pre"]), str(srcs["post"])]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "'a'" in err[0] and "'b'" in err[0]
