@@ -9,7 +9,7 @@
 #include <linux/err.h>
 #include <linux/module.h>
 
-#include "ksplice.h"
+#include "sysfs.h"
 
 static struct ksplice_module *ksplice_helper;
 static int (*ksplice_attach_fn)(struct ksplice_module *helper);

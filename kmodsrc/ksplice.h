@@ -6,6 +6,20 @@
  * own .ksplice.* tables (ksplice_tables.h) and its own sysfs directory
  * /sys/module/<module>/ksplice, so updates can stack and unload in any
  * order without a core module owning a shared directory.
+ *
+ * The types here are shared by every layer of the sources; each layer
+ * uses only the ones above it:
+ *
+ *   resolve.c   KASLR offset, System.map resolution, imports (resolve.h)
+ *   runpre.c    run-pre matching of the helper's code (runpre.h)
+ *   patch.c     apply and reverse, primary side (patch.h)
+ *   sysfs.c     sysfs files, load and unload (sysfs.h)
+ *   primary.c, helper.c   module init and exit
+ *
+ * Functions returning int return 0 or a negative errno (the sort()
+ * comparator aside).  When an apply or reverse aborts, the code that
+ * finds the reason records it in the primary with ksplice_fail(), which
+ * returns the errno for it; callers pass that errno up unchanged.
  */
 #ifndef _KSPLICE_H
 #define _KSPLICE_H
@@ -15,6 +29,7 @@
 #include <linux/mutex.h>
 #include <linux/types.h>
 
+#include "ksplice_abort.h"
 #include "ksplice_tables.h"
 #include "modcommon.auto.h"
 
@@ -28,32 +43,12 @@
  */
 #define ksplice_helper_attach KSPLICE_PASTE(ksplice_helper_attach_, KSPLICE_ID_TOKEN)
 
-/* Bytes of the jump written over an old function: jmp rel32. */
-#define KSPLICE_JMP_LEN 5
-
 enum ksplice_stage {
 	KSPLICE_STAGE_LOADING,
 	KSPLICE_STAGE_PREPARED,		/* tables resolved, nothing patched */
 	KSPLICE_STAGE_APPLIED,
 	KSPLICE_STAGE_REVERSED,
 	KSPLICE_STAGE_ABORTED,
-};
-
-/* Why the last apply or reverse failed; shown in sysfs as abort_cause. */
-enum ksplice_abort {
-	KSPLICE_ABORT_NONE,
-	KSPLICE_ABORT_NO_HELPER,	/* first apply needs the helper */
-	KSPLICE_ABORT_MAP_MISMATCH,	/* System.map is not the running kernel's */
-	KSPLICE_ABORT_NO_MATCH,		/* run-pre matching failed */
-	KSPLICE_ABORT_TRACED,		/* ftrace or livepatch owns an entry */
-	KSPLICE_ABORT_UNRESOLVED,	/* a symbol has no (unique) value */
-	KSPLICE_ABORT_CODE_BUSY,	/* a task is inside the code, after retries */
-	KSPLICE_ABORT_CODE_CHANGED,	/* patch site bytes are not what we saved */
-	KSPLICE_ABORT_ALREADY_APPLIED,
-	KSPLICE_ABORT_NOT_APPLIED,
-	KSPLICE_ABORT_NOMEM,
-	KSPLICE_ABORT_BAD_ENCODING,	/* a value does not fit its field */
-	KSPLICE_ABORT_NOT_LOADED,	/* a replaced function's module is not loaded */
 };
 
 enum ksplice_sym_status {
@@ -77,47 +72,11 @@ struct ksplice_counts {
 	unsigned int missing;
 };
 
-/* A relocation site of the helper's code, for walking a function in order. */
-struct ksplice_site {
-	unsigned long addr;		/* section_addr + offset */
-	unsigned int reloc;		/* index into the reloc table */
-};
-
-/* Run-pre matching result for one helper function (helper side). */
-enum ksplice_match_status {
-	KSPLICE_MATCH_UNTRIED,
-	KSPLICE_MATCH_FOUND,		/* exactly one running copy matched */
-	KSPLICE_MATCH_SEVERAL,		/* identical copies: address unknown */
-	KSPLICE_MATCH_OUTSIDE,		/* no candidate in core kernel text */
-	KSPLICE_MATCH_FAILED,		/* candidates exist, none matched */
-};
-
-struct ksplice_match {
-	unsigned long addr;		/* running address when FOUND */
-	struct module *mod;		/* ...in this loaded module (a reference) */
-	unsigned int entry_nop;		/* end of the ftrace entry NOP, or 0 */
-	u8 status;			/* enum ksplice_match_status */
-	bool traced;			/* failed because its entry is traced */
-};
-
-/* A value run-pre matching read out of running code (helper side). */
-struct ksplice_runval {
-	unsigned long value;
-	bool have;
-};
-
-/* One old function and its replacement, once resolved (primary side). */
-struct ksplice_patch_rt {
-	unsigned long oldaddr;		/* running old function */
-	unsigned long oldsize;		/* its size (the pre copy's) */
-	unsigned long site;		/* where the jump goes */
-	unsigned long repladdr;
-	unsigned long replsize;
-	struct module *mod;		/* module of the old function (a reference) */
-	u64 oldhash;			/* of the old function, before apply */
-	u8 saved[KSPLICE_JMP_LEN];	/* bytes the jump replaced */
-	u8 jump[KSPLICE_JMP_LEN];
-};
+/* Defined by the layer that owns them (runpre.h, patch.h). */
+struct ksplice_match;
+struct ksplice_runval;
+struct ksplice_site;
+struct ksplice_patch_rt;
 
 struct ksplice_module {
 	struct kobject kobj;		/* /sys/module/<module>/ksplice */
@@ -125,7 +84,7 @@ struct ksplice_module {
 	const char *role;		/* "primary" or "helper" */
 	struct mutex lock;		/* stage, helper, everything below */
 	enum ksplice_stage stage;
-	enum ksplice_abort abort;
+	enum ksplice_abort abort;	/* why the last operation failed */
 	unsigned long kaslr_offset;
 
 	/* this module's own tables (the primary reads the helper's) */
@@ -164,43 +123,19 @@ struct ksplice_module {
 	unsigned int operations;	/* successful applies and reverses */
 };
 
-/* common.c */
-struct ksplice_module *ksplice_load(struct module *owner, const char *role);
-void ksplice_unload(struct ksplice_module *km);
-void ksplice_set_helper(struct ksplice_module *km, struct ksplice_module *helper);
-unsigned long ksplice_run_addr(const struct ksplice_module *km,
-			       unsigned long map_addr);
-bool ksplice_in_core_text(const struct ksplice_module *km, unsigned long addr);
-const char *ksplice_abort_name(int cause);
-u64 ksplice_hash(unsigned long addr, unsigned long size);
-bool ksplice_module_symbol(const struct ksplice_module *km, char *buf,
-			   unsigned long addr, const char *name);
-
-/*
- * The kernel's module_kallsyms_on_each_symbol(): every symbol of every
- * loaded module, with the module, under module_mutex.  Not exported; the
- * primary imports it.  Functions of a module are not in System.map.
+/**
+ * ksplice_fail() - Record why the current apply or reverse aborts.
+ * @km: the primary running the operation (its lock held)
+ * @cause: the reason, shown in sysfs as abort_cause
+ *
+ * Return: the negative errno the stage write fails with for @cause.
  */
-typedef int (*ksplice_mod_syms_fn)(int (*fn)(void *data, const char *name,
-					      struct module *mod,
-					      unsigned long addr),
-				   void *data);
-
-/* runpre.c */
-int ksplice_runpre(struct ksplice_module *helper, ksplice_mod_syms_fn mod_syms);
-bool ksplice_runpre_not_loaded(const struct ksplice_module *helper,
-			       const char *name);
-void ksplice_runpre_free(struct ksplice_module *helper);
-int ksplice_runpre_lookup(const struct ksplice_module *helper,
-			  const char *name, unsigned long *value);
-const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module *helper,
-						    const char *name,
-						    unsigned long *size);
-
-/* patch.c */
-int ksplice_apply(struct ksplice_module *km);
-int ksplice_reverse(struct ksplice_module *km);
-void ksplice_patch_free(struct ksplice_module *km);
+static inline int ksplice_fail(struct ksplice_module *km,
+			       enum ksplice_abort cause)
+{
+	km->abort = cause;
+	return ksplice_abort_errno(cause);
+}
 
 int ksplice_helper_attach(struct ksplice_module *helper);
 

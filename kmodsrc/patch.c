@@ -33,15 +33,16 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <asm/sync_core.h>
+#include <asm/text-patching.h>
 #include <asm/tsc.h>
 #include <asm/unwind.h>
 
-#include "ksplice.h"
+#include "patch.h"
+#include "resolve.h"
+#include "runpre.h"
 
 #define KSPLICE_TRIES 5
 #define KSPLICE_RETRY_MS 300
-
-static const u8 ksplice_nop5[] = { 0x0f, 0x1f, 0x44, 0x00, 0x00 };
 
 typedef void *(*ksplice_text_poke_fn)(void *addr, const void *opcode,
 				      size_t len);
@@ -51,7 +52,7 @@ typedef int (*ksplice_stop_machine_fn)(cpu_stop_fn_t fn, void *data,
 /* The unexported kernel functions the primary calls, from ksplice_imports. */
 struct ksplice_kernel {
 	ksplice_text_poke_fn text_poke;
-	struct mutex *text_mutex;
+	struct mutex *text_mutex;	/* serializes text_poke() */
 	ksplice_stop_machine_fn stop_machine_cpuslocked;
 	ksplice_mod_syms_fn mod_syms;	/* optional: patching loaded modules */
 };
@@ -64,7 +65,7 @@ struct ksplice_stop {
 	struct task_struct *caller;	/* the task that asked for the operation */
 	unsigned long caller_sp;	/* its stack pointer on entry to ksplice */
 	atomic_t done;
-	int cause;			/* enum ksplice_abort */
+	int ret;			/* of the work: 0 or -errno */
 	pid_t busy_pid;
 	char busy_comm[TASK_COMM_LEN];
 	unsigned long busy_word;
@@ -73,53 +74,64 @@ struct ksplice_stop {
 	u64 cycles;			/* the work on the master CPU */
 };
 
-static int ksplice_import_quiet(const struct ksplice_module *km,
-				const char *name, unsigned long *addr)
-{
-	unsigned int i;
-
-	for (i = 0; i < km->nr_imports; i++) {
-		const struct ksplice_symstate *st = &km->import_state[i];
-
-		if (strcmp(km->import_tab[i].name, name))
-			continue;
-		if (st->status != KSPLICE_SYM_RESOLVED || st->mismatch)
-			break;
-		*addr = st->addr;
-		return 0;
-	}
-	return -ENOENT;
-}
-
 static int ksplice_import(const struct ksplice_module *km, const char *name,
 			  unsigned long *addr)
 {
-	if (!ksplice_import_quiet(km, name, addr))
+	if (!ksplice_import_lookup(km, name, addr))
 		return 0;
 	pr_warn("%s: cannot import %s\n", KSPLICE_ID, name);
 	return -ENOENT;
 }
 
-static int ksplice_get_imports(const struct ksplice_module *km,
+/* The kernel functions the operation calls; aborts as unresolved without. */
+static int ksplice_get_imports(struct ksplice_module *km,
 			       struct ksplice_kernel *k)
 {
 	unsigned long a;
 
 	if (ksplice_import(km, "text_poke", &a))
-		return -ENOENT;
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 	k->text_poke = (ksplice_text_poke_fn)a;
 	if (ksplice_import(km, "text_mutex", &a))
-		return -ENOENT;
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 	k->text_mutex = (struct mutex *)a;
 	if (IS_ENABLED(CONFIG_SMP)) {
 		if (ksplice_import(km, "stop_machine_cpuslocked", &a))
-			return -ENOENT;
+			return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 		k->stop_machine_cpuslocked = (ksplice_stop_machine_fn)a;
 	}
 	/* Without it, functions of loaded modules are simply not found. */
-	if (!ksplice_import_quiet(km, "module_kallsyms_on_each_symbol", &a))
+	if (!ksplice_import_lookup(km, "module_kallsyms_on_each_symbol", &a))
 		k->mod_syms = (ksplice_mod_syms_fn)a;
 	return 0;
+}
+
+/**
+ * ksplice_hash() - FNV-1a hash of live kernel memory.
+ * @addr: start
+ * @size: bytes
+ *
+ * Shows that undo restored every byte of a patched function.
+ *
+ * Return: the hash, or 0 when the memory cannot be read.
+ */
+u64 ksplice_hash(unsigned long addr, unsigned long size)
+{
+	u64 h = 0xcbf29ce484222325ULL;
+	u8 chunk[64];
+
+	while (size) {
+		unsigned long n = min_t(unsigned long, size, sizeof(chunk));
+		unsigned long i;
+
+		if (copy_from_kernel_nofault(chunk, (void *)addr, n))
+			return 0;
+		for (i = 0; i < n; i++)
+			h = (h ^ chunk[i]) * 0x100000001b3ULL;
+		addr += n;
+		size -= n;
+	}
+	return h;
 }
 
 /* -- resolving ------------------------------------------------------------ */
@@ -132,7 +144,51 @@ static unsigned long ksplice_repl_size(const struct ksplice_module *km,
 	for (i = 0; i < km->nr_sizes; i++)
 		if (km->size_tab[i].thismod_addr == repladdr)
 			return km->size_tab[i].size;
-	return KSPLICE_JMP_LEN;
+	return JMP32_INSN_SIZE;
+}
+
+/* The running copy of patch @p's old function, as run-pre matching found it. */
+static int ksplice_find_old(struct ksplice_module *km,
+			    const struct ksplice_patch *p,
+			    const struct ksplice_match **mp, unsigned long *size)
+{
+	const struct ksplice_match *m;
+
+	m = ksplice_runpre_function(km->helper, p->oldname, size);
+	if (!m && ksplice_runpre_not_loaded(km->helper, p->oldname)) {
+		pr_warn("%s: %s is neither in the kernel nor in a loaded module: load its module first\n",
+			KSPLICE_ID, p->oldname);
+		return ksplice_fail(km, KSPLICE_ABORT_NOT_LOADED);
+	}
+	if (!m) {
+		pr_warn("%s: run-pre matching did not find %s\n", KSPLICE_ID,
+			p->oldname);
+		return ksplice_fail(km, KSPLICE_ABORT_NO_MATCH);
+	}
+	if (p->oldaddr && ksplice_run_addr(km, p->oldaddr) != m->addr) {
+		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
+			p->oldname, (void *)m->addr,
+			(void *)ksplice_run_addr(km, p->oldaddr));
+		return ksplice_fail(km, KSPLICE_ABORT_MAP_MISMATCH);
+	}
+	*mp = m;
+	return 0;
+}
+
+/* The jmp rel32 from the patch site to the replacement, and the bytes it covers. */
+static int ksplice_encode_jump(struct ksplice_module *km,
+			       struct ksplice_patch_rt *rt)
+{
+	long rel = (long)(rt->repladdr - (rt->site + JMP32_INSN_SIZE));
+
+	if (rel != (s32)rel)
+		return ksplice_fail(km, KSPLICE_ABORT_BAD_ENCODING);
+	__text_gen_insn(rt->jump, JMP32_INSN_OPCODE, (void *)rt->site,
+			(void *)rt->repladdr, JMP32_INSN_SIZE);
+	if (copy_from_kernel_nofault(rt->saved, (void *)rt->site,
+				     JMP32_INSN_SIZE))
+		return ksplice_fail(km, KSPLICE_ABORT_NO_MATCH);
+	return 0;
 }
 
 static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
@@ -141,25 +197,11 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 	struct ksplice_patch_rt *rt = &km->patch_rt[i];
 	const struct ksplice_match *m;
 	unsigned long size = 0;
-	long rel;
+	int ret;
 
-	m = ksplice_runpre_function(km->helper, p->oldname, &size);
-	if (!m && ksplice_runpre_not_loaded(km->helper, p->oldname)) {
-		pr_warn("%s: %s is neither in the kernel nor in a loaded module: load its module first\n",
-			KSPLICE_ID, p->oldname);
-		return KSPLICE_ABORT_NOT_LOADED;
-	}
-	if (!m) {
-		pr_warn("%s: run-pre matching did not find %s\n", KSPLICE_ID,
-			p->oldname);
-		return KSPLICE_ABORT_NO_MATCH;
-	}
-	if (p->oldaddr && ksplice_run_addr(km, p->oldaddr) != m->addr) {
-		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
-			p->oldname, (void *)m->addr,
-			(void *)ksplice_run_addr(km, p->oldaddr));
-		return KSPLICE_ABORT_MAP_MISMATCH;
-	}
+	ret = ksplice_find_old(km, p, &m, &size);
+	if (ret)
+		return ret;
 	rt->oldaddr = m->addr;
 	rt->oldsize = size;
 	/*
@@ -175,24 +217,16 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 	rt->oldhash = ksplice_hash(m->addr, size);
 	/* Past the ftrace NOP, so ftrace can still trace the old entry. */
 	rt->site = m->addr + m->entry_nop;
-	if (m->entry_nop + KSPLICE_JMP_LEN > size) {
+	if (m->entry_nop + JMP32_INSN_SIZE > size) {
 		pr_warn("%s: %s is too short to patch\n", KSPLICE_ID, p->oldname);
-		return KSPLICE_ABORT_NO_MATCH;
+		return ksplice_fail(km, KSPLICE_ABORT_NO_MATCH);
 	}
 	rt->repladdr = p->repladdr;
 	rt->replsize = ksplice_repl_size(km, p->repladdr);
-	rel = (long)(rt->repladdr - (rt->site + KSPLICE_JMP_LEN));
-	if (rel != (s32)rel)
-		return KSPLICE_ABORT_BAD_ENCODING;
-	rt->jump[0] = 0xe9;
-	memcpy(&rt->jump[1], &(s32){ rel }, 4);
-	if (copy_from_kernel_nofault(rt->saved, (void *)rt->site,
-				     KSPLICE_JMP_LEN))
-		return KSPLICE_ABORT_NO_MATCH;
-	return 0;
+	return ksplice_encode_jump(km, rt);
 }
 
-/* The value of one of the primary's relocations, or an abort cause. */
+/* The value of one of the primary's relocations. */
 static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			       char *buf, unsigned long *value)
 {
@@ -205,20 +239,20 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 	if (ret == -EINVAL) {
 		pr_warn("%s: run-pre matching saw several values of %s\n",
 			KSPLICE_ID, r->symbol);
-		return KSPLICE_ABORT_UNRESOLVED;
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 	}
 	/* a patched module's own static symbol of a name the kernel has too */
 	if (!ret && st->status == KSPLICE_SYM_RESOLVED && v != st->addr &&
 	    !ksplice_module_symbol(km, buf, v, r->symbol)) {
 		pr_warn("%s: %s is at %pS, System.map says %pS\n", KSPLICE_ID,
 			r->symbol, (void *)v, (void *)st->addr);
-		return KSPLICE_ABORT_MAP_MISMATCH;
+		return ksplice_fail(km, KSPLICE_ABORT_MAP_MISMATCH);
 	}
 	if (ret && st->status != KSPLICE_SYM_RESOLVED) {
 		pr_warn("%s: no value for %s (%s)\n", KSPLICE_ID, r->symbol,
 			st->status == KSPLICE_SYM_MISSING ? "not in System.map" :
 			"ambiguous, not seen by run-pre matching");
-		return KSPLICE_ABORT_UNRESOLVED;
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 	}
 	*value = ret ? st->addr : v;
 	return 0;
@@ -240,6 +274,38 @@ static bool ksplice_fits(unsigned long v, unsigned int size, bool is_signed)
 	}
 }
 
+/* Write relocation @i of the primary, with @buf for kallsyms. */
+static int ksplice_write_reloc(struct ksplice_module *km,
+			       const struct ksplice_kernel *k, unsigned int i,
+			       char *buf)
+{
+	const struct ksplice_reloc *r = &km->reloc_tab[i];
+	unsigned long site = r->section_addr + r->offset, v = 0;
+	bool is_signed = r->flags & (KSPLICE_RELOC_SIGNED | KSPLICE_RELOC_PCREL);
+	u8 bytes[8];
+	int ret;
+
+	ret = ksplice_reloc_value(km, i, buf, &v);
+	if (ret)
+		return ret;
+	if (!strcmp(r->symbol, "__fentry__") &&
+	    ksplice_is_ftrace_nop((const u8 *)(site - 1)))
+		return 0;
+	v += r->addend;
+	if (r->flags & KSPLICE_RELOC_PCREL)
+		v -= site;
+	if (!ksplice_fits(v, r->size, is_signed)) {
+		pr_warn("%s: %s+%#lx -> %s does not fit %u bytes\n",
+			KSPLICE_ID, r->section, r->offset, r->symbol, r->size);
+		return ksplice_fail(km, KSPLICE_ABORT_BAD_ENCODING);
+	}
+	memcpy(bytes, &v, sizeof(v));
+	mutex_lock(k->text_mutex);
+	k->text_poke((void *)site, bytes, r->size);
+	mutex_unlock(k->text_mutex);
+	return 0;
+}
+
 /*
  * Write the primary's relocations.  The replacement code is not reachable
  * yet, so text_poke outside stop_machine is enough.  A call to __fentry__
@@ -249,41 +315,16 @@ static int ksplice_write_relocs(struct ksplice_module *km,
 				const struct ksplice_kernel *k)
 {
 	unsigned int i;
-	int cause = 0;
+	int ret = 0;
 	char *buf;
 
 	buf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
 	if (!buf)
-		return KSPLICE_ABORT_NOMEM;
-	for (i = 0; i < km->nr_relocs; i++) {
-		const struct ksplice_reloc *r = &km->reloc_tab[i];
-		unsigned long site = r->section_addr + r->offset, v = 0;
-		bool is_signed = r->flags & (KSPLICE_RELOC_SIGNED | KSPLICE_RELOC_PCREL);
-		u8 bytes[8];
-
-		cause = ksplice_reloc_value(km, i, buf, &v);
-		if (cause)
-			break;
-		if (!strcmp(r->symbol, "__fentry__") &&
-		    !memcmp((void *)(site - 1), ksplice_nop5, sizeof(ksplice_nop5)))
-			continue;
-		v += r->addend;
-		if (r->flags & KSPLICE_RELOC_PCREL)
-			v -= site;
-		if (!ksplice_fits(v, r->size, is_signed)) {
-			pr_warn("%s: %s+%#lx -> %s does not fit %u bytes\n",
-				KSPLICE_ID, r->section, r->offset, r->symbol,
-				r->size);
-			cause = KSPLICE_ABORT_BAD_ENCODING;
-			break;
-		}
-		memcpy(bytes, &v, sizeof(v));
-		mutex_lock(k->text_mutex);
-		k->text_poke((void *)site, bytes, r->size);
-		mutex_unlock(k->text_mutex);
-	}
+		return ksplice_fail(km, KSPLICE_ABORT_NOMEM);
+	for (i = 0; i < km->nr_relocs && !ret; i++)
+		ret = ksplice_write_reloc(km, k, i, buf);
 	kfree(buf);
-	return cause;
+	return ret;
 }
 
 /* Drop the references on the patched functions' modules. */
@@ -307,27 +348,24 @@ static int ksplice_prepare(struct ksplice_module *km,
 			   const struct ksplice_kernel *k)
 {
 	unsigned int i;
-	int cause;
+	int ret;
 
 	if (km->resolved)
 		return 0;
 	if (!km->helper)
-		return KSPLICE_ABORT_NO_HELPER;
+		return ksplice_fail(km, KSPLICE_ABORT_NO_HELPER);
 	if (km->mismatched || km->helper->mismatched)
-		return KSPLICE_ABORT_MAP_MISMATCH;
-	/* the helper's own lock guards its run-pre state against sysfs readers */
-	mutex_lock(&km->helper->lock);
-	cause = ksplice_runpre(km->helper, k->mod_syms);
-	mutex_unlock(&km->helper->lock);
-	if (cause)
-		return cause;
-	for (i = 0; i < km->nr_patches && !cause; i++)
-		cause = ksplice_resolve_patch(km, i);
-	if (!cause)
-		cause = ksplice_write_relocs(km, k);
-	if (cause) {
+		return ksplice_fail(km, KSPLICE_ABORT_MAP_MISMATCH);
+	ret = ksplice_runpre(km, k->mod_syms);
+	if (ret)
+		return ret;
+	for (i = 0; i < km->nr_patches && !ret; i++)
+		ret = ksplice_resolve_patch(km, i);
+	if (!ret)
+		ret = ksplice_write_relocs(km, k);
+	if (ret) {
 		ksplice_put_targets(km);
-		return cause;
+		return ret;
 	}
 	km->resolved = true;
 	return 0;
@@ -402,6 +440,45 @@ static int ksplice_unwind_busy(struct ksplice_stop *s, struct task_struct *t)
 	return unwind_error(&state) ? -1 : 0;
 }
 
+/* Where scanning @t's stack starts: see ksplice_task_busy(). */
+static unsigned long *ksplice_scan_start(const struct ksplice_stop *s,
+					 struct task_struct *t,
+					 unsigned long *stack, unsigned long *end)
+{
+	unsigned long *sp;
+
+	if (t == s->caller)
+		sp = (unsigned long *)s->caller_sp;
+	else if (t == current)
+		sp = (unsigned long *)current_stack_pointer;
+	else if (ksplice_task_on_cpu(t))
+		sp = stack;
+	else
+		sp = (unsigned long *)t->thread.sp;
+	if (sp < stack || sp >= end)
+		sp = stack;
+	return sp;
+}
+
+static bool ksplice_scan_busy(struct ksplice_stop *s, struct task_struct *t,
+			      unsigned long *stack)
+{
+	unsigned long *end = stack + THREAD_SIZE / sizeof(*stack);
+	unsigned long *sp = ksplice_scan_start(s, t, stack, end);
+
+	for (; sp < end; sp++) {
+		unsigned long w = READ_ONCE_NOCHECK(*sp);
+
+		if (ksplice_word_busy(s->km, w, s->reverse)) {
+			if (t == s->caller && !KSPLICE_PRECISE_UNWIND)
+				return false;
+			ksplice_note_busy(s, t, w, (end - sp) * sizeof(*sp));
+			return true;
+		}
+	}
+	return false;
+}
+
 /*
  * Is @t inside the code being replaced?  With a reliable unwinder, its
  * frames say so exactly.  Otherwise (and when unwinding fails) its kernel
@@ -417,7 +494,7 @@ static int ksplice_unwind_busy(struct ksplice_stop *s, struct task_struct *t)
  */
 static bool ksplice_task_busy(struct ksplice_stop *s, struct task_struct *t)
 {
-	unsigned long *stack = task_stack_page(t), *sp, *end;
+	unsigned long *stack = task_stack_page(t);
 	bool running = t == current || ksplice_task_on_cpu(t);
 
 	if (!stack || !refcount_read(&t->stack_refcount))
@@ -428,28 +505,7 @@ static bool ksplice_task_busy(struct ksplice_stop *s, struct task_struct *t)
 		if (ret >= 0)
 			return ret;
 	}
-	end = stack + THREAD_SIZE / sizeof(*stack);
-	if (t == s->caller)
-		sp = (unsigned long *)s->caller_sp;
-	else if (t == current)
-		sp = (unsigned long *)current_stack_pointer;
-	else if (ksplice_task_on_cpu(t))
-		sp = stack;
-	else
-		sp = (unsigned long *)t->thread.sp;
-	if (sp < stack || sp >= end)
-		sp = stack;
-	for (; sp < end; sp++) {
-		unsigned long w = READ_ONCE_NOCHECK(*sp);
-
-		if (ksplice_word_busy(s->km, w, s->reverse)) {
-			if (t == s->caller && !KSPLICE_PRECISE_UNWIND)
-				return false;
-			ksplice_note_busy(s, t, w, (end - sp) * sizeof(*sp));
-			return true;
-		}
-	}
-	return false;
+	return ksplice_scan_busy(s, t, stack);
 }
 
 static bool ksplice_tasks_busy(struct ksplice_stop *s)
@@ -468,27 +524,31 @@ static bool ksplice_tasks_busy(struct ksplice_stop *s)
 	return busy;
 }
 
-/* The master CPU's work: check, then write every jump (or saved bytes). */
+/*
+ * The master CPU's work: check, then write every jump (or saved bytes).
+ * The caller holds km->lock and waits in stop_machine, so recording the
+ * abort cause here is safe.
+ */
 static int ksplice_stopped_work(struct ksplice_stop *s)
 {
 	struct ksplice_module *km = s->km;
 	unsigned int i;
 
 	if (ksplice_tasks_busy(s))
-		return KSPLICE_ABORT_CODE_BUSY;
+		return ksplice_fail(km, KSPLICE_ABORT_CODE_BUSY);
 	for (i = 0; i < km->nr_patches; i++) {
 		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
 		const u8 *expect = s->reverse ? rt->jump : rt->saved;
 
-		if (memcmp((void *)rt->site, expect, KSPLICE_JMP_LEN))
-			return KSPLICE_ABORT_CODE_CHANGED;
+		if (memcmp((void *)rt->site, expect, JMP32_INSN_SIZE))
+			return ksplice_fail(km, KSPLICE_ABORT_CODE_CHANGED);
 	}
 	for (i = 0; i < km->nr_patches; i++) {
 		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
 
 		s->k->text_poke((void *)rt->site,
 				s->reverse ? rt->saved : rt->jump,
-				KSPLICE_JMP_LEN);
+				JMP32_INSN_SIZE);
 	}
 	return 0;
 }
@@ -505,7 +565,7 @@ static int ksplice_stop_fn(void *data)
 	if (smp_processor_id() == cpumask_first(cpu_online_mask)) {
 		u64 t0 = rdtsc_ordered();
 
-		s->cause = ksplice_stopped_work(s);
+		s->ret = ksplice_stopped_work(s);
 		s->cycles = rdtsc_ordered() - t0;
 		atomic_set_release(&s->done, 1);
 	} else {
@@ -523,7 +583,7 @@ static u64 ksplice_cycles_ns(u64 cycles, u64 fallback_ns)
 	return div_u64(cycles * 1000000ULL, tsc_khz);
 }
 
-/* One stop_machine call; returns the abort cause (0 when done). */
+/* One stop_machine call. */
 static int ksplice_stop_once(struct ksplice_stop *s)
 {
 	const struct ksplice_kernel *k = s->k;
@@ -531,7 +591,7 @@ static int ksplice_stop_once(struct ksplice_stop *s)
 	int ret;
 
 	atomic_set(&s->done, 0);
-	s->cause = KSPLICE_ABORT_NONE;
+	s->ret = 0;
 	cpus_read_lock();
 	mutex_lock(k->text_mutex);
 	t0 = ktime_get_ns();
@@ -549,8 +609,8 @@ static int ksplice_stop_once(struct ksplice_stop *s)
 	s->km->stopped_ns = ksplice_cycles_ns(s->cycles, 0);
 	s->km->pause_max_ns = max(s->km->pause_max_ns, s->km->pause_ns);
 	if (ret)
-		return KSPLICE_ABORT_CODE_BUSY;
-	return s->cause;
+		return ksplice_fail(s->km, KSPLICE_ABORT_CODE_BUSY);
+	return s->ret;
 }
 
 static int ksplice_stop_retry(struct ksplice_module *km,
@@ -563,11 +623,11 @@ static int ksplice_stop_retry(struct ksplice_module *km,
 		.caller = current,
 		.caller_sp = current_stack_pointer,
 	};
-	int cause = 0;
+	int ret = 0;
 
 	for (km->tries = 1; km->tries <= KSPLICE_TRIES; km->tries++) {
-		cause = ksplice_stop_once(&s);
-		if (cause != KSPLICE_ABORT_CODE_BUSY)
+		ret = ksplice_stop_once(&s);
+		if (!ret || km->abort != KSPLICE_ABORT_CODE_BUSY)
 			break;
 		pr_info("%s: try %u: %s[%d] is inside the code (%pS at stack top-%lu%s)\n",
 			KSPLICE_ID, km->tries, s.busy_comm, s.busy_pid,
@@ -577,38 +637,23 @@ static int ksplice_stop_retry(struct ksplice_module *km,
 			msleep(KSPLICE_RETRY_MS);
 	}
 	km->tries = min(km->tries, (unsigned int)KSPLICE_TRIES);
-	return cause;
+	return ret;
 }
 
 /* -- entry points (km->lock held) ---------------------------------------- */
 
-static int ksplice_errno(int cause)
-{
-	switch (cause) {
-	case KSPLICE_ABORT_NONE:
-		return 0;
-	case KSPLICE_ABORT_CODE_BUSY:
-		return -EBUSY;
-	case KSPLICE_ABORT_NOMEM:
-		return -ENOMEM;
-	case KSPLICE_ABORT_ALREADY_APPLIED:
-		return -EEXIST;
-	default:
-		return -EINVAL;
-	}
-}
-
-static int ksplice_finish(struct ksplice_module *km, int cause,
+/* Log the outcome of an operation; @ret is 0 or what ksplice_fail() gave. */
+static int ksplice_finish(struct ksplice_module *km, int ret,
 			  enum ksplice_stage ok, const char *what)
 {
-	km->abort = cause;
-	if (cause) {
+	if (ret) {
 		if (km->stage != KSPLICE_STAGE_APPLIED)
 			km->stage = KSPLICE_STAGE_ABORTED;
 		pr_warn("%s: %s aborted: %s\n", KSPLICE_ID, what,
-			ksplice_abort_name(cause));
-		return ksplice_errno(cause);
+			ksplice_abort_name(km->abort));
+		return ret;
 	}
+	km->abort = KSPLICE_ABORT_NONE;
 	km->stage = ok;
 	km->operations++;
 	pr_info("%s: %s, %u functions, stop_machine %llu us (work %llu us), try %u\n",
@@ -617,48 +662,76 @@ static int ksplice_finish(struct ksplice_module *km, int cause,
 	return 0;
 }
 
+/**
+ * ksplice_apply() - Apply the update: the sysfs command "apply".
+ * @km: the primary, its lock held
+ *
+ * The first apply needs the helper: run-pre matching, resolution of the
+ * old functions and of the replacement code's relocations.  Later applies
+ * reuse that.  The jumps are then written under stop_machine once no task
+ * is inside an old function, retrying a few times.  An abort leaves every
+ * byte of the kernel as it was.
+ *
+ * Return: 0, or a negative errno with the abort cause in @km->abort.
+ */
 int ksplice_apply(struct ksplice_module *km)
 {
 	struct ksplice_kernel k = {};
-	int cause;
+	int ret;
 
-	if (km->stage == KSPLICE_STAGE_APPLIED) {
-		km->abort = KSPLICE_ABORT_ALREADY_APPLIED;
-		return -EEXIST;
-	}
-	if (ksplice_get_imports(km, &k))
-		return ksplice_finish(km, KSPLICE_ABORT_UNRESOLVED, 0, "apply");
+	km->abort = KSPLICE_ABORT_NONE;
+	if (km->stage == KSPLICE_STAGE_APPLIED)
+		return ksplice_fail(km, KSPLICE_ABORT_ALREADY_APPLIED);
+	ret = ksplice_get_imports(km, &k);
+	if (ret)
+		return ksplice_finish(km, ret, 0, "apply");
 	if (!km->patch_rt) {
 		km->patch_rt = kcalloc(km->nr_patches ? km->nr_patches : 1,
 				       sizeof(*km->patch_rt), GFP_KERNEL);
 		if (!km->patch_rt)
-			return ksplice_finish(km, KSPLICE_ABORT_NOMEM, 0, "apply");
+			return ksplice_finish(km, ksplice_fail(km, KSPLICE_ABORT_NOMEM),
+					      0, "apply");
 	}
-	cause = ksplice_prepare(km, &k);
-	if (!cause)
-		cause = ksplice_stop_retry(km, &k, false);
-	if (!cause)
+	ret = ksplice_prepare(km, &k);
+	if (!ret)
+		ret = ksplice_stop_retry(km, &k, false);
+	if (!ret)
 		__module_get(km->owner);
-	return ksplice_finish(km, cause, KSPLICE_STAGE_APPLIED, "applied");
+	return ksplice_finish(km, ret, KSPLICE_STAGE_APPLIED, "applied");
 }
 
+/**
+ * ksplice_reverse() - Reverse the update: the sysfs command "reverse".
+ * @km: the primary, its lock held
+ *
+ * Writes the saved bytes back under stop_machine once no task is inside
+ * an old function or a replacement, retrying a few times.
+ *
+ * Return: 0, or a negative errno with the abort cause in @km->abort.
+ */
 int ksplice_reverse(struct ksplice_module *km)
 {
 	struct ksplice_kernel k = {};
-	int cause;
+	int ret;
 
-	if (km->stage != KSPLICE_STAGE_APPLIED) {
-		km->abort = KSPLICE_ABORT_NOT_APPLIED;
-		return -EINVAL;
-	}
-	if (ksplice_get_imports(km, &k))
-		return ksplice_finish(km, KSPLICE_ABORT_UNRESOLVED, 0, "reverse");
-	cause = ksplice_stop_retry(km, &k, true);
-	if (!cause)
+	km->abort = KSPLICE_ABORT_NONE;
+	if (km->stage != KSPLICE_STAGE_APPLIED)
+		return ksplice_fail(km, KSPLICE_ABORT_NOT_APPLIED);
+	ret = ksplice_get_imports(km, &k);
+	if (ret)
+		return ksplice_finish(km, ret, 0, "reverse");
+	ret = ksplice_stop_retry(km, &k, true);
+	if (!ret)
 		module_put(km->owner);
-	return ksplice_finish(km, cause, KSPLICE_STAGE_REVERSED, "reversed");
+	return ksplice_finish(km, ret, KSPLICE_STAGE_REVERSED, "reversed");
 }
 
+/**
+ * ksplice_patch_free() - Free the primary's patching state.
+ * @km: the primary, no longer applied
+ *
+ * Drops the references on the patched functions' modules.
+ */
 void ksplice_patch_free(struct ksplice_module *km)
 {
 	ksplice_put_targets(km);

@@ -9,14 +9,20 @@
 #include <linux/err.h>
 #include <linux/module.h>
 
-#include "ksplice.h"
+#include "sysfs.h"
 
 static struct ksplice_module *ksplice_primary;
 
-/*
- * Called by the helper with its state once it has resolved its tables,
- * and with NULL before it unloads.  symbol_get() in the helper holds a
- * reference on this module meanwhile, so the primary outlives the link.
+/**
+ * ksplice_helper_attach() - The helper's link to its primary.
+ * @helper: the helper's state once it has resolved its tables, or NULL
+ *	before it unloads
+ *
+ * Exported under a name with the update's id; the helper finds it with
+ * symbol_get(), which holds a reference on this module meanwhile, so the
+ * primary outlives the link.
+ *
+ * Return: 0.
  */
 int ksplice_helper_attach(struct ksplice_module *helper)
 {

@@ -28,18 +28,45 @@
 #include <linux/sort.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <asm/text-patching.h>
 #include <asm/unaligned.h>
 
-#include "ksplice.h"
-
-static const u8 ksplice_nop5[] = { 0x0f, 0x1f, 0x44, 0x00, 0x00 };
+#include "resolve.h"
+#include "runpre.h"
 
 #define KSPLICE_SCT_PREFIX "__SCT__"
 
-#define KSPLICE_OP_JMP32 0xe9
-#define KSPLICE_OP_JMP8 0xeb
-#define KSPLICE_OP_CALL32 0xe8
-#define KSPLICE_OP_ESC 0x0f
+/*
+ * <asm/text-patching.h> names call and jmp; Linux 6.1 has no names for
+ * the conditional jumps: jcc rel32 is 0f 80+cc (6 bytes), jcc rel8 is
+ * 70+cc (2 bytes, like jmp rel8).
+ */
+#define KSPLICE_JCC32_ESCAPE	0x0f
+#define KSPLICE_JCC32_OPCODE	0x80
+#define KSPLICE_JCC32_SIZE	6
+#define KSPLICE_JCC8_OPCODE	0x70
+#define KSPLICE_JCC_CC		0x0f
+
+static const char * const ksplice_match_names[] = {
+	[KSPLICE_MATCH_UNTRIED] = "untried",
+	[KSPLICE_MATCH_FOUND] = "found",
+	[KSPLICE_MATCH_SEVERAL] = "several",
+	[KSPLICE_MATCH_OUTSIDE] = "outside",
+	[KSPLICE_MATCH_FAILED] = "failed",
+};
+
+/**
+ * ksplice_match_status_name() - Name of a run-pre result, for sysfs.
+ * @status: an enum ksplice_match_status
+ *
+ * Return: "untried", "found", "several", "outside", "failed" or "unknown".
+ */
+const char *ksplice_match_status_name(unsigned int status)
+{
+	if (status >= ARRAY_SIZE(ksplice_match_names))
+		return "unknown";
+	return ksplice_match_names[status];
+}
 
 /* Where a walk over one function stands. */
 struct ksplice_walk {
@@ -171,6 +198,15 @@ static bool ksplice_is_static_call(const struct ksplice_reloc *r)
 			sizeof(KSPLICE_SCT_PREFIX) - 1);
 }
 
+/* Step over @di bytes of the helper's copy, @dj running bytes and a site. */
+static void ksplice_walk_step(struct ksplice_walk *w, unsigned long di,
+			      unsigned long dj)
+{
+	w->i += di;
+	w->j += dj;
+	w->k++;
+}
+
 /* A relocation field at the current position: read the symbol's value. */
 static bool ksplice_walk_field(struct ksplice_walk *w,
 			       const struct ksplice_reloc *r, unsigned int idx)
@@ -180,72 +216,96 @@ static bool ksplice_walk_field(struct ksplice_walk *w,
 
 	if (w->j + r->size > w->runlen || w->i + r->size > w->size)
 		return false;
-	if (ksplice_is_static_call(r))
-		goto skip;
-	v = ksplice_read_field(w->run + w->j, r->size, is_signed);
-	v -= r->addend;
-	if (r->flags & KSPLICE_RELOC_PCREL)
-		v += p;
-	if (!ksplice_take_value(w, idx, v))
+	if (!ksplice_is_static_call(r)) {
+		v = ksplice_read_field(w->run + w->j, r->size, is_signed);
+		v -= r->addend;
+		if (r->flags & KSPLICE_RELOC_PCREL)
+			v += p;
+		if (!ksplice_take_value(w, idx, v))
+			return false;
+	}
+	ksplice_walk_step(w, r->size, r->size);
+	return true;
+}
+
+/*
+ * "call __fentry__" in the helper's copy: the running code must have the
+ * NOP ftrace writes at boot.  A call there means ftrace or livepatch owns
+ * the function.
+ */
+static bool ksplice_walk_fentry(struct ksplice_walk *w)
+{
+	const u8 *run = w->run + w->j;
+	unsigned long left = w->runlen - w->j;
+
+	if (left < CALL_INSN_SIZE || !ksplice_is_ftrace_nop(run)) {
+		w->traced = left && run[0] == CALL_INSN_OPCODE;
 		return false;
-skip:
-	w->i += r->size;
-	w->j += r->size;
+	}
+	if (w->i == 0)
+		w->entry_nop = w->j + CALL_INSN_SIZE;
+	ksplice_walk_step(w, CALL_INSN_SIZE, CALL_INSN_SIZE);
+	return true;
+}
+
+static bool ksplice_is_jcc32(const u8 *p)
+{
+	return p[0] == KSPLICE_JCC32_ESCAPE &&
+	       (p[1] & ~KSPLICE_JCC_CC) == KSPLICE_JCC32_OPCODE;
+}
+
+/*
+ * A jmp or jcc rel32 in the helper's copy that the assembler relaxed to
+ * rel8 in the running kernel: the rel8 target gives the symbol's value.
+ */
+static bool ksplice_walk_relaxed(struct ksplice_walk *w,
+				 const struct ksplice_reloc *r,
+				 unsigned int idx, unsigned long gap)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	bool pcrel32 = (r->flags & KSPLICE_RELOC_PCREL) && r->size == DISP32_SIZE;
+	unsigned long target;
+
+	if (!pcrel32 || w->runlen - w->j < JMP8_INSN_SIZE)
+		return false;
+	if (gap == 1 && pre[0] == JMP32_INSN_OPCODE && run[0] == JMP8_INSN_OPCODE)
+		w->i += JMP32_INSN_SIZE;
+	else if (gap == 2 && ksplice_is_jcc32(pre) &&
+		 run[0] == (KSPLICE_JCC8_OPCODE | (pre[1] & KSPLICE_JCC_CC)))
+		w->i += KSPLICE_JCC32_SIZE;
+	else
+		return false;
+	/* jmp rel8 and jcc rel8 are both JMP8_INSN_SIZE bytes */
+	target = w->runaddr + w->j + JMP8_INSN_SIZE + (long)(s8)run[1];
+	/* jump target = field + 4 + (S + A - field), so S = target - A - 4 */
+	if (!ksplice_take_value(w, idx, target - r->addend - DISP32_SIZE))
+		return false;
+	w->j += JMP8_INSN_SIZE;
 	w->k++;
 	return true;
 }
 
 /*
- * The bytes differ just before a relocation field (@r, @gap bytes ahead).
- * Accept the explained cases and step over them.
+ * The bytes differ just before a relocation field (@r, @gap bytes ahead:
+ * the opcode).  Accept the explained cases and step over them.
  */
 static bool ksplice_walk_tolerate(struct ksplice_walk *w,
 				  const struct ksplice_reloc *r,
 				  unsigned int idx, unsigned long gap)
 {
-	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
-	unsigned long left = w->runlen - w->j, target;
-	bool pcrel32 = (r->flags & KSPLICE_RELOC_PCREL) && r->size == 4;
+	const u8 *pre = w->pre + w->i;
 
-	if (gap == 1 && pre[0] == KSPLICE_OP_CALL32 &&
-	    !strcmp(r->symbol, "__fentry__")) {
-		if (left < sizeof(ksplice_nop5) ||
-		    memcmp(run, ksplice_nop5, sizeof(ksplice_nop5))) {
-			w->traced = left && run[0] == KSPLICE_OP_CALL32;
-			return false;
-		}
-		if (w->i == 0)
-			w->entry_nop = w->j + sizeof(ksplice_nop5);
-		w->i += 5;
-		w->j += 5;
-		w->k++;
+	if (gap == 1 && pre[0] == CALL_INSN_OPCODE &&
+	    !strcmp(r->symbol, "__fentry__"))
+		return ksplice_walk_fentry(w);
+	/* static_call rewrites the whole call or jmp rel32 (both 5 bytes) */
+	if (gap == 1 && ksplice_is_static_call(r) &&
+	    w->runlen - w->j >= CALL_INSN_SIZE &&
+	    (pre[0] == CALL_INSN_OPCODE || pre[0] == JMP32_INSN_OPCODE)) {
+		ksplice_walk_step(w, CALL_INSN_SIZE, CALL_INSN_SIZE);
 		return true;
 	}
-	if (gap == 1 && ksplice_is_static_call(r) && left >= 5 &&
-	    (pre[0] == KSPLICE_OP_CALL32 || pre[0] == KSPLICE_OP_JMP32)) {
-		w->i += 5;
-		w->j += 5;
-		w->k++;
-		return true;
-	}
-	if (!pcrel32 || left < 2)
-		return false;
-	if (gap == 1 && pre[0] == KSPLICE_OP_JMP32 && run[0] == KSPLICE_OP_JMP8) {
-		target = w->runaddr + w->j + 2 + (long)(s8)run[1];
-		w->i += 5;
-	} else if (gap == 2 && pre[0] == KSPLICE_OP_ESC &&
-		   (pre[1] & 0xf0) == 0x80 && run[0] == (0x70 | (pre[1] & 0x0f))) {
-		target = w->runaddr + w->j + 2 + (long)(s8)run[1];
-		w->i += 6;
-	} else {
-		return false;
-	}
-	/* jump target = field + 4 + (S + A - field), so S = target - A - 4 */
-	if (!ksplice_take_value(w, idx, target - r->addend - 4))
-		return false;
-	w->j += 2;
-	w->k++;
-	return true;
+	return ksplice_walk_relaxed(w, r, idx, gap);
 }
 
 /* Walk one function; returns true when the running bytes match. */
@@ -274,7 +334,7 @@ static bool ksplice_walk(struct ksplice_walk *w, unsigned long *bad)
 			w->j++;
 			continue;
 		}
-		if (r && at > w->i && at - w->i <= 2 &&
+		if (r && at > w->i && at - w->i <= KSPLICE_JCC32_SIZE - DISP32_SIZE &&
 		    ksplice_walk_tolerate(w, r, idx, at - w->i))
 			continue;
 		goto fail;
@@ -502,6 +562,12 @@ static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
 	}
 }
 
+/**
+ * ksplice_runpre_free() - Forget run-pre results.
+ * @h: the helper
+ *
+ * Drops the references on modules that matched and frees the results.
+ */
 void ksplice_runpre_free(struct ksplice_module *h)
 {
 	unsigned int f;
@@ -520,52 +586,55 @@ void ksplice_runpre_free(struct ksplice_module *h)
 	h->matched = 0;
 }
 
-/*
- * Match every function the helper carries.  Returns 0, or the abort cause
- * (as an enum ksplice_abort) when some function has copies in the running
- * kernel's text and none of them matches.  @mod_syms (may be NULL) lists
- * the loaded modules' symbols, for functions System.map does not have.
- */
-int ksplice_runpre(struct ksplice_module *h, ksplice_mod_syms_fn mod_syms)
+static int ksplice_runpre_alloc(struct ksplice_module *h,
+				struct ksplice_runval **vals, u8 **buf)
 {
-	struct ksplice_runval *vals = NULL;
 	unsigned long maxsize = 1;
-	unsigned int f, failed = 0;
-	bool traced = false;
-	u8 *buf = NULL;
-	int ret = KSPLICE_ABORT_NOMEM;
+	unsigned int f;
 
 	ksplice_runpre_free(h);
 	h->match = kcalloc(h->nr_sizes ? h->nr_sizes : 1, sizeof(*h->match),
 			   GFP_KERNEL);
 	h->runval = kcalloc(h->nr_relocs ? h->nr_relocs : 1, sizeof(*h->runval),
 			    GFP_KERNEL);
-	vals = kcalloc(h->nr_relocs ? h->nr_relocs : 1, sizeof(*vals), GFP_KERNEL);
+	*vals = kcalloc(h->nr_relocs ? h->nr_relocs : 1, sizeof(**vals), GFP_KERNEL);
 	for (f = 0; f < h->nr_sizes; f++)
 		maxsize = max(maxsize, h->size_tab[f].size);
-	buf = kvmalloc(maxsize, GFP_KERNEL);
+	*buf = kvmalloc(maxsize, GFP_KERNEL);
 	h->symbuf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
-	if (!h->match || !h->runval || !vals || !buf || !h->symbuf ||
-	    ksplice_sort_sites(h))
-		goto out;
+	if (!h->match || !h->runval || !*vals || !*buf || !h->symbuf)
+		return -ENOMEM;
+	return ksplice_sort_sites(h);
+}
+
+/* Match every function at its System.map candidates. */
+static int ksplice_match_listed(struct ksplice_module *h, u8 *buf,
+				struct ksplice_runval *vals)
+{
+	unsigned int f, c;
 
 	for (f = 0; f < h->nr_sizes; f++) {
 		const struct ksplice_size *s = &h->size_tab[f];
 		unsigned long *addrs;
-		unsigned int c;
 
 		addrs = kcalloc(s->nr_candidates ? s->nr_candidates : 1,
 				sizeof(*addrs), GFP_KERNEL);
 		if (!addrs)
-			goto out;
+			return -ENOMEM;
 		for (c = 0; c < s->nr_candidates; c++)
 			addrs[c] = ksplice_run_addr(h, s->candidates[c]);
 		ksplice_match_one(h, f, addrs, NULL, s->nr_candidates, buf, vals);
 		kfree(addrs);
 	}
-	if (mod_syms)
-		ksplice_match_modules(h, mod_syms, buf, vals);
-	ksplice_match_reachable(h, buf, vals);
+	return 0;
+}
+
+/* Log what matching found; abort when a function with candidates failed. */
+static int ksplice_runpre_verdict(struct ksplice_module *km)
+{
+	const struct ksplice_module *h = km->helper;
+	unsigned int f, failed = 0;
+	bool traced = false;
 
 	for (f = 0; f < h->nr_sizes; f++) {
 		if (h->match[f].status != KSPLICE_MATCH_FAILED)
@@ -579,19 +648,64 @@ int ksplice_runpre(struct ksplice_module *h, ksplice_mod_syms_fn mod_syms)
 	pr_info("%s run-pre: %u of %u functions matched, %u failed\n",
 		KSPLICE_ID, h->matched, h->nr_sizes, failed);
 	if (!failed)
-		ret = 0;
-	else
-		ret = traced ? KSPLICE_ABORT_TRACED : KSPLICE_ABORT_NO_MATCH;
+		return 0;
+	return ksplice_fail(km, traced ? KSPLICE_ABORT_TRACED :
+				KSPLICE_ABORT_NO_MATCH);
+}
+
+/**
+ * ksplice_runpre() - Match the helper's functions against the running kernel.
+ * @km: the primary applying the update (its lock held); its helper's
+ *	functions are matched, under the helper's lock
+ * @mod_syms: lists the loaded modules' symbols, for functions System.map
+ *	does not have; may be NULL
+ *
+ * Every function the helper carries is compared, byte by byte outside its
+ * relocation fields, with each of its candidates in the running kernel;
+ * the fields of a matching copy give the values of their symbols.  The
+ * results replace any earlier ones and stay in the helper for
+ * ksplice_runpre_lookup() and ksplice_runpre_function().
+ *
+ * Return: 0, or a negative errno with the abort cause recorded in @km:
+ * traced or no_match when a function has copies in the running kernel's
+ * text and none of them matches, nomem.
+ */
+int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms)
+{
+	struct ksplice_module *h = km->helper;
+	struct ksplice_runval *vals = NULL;
+	u8 *buf = NULL;
+	int ret;
+
+	/* the helper's own lock guards its run-pre state against sysfs readers */
+	mutex_lock(&h->lock);
+	if (ksplice_runpre_alloc(h, &vals, &buf) ||
+	    ksplice_match_listed(h, buf, vals)) {
+		ret = ksplice_fail(km, KSPLICE_ABORT_NOMEM);
+		goto out;
+	}
+	if (mod_syms)
+		ksplice_match_modules(h, mod_syms, buf, vals);
+	ksplice_match_reachable(h, buf, vals);
+	ret = ksplice_runpre_verdict(km);
 out:
+	mutex_unlock(&h->lock);
 	kvfree(buf);
 	kfree(vals);
 	return ret;
 }
 
-/*
- * The running value of symbol @name as run-pre matching saw it: a matched
- * function of that name, or a value read at a relocation against it.
- * -ENOENT when run-pre matching has nothing, -EINVAL when it saw several.
+/**
+ * ksplice_runpre_lookup() - A symbol's value as run-pre matching saw it.
+ * @h: the helper, or NULL
+ * @name: the symbol's System.map name
+ * @value: set to the value on success
+ *
+ * The value is a matched function of that name, or one read at a
+ * relocation against it.
+ *
+ * Return: 0; -ENOENT when run-pre matching has nothing for @name,
+ * -EINVAL when it saw several values.
  */
 int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
 			  unsigned long *value)
@@ -621,7 +735,15 @@ int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
 	return have ? 0 : -ENOENT;
 }
 
-/* The matched helper function called @name, if exactly one matched. */
+/**
+ * ksplice_runpre_function() - The running copy of a function, if unique.
+ * @h: the helper, or NULL
+ * @name: the function's System.map name
+ * @size: set to the size of the helper's copy on success
+ *
+ * Return: the match of the helper function called @name when exactly one
+ * running address matched, else NULL.
+ */
 const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module *h,
 						    const char *name,
 						    unsigned long *size)
@@ -643,9 +765,13 @@ const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module 
 	return found;
 }
 
-/*
- * Is @name a function System.map does not list and no loaded module has
- * either?  Then it belongs to a module that is not loaded.
+/**
+ * ksplice_runpre_not_loaded() - Is a function in a module that is not loaded?
+ * @h: the helper, or NULL
+ * @name: the function's name
+ *
+ * Return: true when the helper carries @name, System.map does not list it
+ * and run-pre matching found it in no loaded module either.
  */
 bool ksplice_runpre_not_loaded(const struct ksplice_module *h, const char *name)
 {

@@ -30,8 +30,9 @@ from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
 
-KMODSRC_FILES = ("Kbuild", "common.c", "runpre.c", "patch.c", "primary.c", "helper.c",
-                 "ksplice.h", metadata.HEADER_NAME)
+KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "primary.c",
+                 "helper.c", "ksplice.h", "resolve.h", "runpre.h", "patch.h", "sysfs.h",
+                 "ksplice_abort.h", metadata.HEADER_NAME)
 # Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
 # build_update_modules adds them to the primary's imports table.
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).

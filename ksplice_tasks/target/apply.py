@@ -4,7 +4,9 @@
 They talk to an update's modules only through the kernel's module syscalls
 and the primary's sysfs directory ``/sys/module/ksplice_<id>/ksplice/``
 (see ``kmodsrc/README.md``): writing ``apply`` or ``reverse`` to ``stage``
-runs the operation in the kernel, and ``abort_cause`` says why one failed.
+runs the operation in the kernel, and ``abort_cause`` says why one failed
+(:func:`explain` turns it into a sentence, from the list in
+``encode/abort_causes.py`` that the kernel side's header is generated from).
 
 Apply extracts the tarball into a private temporary directory (tarfile's
 "data" filter refuses links, devices and paths outside it), loads the
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ksplice_tasks.encode.abort_causes import explain
 from ksplice_tasks.errors import UserError
 
 ID_RE = re.compile(r"^[a-z0-9]{8}$")
@@ -34,26 +37,6 @@ ID_RE = re.compile(r"^[a-z0-9]{8}$")
 SYS_DELETE_MODULE = 176
 SYS_FINIT_MODULE = 313
 O_NONBLOCK = 0o4000
-
-# abort_cause (kmodsrc/common.c) -> what the user is told.
-CAUSES: dict[str, str] = {
-    "no_match": "the update's original code does not match the running kernel (no match): "
-                "it was built from a different kernel source or configuration",
-    "code_busy": "a task is running or sleeping inside a function the update replaces "
-                 "(code busy); try again later",
-    "map_mismatch": "the System.map the update was built with does not describe the running "
-                    "kernel (System.map mismatch)",
-    "already_applied": "the update is already applied",
-    "not_applied": "the update is not applied",
-    "traced": "ftrace or livepatch is attached to a function the update replaces",
-    "unresolved": "a symbol the update needs has no unique address in the running kernel",
-    "code_changed": "the code to be patched was changed by someone else",
-    "no_helper": "the update's helper module is not loaded",
-    "nomem": "the kernel ran out of memory",
-    "bad_encoding": "an address does not fit its instruction field",
-    "not_loaded": "a function the update replaces is in a module that is not loaded "
-                  "(not loaded); load the module, then apply again",
-}
 
 
 class ApplyError(UserError):
@@ -69,11 +52,6 @@ def check_id(update_id: str) -> str:
     if not ID_RE.match(update_id):
         raise ApplyError(f"bad update id {update_id!r}: expected 8 characters from [a-z0-9]")
     return update_id
-
-
-def explain(cause: str) -> str:
-    """One line for an abort cause read from sysfs."""
-    return CAUSES.get(cause, f"the kernel reported {cause!r}")
 
 
 # -- the package ------------------------------------------------------------------

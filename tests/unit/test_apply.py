@@ -2,7 +2,7 @@
 """ksplice-apply/-view/-undo against a fake kernel: tarball checks, unloading on abort, messages.
 
 The fake keeps sysfs files in a temporary directory and plays the primary's
-``stage`` command the way kmodsrc/common.c does; the real thing runs in
+``stage`` command the way kmodsrc/sysfs.c does; the real thing runs in
 tests/system/test_apply_updates.py.
 """
 
