@@ -13,7 +13,6 @@ and the ratio diff+passes / compile.
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ksplice_tasks.names import POST, PRE, side_suffix, symbol_suffix, tag_infix  # noqa: E402
 from ksplice_tasks.obj.elfread import read_object  # noqa: E402
 from ksplice_tasks.obj.objdiff import ObjdiffRefusal, diff_objects  # noqa: E402
 from ksplice_tasks.obj.objmanip import globalize, keep_helper, keep_primary  # noqa: E402
+from ksplice_tasks.tree import cmdfile  # noqa: E402
 
 FIX = ROOT / "tests" / "unit" / "objfixtures"
+TAG = "0bench"
 FLAGS = ["-O2", "-mcmodel=kernel", "-mfentry", "-pg", "-fno-PIE", "-fno-pic",
          "-ffunction-sections", "-fdata-sections"]
 
@@ -47,11 +49,11 @@ def run_passes(pre: Path, post: Path) -> float:
         return time.perf_counter() - t
     keep = d.keep or []
     if keep:
-        o, _ = keep_primary(read_object(post), keep, "____0_bench", "_post", d.renames,
-                            d.new_data)
-        globalize(o, "____0_bench_post")
-    o, _ = keep_helper(read_object(pre), "____0_bench", "_pre")
-    globalize(o, "____0_bench_pre")
+        o, _ = keep_primary(read_object(post), keep, tag_infix(TAG), side_suffix(POST),
+                            d.renames, d.new_data)
+        globalize(o, symbol_suffix(TAG, POST))
+    o, _ = keep_helper(read_object(pre), tag_infix(TAG), side_suffix(PRE))
+    globalize(o, symbol_suffix(TAG, PRE))
     return time.perf_counter() - t
 
 
@@ -73,10 +75,10 @@ def bench_fixtures(tmp: Path) -> list[tuple[str, float, float]]:
 
 
 def kbuild_command(kbuild: Path, obj: str, out: Path) -> list[str]:
-    cmdfile = kbuild / Path(obj).parent / f".{Path(obj).name}.cmd"
-    line = cmdfile.read_text().splitlines()[0].split(":=", 1)[1]
-    line = line.split(";")[0]  # leave objtool out
-    argv = shlex.split(line)
+    cmd = cmdfile.read(kbuild, obj)
+    if cmd is None or not cmd.commands():
+        sys.exit(f"bench: no Kbuild command for {obj} in {kbuild}")
+    argv = cmd.commands()[0]  # the compiler; objtool left out
     i = argv.index("-o")
     argv[i + 1] = str(out)
     argv = [a for a in argv if not a.startswith("-Wp,-MMD")]

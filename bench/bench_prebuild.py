@@ -18,8 +18,7 @@ from pathlib import Path
 
 from benchlib import prebuilt_tree, timed
 
-from ksplice_tasks.stages.inputs import STATE_DIRNAME
-from ksplice_tasks.stages.prebuild import PRE_INPUTS
+from ksplice_tasks.stages.layout import state_layout
 from ksplice_tasks.tree import kbuild, snapshot
 
 
@@ -35,7 +34,7 @@ def main() -> int:
     noop = [timed(create) for _ in range(args.runs)]
     post = orig / "post"
     make = [timed(kbuild.make_argv(post, os.cpu_count() or 1)) for _ in range(args.runs)]
-    inputs = json.loads((orig / STATE_DIRNAME / PRE_INPUTS).read_text())
+    inputs = json.loads(state_layout(orig).pre_inputs.read_text())
     walk, check = [], []
     for _ in range(args.runs):
         t0 = time.monotonic()

@@ -13,6 +13,7 @@ from doit.doit_cmd import DoitMain
 from ksplice_tasks import graph
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.reporter import CreateReporter
+from ksplice_tasks.stages import package
 from ksplice_tasks.stages.inputs import resolve
 
 PROG = "ksplice-create"
@@ -84,12 +85,14 @@ def create_main(argv: Sequence[str] | None = None) -> int:
     if rc != 0:
         return 1
     if args.apply and not args.prebuild:
-        plan = graph.plan_create(settings)
-        assert isinstance(plan, graph.CreatePlan)
+        tarball = package.built_tarball(settings.outdir, settings.layout.create)
+        if tarball is None:
+            sys.stderr.write(f"{PROG}: error: no update was built\n")
+            return 1
         print("Now running ksplice-apply to apply update...", flush=True)
         from ksplice_tasks.target.apply import apply_main
 
-        return apply_main([str(plan.tarball)])
+        return apply_main([str(tarball)])
     return 0
 
 

@@ -13,13 +13,18 @@ from pathlib import Path
 
 
 @contextmanager
-def _temp_beside(path: Path) -> Iterator[str]:
-    """A private temp file in path's directory, renamed over path when the block ends."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A private temp file (mode 0600) beside ``path``, renamed over it when the block ends.
+
+    Whatever fills it (this process, ``ld -o``, ``tarfile``) does so under the
+    temp name; on any exception the temp file is removed and ``path`` is left
+    as it was. ``path``'s directory is created if needed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        yield tmp
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -28,9 +33,9 @@ def _temp_beside(path: Path) -> Iterator[str]:
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write via a private temp file in the same directory, then rename over."""
+    """Write ``data`` (str as UTF-8) via a private temp file in the same directory, then rename."""
     raw = data.encode() if isinstance(data, str) else data
-    with _temp_beside(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(raw)
     return path
 
@@ -44,11 +49,25 @@ def write_if_changed(path: Path, data: bytes | str) -> Path:
 
 
 def write_json(path: Path, data: object) -> Path:
+    """``data`` as JSON (sorted keys, one-space indent, final newline), atomically."""
     return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def copy_if_changed(src: Path, dest: Path) -> Path:
+    """Copy ``src``'s bytes to ``dest`` unless it already holds them, atomically.
+
+    An unchanged ``dest`` keeps its mtime; a changed one gets a fresh mtime
+    (not ``src``'s), so make rebuilds what depends on it even when ``src`` is
+    older than the objects an earlier copy produced.
+    """
+    data = src.read_bytes()
+    if dest.is_file() and dest.read_bytes() == data:
+        return dest
+    return write_atomic(dest, data)
 
 
 def copy_atomic(src: Path, dest: Path) -> Path:
     """Copy with metadata through a temp file, then rename over."""
-    with _temp_beside(dest) as tmp:
+    with atomic_path(dest) as tmp:
         shutil.copy2(src, tmp)
     return dest

@@ -1,18 +1,24 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The doit task graph, shared by `dodo.py` and the `ksplice-create` front end.
 
-Task dicts only: the work lives in the stage modules. Settings come from doit
-variables (KSRC=, ORIG=, POSTDIR=, JOBS=, VERBOSE=); the path variables are
-persisted next to dodo.py so that a later `doit list` or `doit info` sees the
-same graph.
+Declarations only: task dicts (file_dep, targets, uptodate) around stage
+functions, which do the work. Settings come from doit variables (KSRC=,
+ORIG=, POSTDIR=, JOBS=, VERBOSE=); the path variables are persisted next to
+dodo.py so that a later `doit list` or `doit info` sees the same graph.
+
+Building the graph runs nothing: for ``--diffext`` the patch is made by the
+``diffext`` task, and the update id, which depends on the patch, reaches the
+tasks that need it when they run (doit ``getargs`` from ``post_patch``);
+their files in the state directory are named without it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
-import os
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,40 +29,87 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_if_changed
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.names import ROLES, tarball_name
 from ksplice_tasks.reporter import KspliceReporter
-from ksplice_tasks.stages import (
-    collect,
-    extract,
-    kmod,
-    modules,
-    package,
-    patching,
-    postbuild,
-    prebuild,
-)
+from ksplice_tasks.stages import kmod, package, patching, postbuild, prebuild
 from ksplice_tasks.stages.inputs import POST_MARKER, Settings, resolve
+from ksplice_tasks.stages.layout import CreateLayout
+from ksplice_tasks.tree import cmdfile
 
 PERSISTED = ("KSRC", "ORIG", "POSTDIR", "PATCH", "DIFFEXT", "PATCH_OPT")
 TREE_VARS = ("KSRC", "ORIG", "POSTDIR")
+VARIABLES = (*PERSISTED, "JOBS", "VERBOSE", "OUTDIR")
+VARS_FILE = ".ksplice-vars.json"
+# The package's rooms whose code makes updates (top-level modules other than
+# the front end count as the base room): a change to them redoes old work.
+TOOL_ROOMS = ("obj", "tree", "encode", "stages")
+FRONT_MODULES = ("graph.py", "cli.py", "reporter.py")
+ID_SOURCE = "post_patch"  # the task whose result is {"update_id": ...}
 
 
-def guarded(fn: Callable[..., Any], *args: Any,
-            cleanup: Callable[[], object] | None = None) -> Any:
-    """Run a stage function; a UserError becomes a failure that prints as one line.
+def describe(err: BaseException, name: str = "") -> str:
+    """One line naming what went wrong: a UserError's own message, else where and what."""
+    if isinstance(err, UserError):
+        return str(err)
+    where = f"{name} failed: " if name else ""
+    if isinstance(err, OSError) and err.strerror:
+        files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        what = f"{err.strerror}: {files}" if files else err.strerror
+    else:
+        what = f"{type(err).__name__}: {err}"
+    return where + " ".join(what.split())
+
+
+# A task's action is named "<stage module>:<function>", imported when the task
+# runs: a rerun with nothing to do never loads the object layer.
+Action = Callable[..., Any] | str
+
+
+def stage_function(ref: Action) -> Callable[..., Any]:
+    """The function an action names: ``"extract:diff_object"`` -> ``stages.extract.diff_object``.
+
+    A callable is returned as it is. ImportError or AttributeError for a wrong name.
+    """
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(f"ksplice_tasks.stages.{module}"), name)
+
+
+def guarded(fn: Action, *args: Any,
+            cleanup: Callable[[], object] | None = None, label: str = "",
+            show_traceback: bool = False, **kwargs: Any) -> Any:
+    """Run a stage function ``fn(*args, **kwargs)``; any exception becomes a one-line failure.
+
+    ``fn`` is a callable or a ``"<stage module>:<function>"`` name (:func:`stage_function`).
 
     ``cleanup`` runs first on failure (create tasks return the post tree to the
-    snapshot), so a refused update leaves nothing half-done behind.
+    snapshot), so a refused update leaves nothing half-done behind. An
+    exception other than UserError is named with the task (``label``) and its
+    type; ``show_traceback`` (-v, VERBOSE=1) prints its traceback too.
+    ``kwargs`` include the values doit passes (``getargs``).
+    Returns ``fn``'s result when it is a dict (doit keeps it), else None.
     """
     try:
-        result = fn(*args)
-    except UserError as e:
+        result = stage_function(fn)(*args, **kwargs)
+    except Exception as e:
+        message = describe(e, label)
+        if not isinstance(e, UserError):
+            if show_traceback:
+                traceback.print_exc()
+            else:
+                message += " (-v or VERBOSE=1 shows the traceback)"
         if cleanup is not None:
             try:
                 cleanup()
-            except OSError as again:
-                return TaskFailed(f"{e} (and cleaning up failed: {again})")
-        return TaskFailed(str(e))
+            except Exception as again:
+                return TaskFailed(f"{message} (and cleaning up failed: {again})")
+        return TaskFailed(message)
+    except BaseException:
+        if cleanup is not None:
+            cleanup()
+        raise
     return result if isinstance(result, dict) else None
 
 
@@ -64,7 +117,7 @@ def refuse(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
-def load_vars(given: Mapping[str, str], persist: Path | None) -> dict[str, str]:
+def load_vars(given: Mapping[str, str | None], persist: Path | None) -> dict[str, str]:
     """Command-line variables over persisted ones; new path variables are saved."""
     saved: dict[str, str] = {}
     if persist is not None and persist.is_file():
@@ -81,9 +134,7 @@ def load_vars(given: Mapping[str, str], persist: Path | None) -> dict[str, str]:
     merged = {**base, **fresh}
     if persist is not None and any(k in fresh for k in PERSISTED):
         keep = {k: merged[k] for k in PERSISTED if k in merged}
-        tmp = persist.with_name(f".{persist.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(keep, indent=1) + "\n")
-        os.replace(tmp, persist)
+        write_atomic(persist, json.dumps(keep, indent=1) + "\n")
     return merged
 
 
@@ -107,6 +158,13 @@ def settings_from_vars(v: Mapping[str, str]) -> Settings:
     )
 
 
+def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
+    try:
+        return settings_from_vars(v)
+    except UserError as e:
+        return e
+
+
 def doit_config(settings: Settings | UserError, reporter: type = KspliceReporter) -> dict:
     """One dep file per ORIG_CONFIG, so each tree's state stays with that tree."""
     cfg: dict[str, Any] = {
@@ -116,8 +174,8 @@ def doit_config(settings: Settings | UserError, reporter: type = KspliceReporter
         "default_tasks": ["prebuild"],
     }
     if isinstance(settings, Settings):
-        settings.state.mkdir(exist_ok=True)
-        cfg["dep_file"] = str(settings.state / "doit-db.json")
+        settings.layout.root.mkdir(exist_ok=True)
+        cfg["dep_file"] = str(settings.layout.doit_db)
     return cfg
 
 
@@ -126,6 +184,7 @@ DOCS = {
     "pre_build": "Pre build of KERNEL_SOURCE with -ffunction-sections -fdata-sections",
     "post_snapshot": "Snapshot the built pre tree into the post dir as hard links",
     "prebuild": "Once per tree: pre build with section flags and a fresh post tree",
+    "diffext": "Make the patch from every FILE<ext> beside FILE (DIFFEXT=, --diffext)",
     "post_patch": "Reset the post tree to the snapshot and apply the patch to it",
     "post_build": "Rebuild the objects the patch touched in the post tree",
     "objdiff": "Per object: which functions the patch changed (relocation-aware)",
@@ -146,13 +205,22 @@ def _failing(name: str, err: UserError) -> dict:
             "verbosity": 2}
 
 
+def _action(fn: Action, *args: Any, label: str, show_traceback: bool,
+            cleanup: Callable[[], object] | None = None,
+            fn_kwargs: Mapping[str, Any] | None = None) -> tuple:
+    """A doit python-action running ``fn(*args, **fn_kwargs)`` under :func:`guarded`."""
+    return (guarded, [fn, *args], {"cleanup": cleanup, "label": label,
+                                   "show_traceback": show_traceback, **(fn_kwargs or {})})
+
+
 def pre_config(s: Settings | UserError) -> dict:
     if isinstance(s, UserError):
         return _failing("pre_config", s)
     return {
         "basename": "pre_config",
         "doc": DOCS["pre_config"],
-        "actions": [(guarded, [prebuild.install_config, s])],
+        "actions": [_action("prebuild:install_config", s, label="pre_config",
+                                    show_traceback=s.verbose)],
         "file_dep": [str(s.orig / ".config")],
         "targets": [str(s.ksrc / ".config")],
         "uptodate": [(_same_bytes, [s.orig / ".config", s.ksrc / ".config"])],
@@ -173,9 +241,10 @@ def pre_build(s: Settings | UserError) -> dict:
     return {
         "basename": "pre_build",
         "doc": DOCS["pre_build"],
-        "actions": [(guarded, [prebuild.build_pre, s])],
+        "actions": [_action("prebuild:build_pre", s, label="pre_build",
+                                    show_traceback=s.verbose)],
         "file_dep": [str(s.ksrc / ".config")],
-        "targets": [str(s.state / prebuild.PRE_STAMP)],
+        "targets": [str(s.layout.pre_stamp)],
         "uptodate": [(prebuild.pre_tree_unchanged, [s])],
         "verbosity": 2,
     }
@@ -187,8 +256,9 @@ def post_snapshot(s: Settings | UserError) -> dict:
     return {
         "basename": "post_snapshot",
         "doc": DOCS["post_snapshot"],
-        "actions": [(guarded, [prebuild.snapshot_post, s])],
-        "file_dep": [str(s.state / prebuild.PRE_STAMP)],
+        "actions": [_action("prebuild:snapshot_post", s, label="post_snapshot",
+                            show_traceback=s.verbose)],
+        "file_dep": [str(s.layout.pre_stamp)],
         "targets": [str(s.postdir / POST_MARKER)],
         "uptodate": [config_changed(str(s.postdir))],
         "verbosity": 2,
@@ -208,178 +278,200 @@ def prebuild_group(s: Settings | UserError) -> dict:
 
 @dataclass(frozen=True)
 class CreatePlan:
-    """What one create_update run is about: its patch file and its update id."""
+    """What one create_update run is about.
+
+    ``patch`` is the user's patch file, or for ``--diffext`` the file the
+    diffext task will write. ``uid`` is the update id when it is known
+    before anything runs (a given patch file), else None.
+    """
 
     settings: Settings
     patch: Path
-    uid: str
+    uid: str | None
     tool: str
 
     @property
-    def work(self) -> Path:
-        return self.settings.state / "create"
+    def work(self) -> CreateLayout:
+        return self.settings.layout.create
 
     @property
-    def tarball(self) -> Path:
-        return self.settings.outdir / package.tarball_name(self.uid)
-
-    @property
-    def kos(self) -> list[Path]:
-        return [modules.kmod_dir(self.settings) / n for n in kmod.module_names(self.uid)]
+    def tarball(self) -> Path | None:
+        """The tarball's path, when the id is known before anything runs."""
+        return self.settings.outdir / tarball_name(self.uid) if self.uid else None
 
 
 def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
-    """Check that a prebuild exists and a patch is given; derive the update id."""
+    """Check that a prebuild exists and a patch is given; nothing is run or written."""
     if isinstance(s, UserError):
         return s
-    if not (s.state / prebuild.PRE_STAMP).is_file() or not (s.postdir / POST_MARKER).is_file():
+    if not s.layout.pre_stamp.is_file() or not (s.postdir / POST_MARKER).is_file():
         return UserError(
             f"No prebuild for {s.ksrc}: run `ksplice-create --prebuild --config={s.orig} "
             f"{s.ksrc}` (or `doit prebuild KSRC={s.ksrc} ORIG={s.orig}`) first")
+    if s.diffext is None and s.patch is None:
+        return UserError("no patch: give PATCH=FILE or DIFFEXT=EXT "
+                         "(or ksplice-create --patch/--diffext)")
     try:
-        if s.diffext is not None:
-            patch = s.state / "create" / "diffext.patch"
-            write_if_changed(patch, patching.diffext_patch(s, s.diffext))
-        elif s.patch is not None:
-            patch = s.patch
-        else:
-            return UserError("no patch: give PATCH=FILE or DIFFEXT=EXT "
-                             "(or ksplice-create --patch/--diffext)")
         patching.strip_level(s.patch_opts)
-        return CreatePlan(s, patch, package.settings_id(s, patch), tool_stamp())
+        if s.diffext is not None:
+            return CreatePlan(s, s.layout.create.diffext_patch, None, tool_stamp())
+        assert s.patch is not None
+        return CreatePlan(s, s.patch, package.settings_id(s, s.patch), tool_stamp())
     except UserError as e:
         return e
+    except OSError as e:
+        return UserError(describe(e, "reading the patch"))
 
 
+def tool_files() -> list[Path]:
+    """The package's files whose code makes updates: base, obj, tree, encode, stages."""
+    pkg = Path(__file__).resolve().parent
+    files = [p for p in pkg.glob("*.py") if p.name not in FRONT_MODULES]
+    files += [p for room in TOOL_ROOMS for p in (pkg / room).rglob("*.py")]
+    return sorted(files)
+
+
+@functools.cache
 def tool_stamp() -> str:
-    """A hash of this package's code: a new ksplice-py redoes the work an old one did."""
+    """A hash of the code that makes updates: a new ksplice-py redoes the work an old one did.
+
+    The front end, the target-side commands and the test harness are left out.
+    """
+    pkg = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(str(path.relative_to(Path(__file__).parent)).encode() + b"\0" + path.read_bytes())
+    for path in tool_files():
+        h.update(str(path.relative_to(pkg)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _task(basename: str, p: CreatePlan, action: Callable[..., Any], *args: Any,
-          config: str = "", **kw: Any) -> dict:
+def _task(basename: str, p: CreatePlan, fn: Action, *args: Any,
+          config: str = "", kwargs: Mapping[str, Any] | None = None, **kw: Any) -> dict:
+    """A create task: on any failure its action returns the post tree to the snapshot."""
     # One config_changed per task: doit keeps a single saved value for all of them.
     kw["uptodate"] = [*kw.get("uptodate", []), config_changed({"tool": p.tool, "task": config})]
-    reset = functools.partial(patching.reset_post, p.settings)
+    s = p.settings
+    label = f"{basename}:{kw['name']}" if "name" in kw else basename
+    action = _action(fn, *args, label=label, show_traceback=s.verbose,
+                     cleanup=functools.partial(patching.reset_post, s), fn_kwargs=kwargs)
     return {"basename": basename, "doc": DOCS[basename], "verbosity": 2,
-            "actions": [(guarded, [action, *args], {"cleanup": reset})], **kw}
+            "actions": [action], **kw}
+
+
+# Tasks given the update id when they run (it depends on the patch, which for
+# --diffext is made by a task).
+WITH_ID = {"getargs": {"update_id": (ID_SOURCE, "update_id")}, "task_dep": [ID_SOURCE]}
+STATIC = ("diffext", "post_patch", "post_build", "tables_asm", "tables_obj", "modcommon",
+          "kmod_build", "rmsyms", "tarball", "create_update")
 
 
 def create_static(p: CreatePlan | UserError) -> list[dict]:
     """The create tasks whose inputs and outputs are known before the post build."""
-    names = ("post_patch", "post_build", "tables_asm", "tables_obj", "modcommon",
-             "kmod_build", "rmsyms", "tarball")
     if isinstance(p, UserError):
-        return [_failing(n, p) for n in names] + [_failing("create_update", p)]
-    s, cd = p.settings, collect.collect_dir(p.settings)
-    roles = modules.ROLES
-    linked = [cd / f"collection.o.{r}.linked" for r in roles]
-    return [
-        _task("post_patch", p, patching.apply_patch, s, p.patch,
+        return [_failing(n, p) for n in STATIC]
+    s, work = p.settings, p.work
+    smap = s.orig / "System.map"
+    linked = [work.linked(r) for r in ROLES]
+    kmodsrc = [str(f) for f in kmod.all_kmodsrc_files()]
+    tasks = []
+    if s.diffext is not None:
+        tasks.append(_task("diffext", p, "patching:write_diffext_patch", s, s.diffext, p.patch,
+                           targets=[p.patch],
+                           uptodate=[(patching.diffext_is_current, [s, s.diffext, p.patch])],
+                           config=s.diffext))
+    tasks += [
+        _task("post_patch", p, "patching:post_patch", s, p.patch,
               task_dep=["prebuild"],
-              file_dep=[p.patch, s.postdir / POST_MARKER, s.state / prebuild.PRE_STAMP],
-              targets=[patching.record_path(s)],
+              file_dep=[p.patch, s.postdir / POST_MARKER, s.layout.pre_stamp,
+                        s.orig / ".config", smap],
+              targets=[work.post_patch],
               uptodate=[(patching.patch_is_applied, [s, p.patch])],
               config=" ".join(s.patch_opts)),
-        _task("post_build", p, postbuild.build_post, s,
-              file_dep=[patching.record_path(s)],
-              targets=[p.work / postbuild.RECORD]),
-        _task("tables_asm", p, modules.write_tables, s, task_dep=["collect"],
-              file_dep=[cd / f"tables.{r}.json" for r in roles] + [s.orig / "System.map"],
-              targets=[cd / f"tables.{r}.s" for r in roles]),
-        _task("tables_obj", p, modules.assemble_tables, s,
-              file_dep=[cd / f"tables.{r}.s" for r in roles]
-              + [cd / f"collection.o.{r}" for r in roles],
+        _task("post_build", p, "postbuild:build_post", s,
+              file_dep=[work.post_patch],
+              targets=[work.post_build]),
+        _task("tables_asm", p, "kmod:write_tables", work, smap, task_dep=["collect"],
+              file_dep=[work.tables_json(r) for r in ROLES] + [smap],
+              targets=[work.tables_asm(r) for r in ROLES]),
+        _task("tables_obj", p, "kmod:assemble_tables", work, kwargs={"verbose": s.verbose},
+              file_dep=[work.tables_asm(r) for r in ROLES]
+              + [work.tables_json(r) for r in ROLES]
+              + [work.collection(r) for r in ROLES],
               targets=linked),
-        _task("modcommon", p, modules.write_modcommon, s, p.uid,
-              file_dep=[s.orig / "System.map"],
-              targets=[modules.kmod_dir(s) / "modcommon.auto.h"],
-              config=p.uid),
-        _task("kmod_build", p, modules.build, s, p.uid,
-              file_dep=[*linked, modules.kmod_dir(s) / "modcommon.auto.h",
-                        *kmod.all_kmodsrc_files()],
-              targets=p.kos),
-        _task("rmsyms", p, modules.rmsyms_check, s, p.uid,
-              file_dep=[*p.kos, s.ksrc / "Module.symvers"],
-              targets=[cd / "rmsyms.json"]),
-        _task("tarball", p, write_tarball, p,
-              file_dep=[*p.kos, p.patch, cd / "rmsyms.json"],
-              targets=[p.tarball]),
+        _task("modcommon", p, "kmod:write_modcommon", work, smap, **WITH_ID,
+              file_dep=[smap],
+              targets=[work.modcommon]),
+        _task("kmod_build", p, "kmod:build", work, s.ksrc, **WITH_ID,
+              kwargs={"jobs": s.jobs, "verbose": s.verbose},
+              file_dep=[*linked, work.modcommon, *kmodsrc],
+              targets=[work.modules]),
+        _task("rmsyms", p, "kmod:rmsyms_check", work, s.ksrc,
+              file_dep=[work.modules, s.ksrc / "Module.symvers"],
+              targets=[work.rmsyms]),
+        _task("tarball", p, "package:write_tarball", s.outdir, work, p.patch,
+              [Path(f).name for f in kmodsrc],
+              file_dep=[work.modules, p.patch, work.rmsyms, work.post_build],
+              targets=[p.tarball] if p.tarball else [],
+              uptodate=[(package.tarball_is_written, [s.outdir, work])]),
         {"basename": "create_update", "doc": DOCS["create_update"], "actions": None,
          "task_dep": ["tarball"]},
     ]
-
-
-def _object_source(s: Settings, rel: str) -> str | None:
-    cmd = s.postdir / Path(rel).parent / f".{Path(rel).name}.cmd"
-    try:
-        return postbuild.parse_cmd(cmd.read_bytes())[1]
-    except OSError:
-        return None
+    return tasks
 
 
 PER_OBJECT = ("objdiff", "extract", "collect")
 PER_OBJECT_DOC = "Per changed object: objdiff and extract, then collect (known after post_build)"
 
 
+def _raise(err: Exception) -> None:
+    raise err
+
+
 def create_objects(p: CreatePlan | UserError) -> list[dict]:
     """objdiff and extract tasks, one per changed object, plus collect (after post_build)."""
     if isinstance(p, UserError):
         return [_failing(n, p) for n in PER_OBJECT]
-    s = p.settings
-    built = postbuild.load_result(s)
-    objects = built.changed if built else []
-    chunks = patching.file_chunks(p.patch.read_text(errors="replace"),
-                                  patching.strip_level(s.patch_opts))
+    s, work = p.settings, p.work
+    try:
+        built = postbuild.load_result(s)
+        objects = built.changed if built else []
+        chunks = patching.file_chunks(p.patch.read_text(errors="replace"),
+                                      patching.strip_level(s.patch_opts))
+        sources = {rel: cmdfile.read(s.postdir, rel) for rel in objects}
+    except Exception as e:  # reading what the post build left: report it like a task would
+        return [_task(n, p, _raise, e) for n in PER_OBJECT]
     tasks = []
     for rel in objects:
-        wd = extract.work_dir(s, rel)
-        source = _object_source(s, rel)
+        out = work.object(rel)
+        pre, post = s.ksrc / rel, s.postdir / rel
+        cmd = sources[rel]
+        source = cmd.source if cmd else None
         chunk = chunks.get(source or "", "")
-        tasks.append(_task("objdiff", p, extract.diff_one, s, rel, source, chunk, name=rel,
-                           file_dep=[s.ksrc / rel, s.postdir / rel],
-                           targets=[wd / extract.DIFF],
+        tasks.append(_task("objdiff", p, "extract:diff_object", pre, post, rel, out, source,
+                           chunk, kwargs={"verbose": s.verbose}, name=rel,
+                           file_dep=[pre, post],
+                           targets=[out.diff],
                            config=chunk))
-        tasks.append(_task("extract", p, extract.extract_one, s, rel, name=rel,
-                           file_dep=[wd / extract.DIFF, s.ksrc / rel, s.postdir / rel],
-                           targets=[wd / extract.RECORDS]))
-    cd = collect.collect_dir(s)
-    tasks.append(_task("collect", p, collect.collect, s, objects,
-                       file_dep=[extract.work_dir(s, r) / extract.RECORDS for r in objects],
-                       targets=[cd / f"collection.o.{r}" for r in modules.ROLES]
-                       + [cd / f"tables.{r}.json" for r in modules.ROLES],
+        tasks.append(_task("extract", p, "extract:extract_object", pre, post, rel, out,
+                           name=rel,
+                           file_dep=[out.diff, pre, post],
+                           targets=[out.records]))
+    tasks.append(_task("collect", p, "collect:collect", [work.object(r) for r in objects], work,
+                       kwargs={"verbose": s.verbose},
+                       file_dep=[work.object(r).records for r in objects],
+                       targets=[work.collection(r) for r in ROLES]
+                       + [work.tables_json(r) for r in ROLES],
                        config=" ".join(objects)))
     return tasks
 
 
-def write_tarball(p: CreatePlan) -> None:
-    s, cd = p.settings, collect.collect_dir(p.settings)
-    md = modules.kmod_dir(s)
-    sources = [src.name for src in kmod.all_kmodsrc_files()] + ["modcommon.auto.h"]
-    debug = [("collect", cd), *((f"kmodsrc/{n}", md / n) for n in sources),
-             *((f"objects/{extract.object_key(r)}", extract.work_dir(s, r))
-               for r in postbuild.load_result(s).changed),
-             ("post-build.json", p.work / postbuild.RECORD)]
-    package.pack(p.tarball, p.uid, p.patch, p.kos[0], p.kos[1], debug)
-    print(f"Ksplice update tarball written to {p.tarball.name}"
-          + (f" (in {p.tarball.parent})" if p.tarball.parent != Path.cwd() else ""), flush=True)
-
-
-def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
-    try:
-        return settings_from_vars(v)
-    except UserError as e:
-        return e
-
-
 def namespace(s: Settings | UserError, reporter: type = KspliceReporter) -> dict[str, Any]:
-    """The tasks as a module namespace, for doit's ModuleTaskLoader."""
+    """The tasks as a module namespace: dodo.py's globals, or doit's ModuleTaskLoader's."""
     plan = plan_create(s)
-    per_object = create_after(executed="post_build", creates=list(PER_OBJECT))(
-        lambda: (yield from create_objects(plan)))
+
+    def task_per_object():
+        yield from create_objects(plan)
+
+    per_object = create_after(executed="post_build", creates=list(PER_OBJECT))(task_per_object)
     per_object.__doc__ = PER_OBJECT_DOC
     return {
         "DOIT_CONFIG": doit_config(s, reporter),
@@ -390,4 +482,3 @@ def namespace(s: Settings | UserError, reporter: type = KspliceReporter) -> dict
         "task_create_update": lambda: (yield from create_static(plan)),
         "task_per_object": per_object,
     }
-

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ksplice_tasks import names
 from ksplice_tasks.testing import testkernel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,13 +23,19 @@ def run_create(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
                           capture_output=True, text=True, check=False)
 
 
-def run_doit(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """`doit` on a private copy of dodo.py, so persisted variables stay in workdir."""
+def run_doit(workdir: Path, *args: str, path_prefix: Path | None = None
+             ) -> subprocess.CompletedProcess:
+    """`doit` on a private copy of dodo.py, so persisted variables stay in workdir.
+
+    ``path_prefix`` goes first on PATH (a directory of fake commands).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dodo.py", workdir / "dodo.py")
     doit = Path(sys.executable).with_name("doit")
     cmd = [str(doit)] if doit.exists() else [sys.executable, "-m", "doit"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run([*cmd, *args], cwd=workdir, capture_output=True, text=True,
                           check=False, env=env)
 
@@ -96,7 +103,7 @@ EXPECTED = {
 
 def tarball_from(stdout: str, outdir: Path) -> Path:
     """The tarball ksplice-create's closing message names."""
-    m = re.search(r"Ksplice update tarball written to (ksplice-([a-z0-9]{8})\.tar\.gz)", stdout)
+    m = re.search(rf"Ksplice update tarball written to ({names.TARBALL_RE.pattern})", stdout)
     assert m, stdout[-2000:]
     return outdir / m.group(1)
 

@@ -8,21 +8,29 @@ size and patch records become `.ksplice.*` tables (see kmodsrc/README.md).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 
-from ksplice_tasks.artifacts import RelocRecord
+from ksplice_tasks import artifacts
+from ksplice_tasks.artifacts import ObjectRecords, RelocRecord
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_json
-from ksplice_tasks.stages import kmod
-from ksplice_tasks.stages.extract import RECORDS, work_dir
-from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.files import atomic_path, write_atomic
+from ksplice_tasks.names import (
+    GLOBAL_SUFFIX,
+    POST,
+    PRE,
+    PRIMARY,
+    ROLES,
+    global_alias,
+    kernel_name,
+    tagged_name,
+)
+from ksplice_tasks.stages.layout import CreateLayout, ObjectPaths
 
-GLOBAL = "_global"
+# The JSON form of one module's tables (collect writes it, the module build reads it).
+TABLES = artifacts.Codec(metadata.ModuleTables, "module-tables")
 # Code the running kernel has freed after boot (or never keeps): nothing to match or patch.
 DISCARDED = (".init.", ".exit.")
 
@@ -31,93 +39,75 @@ def discarded(section: str) -> bool:
     return section.startswith(DISCARDED)
 
 
-def collect_dir(s: Settings) -> Path:
-    return s.state / "create" / "collect"
+def side_of(role: str) -> str:
+    """The symbol side a module's code comes from: the primary's is post, the helper's pre."""
+    return POST if role == PRIMARY else PRE
 
 
-def load_records(s: Settings, objects: Iterable[str]) -> list[dict]:
-    return [json.loads((work_dir(s, rel) / RECORDS).read_text()) for rel in objects]
+def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.ModuleTables:
+    """The tables of one module ('primary' or 'helper') from the per-object records.
 
-
-def original_name(name: str, tag: str, suffix: str) -> str:
-    """f____tag_post -> f: the name the running kernel knows."""
-    marker = tag + suffix
-    return name[: -len(marker)] if name.endswith(marker) else name
-
-
-def module_tables(records: Sequence[dict], role: str) -> metadata.ModuleTables:
-    """The tables of one module ('primary' or 'helper') from the per-object records."""
-    suffix = "_post" if role == "primary" else "_pre"
+    The kernel side's own imports are not among them: the module build adds those.
+    """
+    side = side_of(role)
     relocs: list[RelocRecord] = []
     sizes: list[metadata.SizeInput] = []
     patches: list[metadata.PatchInput] = []
     for rec in records:
-        if rec["empty"]:
+        if rec.empty:
             continue
-        relocs += [RelocRecord(**r) for r in rec[f"{role}_relocs"]
-                   if not discarded(r["section"])]
-        sizes += [metadata.SizeInput(original_name(z["name"], rec["tag"], suffix), z["size"],
-                                     z["name"] + GLOBAL)
-                  for z in rec[f"{role}_sizes"] if not discarded(z["section"])]
-        if role == "primary":
-            renames = rec.get("renames", {})
-            patches += [metadata.PatchInput(renames.get(f, f), f"{f}{rec['tag']}_post{GLOBAL}")
+        relocs += [r for r in getattr(rec, f"{role}_relocs") if not discarded(r.section)]
+        sizes += [metadata.SizeInput(kernel_name(z.name, rec.tag, side), z.size,
+                                     global_alias(z.name))
+                  for z in getattr(rec, f"{role}_sizes") if not discarded(z.section)]
+        if role == PRIMARY:
+            patches += [metadata.PatchInput(rec.renames.get(f, f),
+                                            tagged_name(f, rec.tag, POST, is_global=True))
                         for f in patched_functions(rec)]
-    tables = metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL),
-                                   sizes=sizes, patches=patches)
-    return kmod.with_primary_imports(tables) if role == "primary" else tables
+    return metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL_SUFFIX),
+                                 sizes=sizes, patches=patches)
 
 
-def patched_functions(rec: dict) -> list[str]:
+def patched_functions(rec: ObjectRecords) -> list[str]:
     """The changed functions that still run: __init/__exit code gets no jump."""
-    section = {z["name"]: z["section"] for z in rec["primary_sizes"]}
-    return [f for f in rec["changed"]
-            if not discarded(section.get(f"{f}{rec['tag']}_post", ""))]
+    section = {z.name: z.section for z in rec.primary_sizes}
+    return [f for f in rec.changed
+            if not discarded(section.get(tagged_name(f, rec.tag, POST), ""))]
 
 
 def link(objects: Sequence[Path], out: Path, verbose: bool = False) -> Path:
     """ld -r of the per-object results into one collection object."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    run(["ld", "-r", "-o", tmp, *objects], verbose=verbose, what="ld -r (collection)")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        run(["ld", "-r", "-o", tmp, *objects], verbose=verbose, what="ld -r (collection)")
     return out
 
 
-def collect(s: Settings, objects: Sequence[str]) -> dict:
-    """Link both collections and write both modules' tables (as JSON, for the next tasks)."""
-    records = load_records(s, objects)
-    live = [r for r in records if not r["empty"]]
+def collect(objects: Sequence[ObjectPaths], work: CreateLayout, *,
+            verbose: bool = False) -> dict:
+    """Link both collections and write both modules' tables (as JSON, for the next tasks).
+
+    ``objects`` are the changed objects' work files (their records, primary
+    and helper objects); the results go to ``work.collection(role)`` and
+    ``work.tables_json(role)``. Returns the patched and new function names.
+    UserError when nothing is left to patch.
+    """
+    records = [artifacts.RECORDS.read(o.records) for o in objects]
+    live = [(o, r) for o, r in zip(objects, records, strict=True) if not r.empty]
     if not live:
         raise UserError("Aborting: No changes detected (only __LINE__ constants changed)")
-    cd = collect_dir(s)
-    for role in ("primary", "helper"):
-        link([work_dir(s, r["object"]) / f"{role}.o" for r in live],
-             cd / f"collection.o.{role}", s.verbose)
-        tables = module_tables(live, role)
-        write_json(cd / f"tables.{role}.json", tables_to_json(tables))
-    changed = sorted({f for r in live for f in patched_functions(r)})
-    skipped = sorted({f for r in live for f in r["changed"]} - set(changed))
+    for role in ROLES:
+        link([o.module_object(role) for o, _ in live], work.collection(role), verbose)
+        tables = module_tables([r for _, r in live], role)
+        write_atomic(work.tables_json(role), TABLES.dumps(tables))
+    live_records = [r for _, r in live]
+    changed = sorted({f for r in live_records for f in patched_functions(r)})
+    skipped = sorted({f for r in live_records for f in r.changed} - set(changed))
     if skipped:
         print(f"collect: ignoring changes to code that has already run and been freed "
               f"(__init/__exit): {', '.join(skipped)}", flush=True)
     if not changed:
         raise UserError("Aborting: No changes detected (only __init/__exit code changed)")
-    new = sorted({f for r in live for f in r["new"]})
+    new = sorted({f for r in live_records for f in r.new})
     print(f"collect: {len(live)} object(s), {len(changed)} function(s) to patch "
           f"({', '.join(changed)}), {len(new)} new", flush=True)
     return {"changed": changed, "new": new}
-
-
-def tables_to_json(t: metadata.ModuleTables) -> dict:
-    return {k: [asdict(x) for x in getattr(t, k)] for k in ("relocs", "sizes", "patches",
-                                                           "imports")}
-
-
-def tables_from_json(data: dict) -> metadata.ModuleTables:
-    return metadata.ModuleTables(
-        relocs=[metadata.RelocInput(**x) for x in data["relocs"]],
-        sizes=[metadata.SizeInput(**x) for x in data["sizes"]],
-        patches=[metadata.PatchInput(**x) for x in data["patches"]],
-        imports=[metadata.ImportInput(**x) for x in data["imports"]],
-    )

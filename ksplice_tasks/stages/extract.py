@@ -5,59 +5,50 @@ Each function here is the action of one per-object doit task, so editing a
 patch redoes only the objects whose bytes (or whose own hunks) changed. The
 symbol tag is derived from the object's path, not from the update id, for
 the same reason: a new id must not invalidate untouched objects.
+
+Both take the pre and post object files and an
+:class:`~ksplice_tasks.stages.layout.ObjectPaths` for their results
+explicitly, so a test can run them on objects it compiled itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 
-from ksplice_tasks.files import write_json
+from ksplice_tasks import artifacts
+from ksplice_tasks.artifacts import DiffRecord, ObjectRecords
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.names import POST, PRE, object_tag, side_suffix, symbol_suffix, tag_infix
 from ksplice_tasks.obj import objdiff, objmanip
 from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
 from ksplice_tasks.obj.elfwrite import write_object
-from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.stages.layout import ObjectPaths
 
-DIFF = "diff.json"
-RECORDS = "records.json"
 # Relocations the module loader must resolve itself: ftrace finds its call sites
 # in a module through them, and turns them into NOPs when the module loads.
 LOADER_SYMBOLS = frozenset({"__fentry__"})
 
 
-def object_key(rel: str) -> str:
-    """A directory name for an object's work files."""
-    return rel.replace("/", "__")
+def diff_object(pre: Path, post: Path, rel: str, out: ObjectPaths, source: str | None,
+                patch_text: str, *, verbose: bool = False) -> DiffRecord:
+    """objdiff of one object; the patch's own hunks tell __LINE__-only changes apart.
 
-
-def object_tag(rel: str) -> str:
-    """The ____<tag> that keeps symbols of different objects apart in one module."""
-    return "____" + hashlib.sha256(rel.encode()).hexdigest()[:8]
-
-
-def work_dir(s: Settings, rel: str) -> Path:
-    return s.state / "create" / "objects" / object_key(rel)
-
-
-def diff_one(s: Settings, rel: str, source: str | None, patch_text: str) -> dict:
-    """objdiff of one object; the patch's own hunks tell __LINE__-only changes apart."""
+    ``rel`` is the object's tree-relative path, ``source`` its source file
+    (``patch_text`` is that file's part of the patch). Writes and returns
+    ``out.diff``. Raises what objdiff raises for objects it refuses.
+    """
     line_map = objdiff.line_map_from_patch(patch_text, source) if source else None
-    d = objdiff.diff_objects(s.ksrc / rel, s.postdir / rel, line_map)
-    data = asdict(d)
-    data.update(pre=rel, post=rel, source=source)
-    write_json(work_dir(s, rel) / DIFF, data)
-    if s.verbose or d.line_only:
+    d = objdiff.diff_objects(pre, post, line_map)
+    record = DiffRecord(pre=rel, post=rel, source=source, changed=list(d.changed),
+                        new=list(d.new), removed=list(d.removed),
+                        line_only=list(d.line_only), sections=list(d.sections),
+                        section_indices=list(d.section_indices), new_data=list(d.new_data),
+                        renames=dict(d.renames), keep=list(d.keep), empty=d.is_empty)
+    write_atomic(out.diff, artifacts.DIFF.dumps(record))
+    if verbose or d.line_only:
         print(f"objdiff {rel}: changed {d.changed} new {d.new} line-only {d.line_only}",
               flush=True)
-    return {"changed": len(d.changed), "new": len(d.new)}
-
-
-def load_diff(path: Path) -> objdiff.ObjDiff:
-    data = json.loads(path.read_text())
-    data.pop("source", None)
-    return objdiff.ObjDiff(**data)
+    return record
 
 
 def weak_functions(obj: ElfObject) -> dict[str, str]:
@@ -71,31 +62,36 @@ def weak_functions(obj: ElfObject) -> dict[str, str]:
             if sym.bind == STB_WEAK and sym.type == STT_FUNC and sym.in_section}
 
 
-def extract_one(s: Settings, rel: str) -> dict:
-    """keep-primary + globalize on the post object, keep-helper + globalize on the pre."""
-    wd = work_dir(s, rel)
-    d = load_diff(wd / DIFF)
+def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths) -> ObjectRecords:
+    """keep-primary + globalize on the post object, keep-helper + globalize on the pre.
+
+    Reads ``out.diff`` (from :func:`diff_object`); writes ``out.primary``,
+    ``out.helper`` and the ``out.records`` it returns.
+    """
+    d = artifacts.DIFF.read(out.diff)
     tag = object_tag(rel)
-    record: dict = {"object": rel, "tag": tag, "changed": d.changed, "new": d.new,
-                    "renames": d.renames, "empty": d.is_empty}
-    if not d.is_empty:
-        prim, prim_relocs = objmanip.keep_primary(read_object(s.postdir / rel), d.keep, tag,
-                                                  "_post", d.renames, d.new_data)
+    record = ObjectRecords(object=rel, tag=tag, changed=d.changed, new=d.new,
+                           renames=d.renames, empty=d.empty)
+    if not d.empty:
+        prim, prim_relocs = objmanip.keep_primary(read_object(post), d.keep, tag_infix(tag),
+                                                  side_suffix(POST), d.renames, d.new_data)
         for_loader = [r for r in prim_relocs if r.symbol in LOADER_SYMBOLS]
         prim = objmanip.restore_relocs(prim, for_loader)
         prim_relocs = [r for r in prim_relocs if r.symbol not in LOADER_SYMBOLS]
-        prim, _ = objmanip.globalize(prim, tag + "_post")
-        helper, helper_relocs = objmanip.keep_helper(read_object(s.ksrc / rel), tag, "_pre")
-        helper, _ = objmanip.globalize(helper, tag + "_pre")
+        prim, _ = objmanip.globalize(prim, symbol_suffix(tag, POST))
+        helper, helper_relocs = objmanip.keep_helper(read_object(pre), tag_infix(tag),
+                                                     side_suffix(PRE))
+        helper, _ = objmanip.globalize(helper, symbol_suffix(tag, PRE))
         weak = weak_functions(helper)
-        write_object(prim, wd / "primary.o")
-        write_object(helper, wd / "helper.o")
-        record.update(
-            primary_relocs=[asdict(r) for r in prim_relocs],
-            helper_relocs=[asdict(r) for r in helper_relocs if r.section not in weak.values()],
-            primary_sizes=[asdict(r) for r in objmanip.sizelist(prim)[1]],
-            helper_sizes=[asdict(r) for r in objmanip.sizelist(helper)[1]
-                          if r.name not in weak],
+        write_object(prim, out.primary)
+        write_object(helper, out.helper)
+        record = ObjectRecords(
+            object=rel, tag=tag, changed=d.changed, new=d.new, renames=d.renames,
+            empty=False,
+            primary_relocs=list(prim_relocs),
+            helper_relocs=[r for r in helper_relocs if r.section not in weak.values()],
+            primary_sizes=list(objmanip.sizelist(prim)[1]),
+            helper_sizes=[r for r in objmanip.sizelist(helper)[1] if r.name not in weak],
         )
-    write_json(wd / RECORDS, record)
-    return {"empty": d.is_empty}
+    write_atomic(out.records, artifacts.RECORDS.dumps(record))
+    return record

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.stages.layout import STATE_DIRNAME as STATE_DIRNAME
+from ksplice_tasks.stages.layout import StateLayout, state_layout
 from ksplice_tasks.tree.snapshot import POST_MARKER
-
-STATE_DIRNAME = ".ksplice"
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,12 @@ class Settings:
     @property
     def state(self) -> Path:
         """Where doit's dep file, stamps and logs live (ORIG_CONFIG is ours to write)."""
-        return self.orig / STATE_DIRNAME
+        return self.layout.root
+
+    @property
+    def layout(self) -> StateLayout:
+        """Every path under :attr:`state`."""
+        return state_layout(self.orig)
 
     @property
     def excluded(self) -> tuple[Path, ...]:

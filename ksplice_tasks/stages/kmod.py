@@ -1,43 +1,49 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Build an update's primary and helper modules from ``kmodsrc/`` and the collection objects.
+"""Phase 4, the update's two modules: tables into the collections, Kbuild, the rmsyms check.
 
-The steps are separate functions so the task graph can make each one a doit
-task with its own ``file_dep``/``targets``:
+Each step is the action of one doit task and takes its inputs explicitly, a
+:class:`~ksplice_tasks.stages.layout.CreateLayout` for the work files, so a
+test drives the same functions in a directory of its own:
 
-1. :func:`write_tables_asm` - ``.ksplice.*`` tables of one module as assembly;
-2. :func:`assemble` - the ``.s`` into an object;
-3. :func:`link_tables` - ``ld -r`` the collection object with it
-   (:func:`check_linked` then proves every table pointer found its symbol);
-4. :func:`prepare_kmod_dir` - kmodsrc sources, ``modcommon.auto.h`` and the
-   two ``collection.o.*`` files in one directory;
-5. :func:`build_modules` - Kbuild, returning the two ``.ko`` paths.
-
-:func:`build_update_modules` runs them all, for tests and simple callers.
+1. :func:`write_tables` - each module's ``.ksplice.*`` tables (collect's
+   ``tables.<role>.json``) as assembly, with System.map candidates;
+2. :func:`assemble_tables` - assembled and ``ld -r``'d into the collection
+   objects (:func:`check_linked` proves every table pointer found its symbol);
+3. :func:`write_modcommon` - ``modcommon.auto.h``: the id and the KASLR anchor;
+4. :func:`build` - kmodsrc and the linked collections in the module
+   directory, Kbuild against the pre tree (so the vermagic is the running
+   kernel's), and the ``modules.json`` record;
+5. :func:`rmsyms_check` - neither module needs an unexported symbol.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
-
+from ksplice_tasks import artifacts
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import atomic_path, copy_if_changed, write_if_changed, write_json
+from ksplice_tasks.names import HELPER, PRIMARY, ROLES, check_id, module_file, module_files
+from ksplice_tasks.obj.elfread import undefined_symbols
+from ksplice_tasks.stages.collect import TABLES
+from ksplice_tasks.stages.layout import CreateLayout
 
 KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "primary.c",
                  "helper.c", "ksplice.h", "resolve.h", "runpre.h", "patch.h", "sysfs.h",
                  "ksplice_abort.h", metadata.HEADER_NAME)
 # Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
-# build_update_modules adds them to the primary's imports table.
+# write_tables adds them to the primary's imports table.
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
 PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
                    "module_kallsyms_on_each_symbol")
+
+# The module file names, as tests and older callers know them.
+module_names = module_files
 
 
 def kmodsrc_dir() -> Path:
@@ -50,62 +56,53 @@ def kmodsrc_dir() -> Path:
     return here.parent / "kmodsrc"
 
 
-def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write unless the file already holds these bytes (Kbuild then has nothing to redo)."""
-    raw = data.encode() if isinstance(data, str) else data
-    if path.is_file() and path.read_bytes() == raw:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.replace(tmp, path)
-    return path
+def all_kmodsrc_files(src: Path | None = None) -> Iterable[Path]:
+    """The sources a module build depends on (for doit file_dep)."""
+    src = src or kmodsrc_dir()
+    return [src / n for n in KMODSRC_FILES]
 
 
-def _copy_atomic(src: Path, dest: Path) -> Path:
-    if dest.is_file() and dest.read_bytes() == src.read_bytes():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-    return dest
+def read_system_map(path: Path) -> dict[str, list[int]]:
+    """Parse an ORIG_CONFIG System.map file: name -> addresses."""
+    return metadata.parse_system_map(path.read_text())
 
 
-def write_modcommon(dest: Path, update_id: str, system_map: metadata.SystemMap,
-                    anchor: str = metadata.DEFAULT_ANCHOR) -> Path:
-    """Write ``modcommon.auto.h`` (id, KASLR anchor) to the file ``dest``."""
-    return _write_atomic(dest, metadata.render_modcommon(update_id, system_map, anchor))
+# -- the tables ----------------------------------------------------------------------
+
+
+def with_primary_imports(tables: metadata.ModuleTables) -> metadata.ModuleTables:
+    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack."""
+    have = {i.name for i in tables.imports}
+    extra = tuple(metadata.ImportInput(n) for n in PRIMARY_IMPORTS if n not in have)
+    return replace(tables, imports=tuple(tables.imports) + extra)
+
+
+def module_tables(work: CreateLayout, role: str) -> metadata.ModuleTables:
+    """What module ``role`` carries: collect's tables, plus the primary's own imports."""
+    tables = TABLES.read(work.tables_json(role))
+    return with_primary_imports(tables) if role == PRIMARY else tables
 
 
 def write_tables_asm(dest: Path, tables: metadata.ModuleTables,
                      system_map: metadata.SystemMap) -> Path:
-    """Write one module's ``.ksplice.*`` tables as assembly to ``dest``."""
-    return _write_atomic(dest, metadata.render_asm(tables, system_map))
+    """Write one module's ``.ksplice.*`` tables as assembly to ``dest`` (unless unchanged)."""
+    return write_if_changed(dest, metadata.render_asm(tables, system_map))
 
 
 def assemble(asm: Path, out: Path, *, verbose: bool = False) -> Path:
     """``gcc -c -x assembler``: the same driver Kbuild uses, no kernel flags needed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".asm-", dir=out.parent) as tmp:
-        obj = Path(tmp) / out.name
-        run(["gcc", "-c", "-x", "assembler", "-o", obj, asm], verbose=verbose,
+    with atomic_path(out) as tmp:
+        run(["gcc", "-c", "-x", "assembler", "-o", tmp, asm], verbose=verbose,
             what=f"assembling {asm.name}")
-        os.replace(obj, out)
     return out
 
 
 def link_tables(collection: Path, tables_obj: Path, out: Path, *,
                 verbose: bool = False) -> Path:
     """``ld -r`` a collection object with its tables object into ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".ld-", dir=out.parent) as tmp:
-        obj = Path(tmp) / out.name
-        run(["ld", "-r", "-o", obj, collection, tables_obj], verbose=verbose,
+    with atomic_path(out) as tmp:
+        run(["ld", "-r", "-o", tmp, collection, tables_obj], verbose=verbose,
             what=f"linking tables into {collection.name}")
-        os.replace(obj, out)
     return out
 
 
@@ -113,14 +110,6 @@ def table_symbols(tables: metadata.ModuleTables) -> set[str]:
     """The collection symbols the tables point at (anchors, copies, replacements)."""
     return ({r.anchor for r in tables.relocs} | {s.pointer for s in tables.sizes}
             | {p.replacement for p in tables.patches})
-
-
-def undefined_symbols(obj: Path) -> set[str]:
-    """Names an object leaves for the module loader to resolve."""
-    with open(obj, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        return {s.name for s in symtab.iter_symbols()
-                if s.name and s["st_shndx"] == "SHN_UNDEF"} if symtab else set()
 
 
 def check_linked(obj: Path, tables: metadata.ModuleTables) -> None:
@@ -135,28 +124,39 @@ def check_linked(obj: Path, tables: metadata.ModuleTables) -> None:
                         + ", ".join(missing[:10]))
 
 
-def prepare_kmod_dir(dest: Path, update_id: str, system_map: metadata.SystemMap,
-                     primary: Path, helper: Path, *, src: Path | None = None,
-                     anchor: str = metadata.DEFAULT_ANCHOR) -> Path:
-    """A directory Kbuild can build: kmodsrc, modcommon.auto.h, collection.o.{primary,helper}.
+def write_tables(work: CreateLayout, system_map: Path) -> None:
+    """The .ksplice.* tables as assembly, one file per module (the seed's save_using_asm).
 
-    ``primary``/``helper`` are collection objects with their tables linked in.
+    Reads ``work.tables_json(role)``, writes ``work.tables_asm(role)``.
     """
-    metadata.check_id(update_id)
-    src = src or kmodsrc_dir()
-    for name in KMODSRC_FILES:
-        if not (src / name).is_file():
-            raise UserError(f"kernel module source missing: {src / name}")
-        _copy_atomic(src / name, dest / name)
-    write_modcommon(dest / "modcommon.auto.h", update_id, system_map, anchor)
-    _copy_atomic(primary, dest / "collection.o.primary")
-    _copy_atomic(helper, dest / "collection.o.helper")
-    return dest
+    smap = read_system_map(system_map)
+    for role in ROLES:
+        write_tables_asm(work.tables_asm(role), module_tables(work, role), smap)
 
 
-def module_names(update_id: str) -> tuple[str, str]:
-    """File names of the primary and helper modules."""
-    return f"ksplice-{update_id}.ko", f"ksplice-{update_id}-helper.ko"
+def assemble_tables(work: CreateLayout, *, verbose: bool = False) -> None:
+    """Assemble each module's tables and link them into its collection object.
+
+    Reads ``work.tables_asm(role)`` and ``work.collection(role)``, writes
+    ``work.linked(role)``; UserError if a table points at a missing symbol.
+    """
+    for role in ROLES:
+        obj = assemble(work.tables_asm(role), work.tables_obj(role), verbose=verbose)
+        out = link_tables(work.collection(role), obj, work.linked(role), verbose=verbose)
+        check_linked(out, module_tables(work, role))
+
+
+# -- the modules ---------------------------------------------------------------------
+
+
+def write_modcommon(work: CreateLayout, system_map: Path, update_id: str) -> Path:
+    """``modcommon.auto.h`` (the id, the KASLR anchor's System.map address) in ``work.kmod``.
+
+    Left alone when unchanged, so Kbuild has nothing to redo. ValueError for a
+    malformed id or an anchor System.map does not list exactly once.
+    """
+    text = metadata.render_modcommon(update_id, read_system_map(system_map))
+    return write_if_changed(work.modcommon, text)
 
 
 def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1) -> list[str]:
@@ -165,64 +165,74 @@ def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1) -> list
             f"-j{jobs}", "modules"]
 
 
-def build_modules(kdir: Path, moddir: Path, update_id: str, *, jobs: int = 1,
-                  verbose: bool = False) -> tuple[Path, Path]:
-    """Run Kbuild in a prepared directory; return (primary .ko, helper .ko)."""
-    argv = kbuild_argv(kdir, moddir.resolve(), update_id, jobs)
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
+          verbose: bool = False, src: Path | None = None) -> artifacts.ModulesRecord:
+    """Kbuild of kmodsrc/ plus the linked collections in ``work.kmod``, against ``kdir``.
+
+    ``kdir`` is a built kernel tree (or O= directory) with Module.symvers;
+    ``work.modcommon`` must be written first. Writes and returns the
+    ``work.modules`` record. UserError when a source is missing or Kbuild fails.
+    """
+    check_id(update_id)
+    src = src or kmodsrc_dir()
+    moddir = work.kmod
+    for path in all_kmodsrc_files(src):
+        if not path.is_file():
+            raise UserError(f"kernel module source missing: {path}")
+        copy_if_changed(path, moddir / path.name)
+    for role in ROLES:
+        copy_if_changed(work.linked(role), moddir / work.collection(role).name)
     if not (kdir / "Module.symvers").is_file():
         raise UserError(f"{kdir} has no Module.symvers: build the kernel with "
                         "'make modules' first")
-    run(argv, verbose=verbose, what="building the update modules")
-    kos = tuple(moddir / n for n in module_names(update_id))
+    run(kbuild_argv(kdir, moddir.resolve(), update_id, jobs), verbose=verbose,
+        what="building the update modules")
+    kos = [moddir / module_file(update_id, role) for role in (PRIMARY, HELPER)]
     for ko in kos:
         if not ko.is_file():
             raise UserError(f"Kbuild did not produce {ko}")
-    return kos[0], kos[1]
+    record = artifacts.ModulesRecord(update_id, kos[0].name, kos[1].name,
+                                     _sha256(kos[0]), _sha256(kos[1]))
+    write_if_changed(work.modules, artifacts.MODULES.dumps(record))
+    return record
 
 
-@dataclass(frozen=True)
-class ModuleInputs:
-    """One module's collection object (without tables) and its table records."""
-
-    collection: Path
-    tables: metadata.ModuleTables
+def built_modules(work: CreateLayout) -> tuple[str, Path, Path]:
+    """(update id, primary .ko, helper .ko) of the last :func:`build` in ``work``."""
+    rec = artifacts.MODULES.read(work.modules)
+    return rec.update_id, work.kmod / rec.primary, work.kmod / rec.helper
 
 
-def with_primary_imports(tables: metadata.ModuleTables) -> metadata.ModuleTables:
-    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack."""
-    have = {i.name for i in tables.imports}
-    extra = tuple(metadata.ImportInput(n) for n in PRIMARY_IMPORTS if n not in have)
-    return replace(tables, imports=tuple(tables.imports) + extra)
+def exported_symbols(tree: Path) -> set[str]:
+    """Names in the pre tree's Module.symvers: what the module loader resolves by itself."""
+    out = set()
+    for line in (tree / "Module.symvers").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            out.add(parts[1])
+    return out
 
 
-def build_update_modules(workdir: Path, kdir: Path, update_id: str,
-                         system_map: metadata.SystemMap, primary: ModuleInputs,
-                         helper: ModuleInputs, *, jobs: int = 1,
-                         verbose: bool = False) -> tuple[Path, Path]:
-    """All steps: tables, collection objects, kmod dir, Kbuild. Returns the two .ko.
+def rmsyms_check(work: CreateLayout, kdir: Path) -> dict:
+    """The seed's rmsyms: no module may need an unexported symbol from the module loader.
 
-    The primary's imports always include :data:`PRIMARY_IMPORTS`, which the
-    kernel side needs to patch.
+    kmodsrc reaches unexported symbols through its imports table, resolved at
+    load time like any other, so nothing is left to strip; this proves it.
+    Writes ``work.rmsyms`` (module file name -> its undefined symbols).
     """
-    primary = ModuleInputs(primary.collection, with_primary_imports(primary.tables))
-    linked: list[Path] = []
-    for role, inputs in (("primary", primary), ("helper", helper)):
-        asm = write_tables_asm(workdir / f"tables.{role}.s", inputs.tables, system_map)
-        obj = assemble(asm, workdir / f"tables.{role}.o", verbose=verbose)
-        out = link_tables(inputs.collection, obj, workdir / f"collection.o.{role}.linked",
-                          verbose=verbose)
-        check_linked(out, inputs.tables)
-        linked.append(out)
-    moddir = prepare_kmod_dir(workdir / "kmodsrc", update_id, system_map, *linked)
-    return build_modules(kdir, moddir, update_id, jobs=jobs, verbose=verbose)
-
-
-def read_system_map(path: Path) -> dict[str, list[int]]:
-    """Parse an ORIG_CONFIG System.map file."""
-    return metadata.parse_system_map(path.read_text())
-
-
-def all_kmodsrc_files(src: Path | None = None) -> Iterable[Path]:
-    """The sources a module build depends on (for doit file_dep)."""
-    src = src or kmodsrc_dir()
-    return [src / n for n in KMODSRC_FILES]
+    exported = exported_symbols(kdir)
+    out = {}
+    _uid, *kos = built_modules(work)
+    for ko in kos:
+        needed = undefined_symbols(ko)
+        unexported = sorted(needed - exported)
+        if unexported:
+            raise UserError(f"{ko.name} needs unexported kernel symbols: "
+                            f"{', '.join(unexported[:8])}")
+        out[ko.name] = sorted(needed)
+    write_json(work.rmsyms, out)
+    return {"checked": len(out)}

@@ -13,13 +13,15 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ksplice_tasks import artifacts
+from ksplice_tasks.files import atomic_path
+from ksplice_tasks.names import ID_CHARS, module_files, package_dir, tarball_name
 from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.stages.layout import CreateLayout
 
-ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 ID_VERSION = b"ksplice-py update id 1\0"
 
 
@@ -37,12 +39,12 @@ def update_id(patch: bytes, patch_opts: Sequence[str], config: bytes, system_map
 
 
 def settings_id(s: Settings, patch: Path) -> str:
+    """The id of ``patch`` applied with ``s``'s options to ``s``'s running kernel.
+
+    Reads the patch and ORIG_CONFIG's .config and System.map (OSError if one is missing).
+    """
     return update_id(patch.read_bytes(), s.patch_opts, (s.orig / ".config").read_bytes(),
                      (s.orig / "System.map").read_bytes())
-
-
-def tarball_name(uid: str) -> str:
-    return f"ksplice-{uid}.tar.gz"
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -59,12 +61,14 @@ def _add_tree(tar: tarfile.TarFile, arcdir: str, root: Path) -> None:
 
 def pack(out: Path, uid: str, patch: Path, primary: Path, helper: Path,
          debug: Sequence[tuple[str, Path]]) -> Path:
-    """ksplice-<id>/{patch, ksplice-<id>.ko, ksplice-<id>-helper.ko, debug/...}, atomically."""
-    top = f"ksplice-{uid}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    """ksplice-<id>/{patch, <primary>, <helper>, debug/...} into ``out``, atomically.
+
+    ``debug`` pairs a name under ``debug/`` with a file or a directory (taken
+    whole); missing ones are left out. Entries carry mtime 0 and mode 0644,
+    so the same inputs give the same members.
+    """
+    top = package_dir(uid)
+    with atomic_path(out) as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             for d in (top, f"{top}/debug"):
                 info = tarfile.TarInfo(d)
@@ -79,8 +83,52 @@ def pack(out: Path, uid: str, patch: Path, primary: Path, helper: Path,
                 elif path.is_file():
                     _add_bytes(tar, f"{top}/debug/{name}", path.read_bytes())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    return out
+
+
+def debug_files(work: CreateLayout, objects: Sequence[str], kmodsrc: Sequence[str]
+                ) -> list[tuple[str, Path]]:
+    """What an update's ``debug/`` holds, as :func:`pack` takes it.
+
+    ``objects`` are the changed objects (tree-relative), ``kmodsrc`` the
+    module source file names copied into the module directory.
+    """
+    return [("collect", work.collect),
+            *((f"kmodsrc/{n}", work.kmod / n) for n in (*kmodsrc, work.modcommon.name)),
+            *((f"objects/{work.object(r).dir.name}", work.object(r).dir) for r in objects),
+            ("post-build.json", work.post_build)]
+
+
+def built_tarball(outdir: Path, work: CreateLayout) -> Path | None:
+    """The tarball the last module build's update id names in ``outdir``; None before one."""
+    try:
+        rec = artifacts.MODULES.read(work.modules)
+    except (OSError, ValueError):
+        return None
+    return outdir / tarball_name(rec.update_id)
+
+
+def tarball_is_written(outdir: Path, work: CreateLayout) -> bool:
+    """doit uptodate: the tarball of the modules last built is in ``outdir``."""
+    path = built_tarball(outdir, work)
+    return path is not None and path.is_file()
+
+
+def write_tarball(outdir: Path, work: CreateLayout, patch: Path, kmodsrc: Sequence[str]
+                  ) -> Path:
+    """Pack the built modules (``work.modules``) and ``patch`` into ``outdir``.
+
+    The changed objects come from ``work.post_build``; ``kmodsrc`` names the
+    module sources to add to ``debug/``. Prints where the tarball went and
+    returns its path. Raises ArtifactError (ValueError) if a record is bad,
+    OSError if a file is missing or ``outdir`` is not writable.
+    """
+    mods = artifacts.MODULES.read(work.modules)
+    built = artifacts.POST_BUILD.read(work.post_build)
+    primary, helper = (work.kmod / n for n in module_files(mods.update_id))
+    out = outdir / tarball_name(mods.update_id)
+    pack(out, mods.update_id, patch, primary, helper,
+         debug_files(work, built.changed, kmodsrc))
+    where = f" (in {out.parent})" if out.parent != Path.cwd() else ""
+    print(f"Ksplice update tarball written to {out.name}{where}", flush=True)
     return out

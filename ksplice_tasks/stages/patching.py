@@ -11,7 +11,6 @@ and every failure leaves the post tree as the snapshot.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -20,13 +19,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ksplice_tasks import artifacts
+from ksplice_tasks.artifacts import PatchRecord
 from ksplice_tasks.commands import echo
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_json
+from ksplice_tasks.files import write_atomic, write_if_changed
+from ksplice_tasks.stages import package
 from ksplice_tasks.stages.inputs import Settings
 from ksplice_tasks.tree import snapshot
-
-RECORD = "post-patch.json"
 
 _ALLOWED_OPTS = re.compile(r"^(-p\d+|--strip=\d+|-F\d+|--fuzz=\d+|-l|--ignore-whitespace|"
                            r"-R|--reverse|--binary)$")
@@ -122,11 +122,22 @@ def _relink(pre: Path, post: Path) -> None:
 def reset_post(s: Settings) -> int:
     """Undo every earlier patch and post build: objects and patched files back to the pre's.
 
-    Returns how many files were restored.
+    The patch record says which files a patch touched. A record that exists
+    but cannot be read (another ksplice-py version's, or a damaged one) leaves
+    that unknown, so the post tree is then made again from the pre tree.
+    Returns how many files were restored (for a remade tree: how many it holds).
     """
     restored = 0
-    record = load_record(s)
-    for rel in record.get("files", {}) if record else {}:
+    try:
+        record: PatchRecord | None = artifacts.POST_PATCH.read(s.layout.create.post_patch)
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as e:
+        print(f"post tree: {e}; making it again from {s.ksrc}", flush=True)
+        stats = snapshot.make_post_tree(s.ksrc, s.postdir, s.excluded)
+        drop_record(s)
+        return stats.linked + stats.copied
+    for rel in record.files if record else {}:
         pre, post = s.ksrc / rel, s.postdir / rel
         if pre.is_file():
             if not post.exists() or not os.path.samefile(pre, post):
@@ -153,19 +164,16 @@ def reset_post(s: Settings) -> int:
     return restored
 
 
-def record_path(s: Settings) -> Path:
-    return s.state / "create" / RECORD
-
-
-def load_record(s: Settings) -> dict | None:
+def load_record(s: Settings) -> PatchRecord | None:
+    """The patch the post tree holds; None when it holds none (or the record is unreadable)."""
     try:
-        return json.loads(record_path(s).read_text())
+        return artifacts.POST_PATCH.read(s.layout.create.post_patch)
     except (OSError, ValueError):
         return None
 
 
 def drop_record(s: Settings) -> None:
-    record_path(s).unlink(missing_ok=True)
+    s.layout.create.post_patch.unlink(missing_ok=True)
 
 
 def _run_patch(s: Settings, patch: Path, dry: bool) -> subprocess.CompletedProcess:
@@ -181,12 +189,20 @@ def _run_patch(s: Settings, patch: Path, dry: bool) -> subprocess.CompletedProce
 
 @dataclass(frozen=True)
 class PatchResult:
+    """What :func:`apply_patch` did: the files it patched (path -> SHA-256, None: deleted),
+    how many files the reset before it restored, and the update id of the patch."""
+
     files: dict[str, str | None]
     restored: int
+    update_id: str
 
 
 def apply_patch(s: Settings, patch: Path) -> PatchResult:
-    """Reset the post tree, check the patch, dry-run it, apply it, record what it touched."""
+    """Reset the post tree, check the patch, dry-run it, apply it, record what it touched.
+
+    UserError (post tree left as the snapshot) for a bad path or a patch that
+    does not apply.
+    """
     text = patch.read_text(errors="replace")
     level = strip_level(s.patch_opts)
     rels = target_files(patch_files(text), level)
@@ -203,26 +219,33 @@ def apply_patch(s: Settings, patch: Path) -> PatchResult:
         reset_post(s)
         raise UserError(f"patch failed after a clean dry run:\n{real.stdout[-2000:]}")
     files = {rel: sha256_file(s.postdir / rel) for rel in rels}
-    write_json(record_path(s), {
-        # A fresh apply always rewrites the record, so the post build reruns.
-        "applied_ns": time.time_ns(),
-        "patch_sha256": sha256_file(patch),
-        "patch_opts": list(s.patch_opts),
-        "files": files,
-    })
+    uid = package.settings_id(s, patch)
+    # A fresh apply always rewrites the record (applied_ns), so the post build reruns.
+    record = PatchRecord(applied_ns=time.time_ns(), patch_sha256=sha256_file(patch),
+                         patch_opts=list(s.patch_opts), files=files, update_id=uid)
+    write_atomic(s.layout.create.post_patch, artifacts.POST_PATCH.dumps(record))
     if s.verbose:
         print(real.stdout, end="", flush=True)
-    return PatchResult(files, restored)
+    return PatchResult(files, restored, uid)
+
+
+def post_patch(s: Settings, patch: Path) -> dict[str, str]:
+    """The post_patch task: :func:`apply_patch`, then hand its update id on.
+
+    The id is a doit value (``{"update_id": id}``) that the id-dependent
+    tasks receive when they run: for ``--diffext`` it is not known before.
+    """
+    return {"update_id": apply_patch(s, patch).update_id}
 
 
 def patch_is_applied(s: Settings, patch: Path) -> bool:
     """doit uptodate: this patch, with these options, is what the post tree holds."""
     rec = load_record(s)
-    if not rec or rec.get("patch_sha256") != sha256_file(patch):
+    if not rec or rec.patch_sha256 != sha256_file(patch):
         return False
-    if rec.get("patch_opts") != list(s.patch_opts):
+    if rec.patch_opts != list(s.patch_opts):
         return False
-    return all(sha256_file(s.postdir / rel) == h for rel, h in rec["files"].items())
+    return all(sha256_file(s.postdir / rel) == h for rel, h in rec.files.items())
 
 
 def diffext_patch(s: Settings, ext: str) -> str:
@@ -246,6 +269,22 @@ def diffext_patch(s: Settings, ext: str) -> str:
         raise UserError(f"No changes detected: no file in KERNEL_SOURCE ends with {ext!r} "
                         "and differs from its original")
     return "".join(chunks)
+
+
+def write_diffext_patch(s: Settings, ext: str, out: Path) -> Path:
+    """The diffext task: :func:`diffext_patch` into ``out``, left alone when unchanged."""
+    return write_if_changed(out, diffext_patch(s, ext))
+
+
+def diffext_is_current(s: Settings, ext: str, out: Path) -> bool:
+    """doit uptodate: ``out`` already holds the patch the FILE<ext> copies make now.
+
+    False when there is none or it cannot be made (the task then says why).
+    """
+    try:
+        return out.read_text() == diffext_patch(s, ext)
+    except (OSError, UserError):
+        return False
 
 
 def file_chunks(text: str, level: int) -> dict[str, str]:

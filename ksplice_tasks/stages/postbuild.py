@@ -11,44 +11,22 @@ tree's; objects produced by linking (more than one GCC .comment) are skipped.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from ksplice_tasks import artifacts
+from ksplice_tasks.artifacts import PostBuild
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_json
+from ksplice_tasks.files import write_atomic
 from ksplice_tasks.stages import patching
 from ksplice_tasks.stages.inputs import Settings
-from ksplice_tasks.tree import kbuild, snapshot
+from ksplice_tasks.tree import cmdfile, kbuild, snapshot
 
-RECORD = "post-build.json"
 SOURCE_SUFFIXES = (".c", ".h", ".S")
-
-_SOURCE_RE = re.compile(rb"^source_(\S+) := (\S+)$", re.M)
-
-
-def parse_cmd(data: bytes) -> tuple[str | None, str | None, set[str]]:
-    """(object, source, dependencies) from a Kbuild .cmd file's text."""
-    m = _SOURCE_RE.search(data)
-    if not m:
-        return None, None, set()
-    obj, source = m.group(1).decode(), m.group(2).decode()
-    deps: set[str] = set()
-    marker = b"deps_" + m.group(1) + b" := \\\n"
-    start = data.find(marker)
-    if start >= 0:
-        for line in data[start + len(marker):].splitlines():
-            word = line.strip().rstrip(b"\\").strip()
-            if not word or not line.startswith(b" "):
-                break
-            if not word.startswith(b"$("):
-                deps.add(word.decode(errors="replace"))
-    return obj, source, deps
 
 
 def affected_objects(tree: Path, touched: Sequence[str]) -> list[str] | None:
@@ -58,16 +36,15 @@ def affected_objects(tree: Path, touched: Sequence[str]) -> list[str] | None:
     needles = [t.encode() for t in touched]
     objects = []
     for _rel, entry in snapshot.walk(tree):
-        name = entry.name
-        if not (name.startswith(".") and name.endswith(".o.cmd")):
+        if not cmdfile.is_object_cmd(entry.name):
             continue
         with open(entry.path, "rb") as f:
             data = f.read()
         if not any(n in data for n in needles):
             continue
-        obj, source, deps = parse_cmd(data)
-        if obj and (source in touched or deps.intersection(touched)):
-            objects.append(obj)
+        cmd = cmdfile.parse(data)
+        if cmd.object and (cmd.source in touched or cmd.deps.intersection(touched)):
+            objects.append(cmd.object)
     return sorted(objects)
 
 
@@ -110,21 +87,12 @@ def rebuilt_objects(pre: Path, post: Path) -> list[str]:
 _SKIP = re.compile(r"(^|/)(\.tmp_|vmlinux\.o$|built-in|.*\.mod\.o$|.*\.lto\.o$)")
 
 
-@dataclass(frozen=True)
-class PostBuild:
-    mode: str
-    targets: list[str]
-    changed: list[str]
-    seconds: float
-    returncode: int
-
-
 def build_post(s: Settings) -> PostBuild:
     """Rebuild after the patch; on failure reset the post tree and say what broke."""
     rec = patching.load_record(s)
     if rec is None:
         raise UserError("the post tree holds no patch; run the post_patch step first")
-    touched = sorted(rec["files"])
+    touched = sorted(rec.files)
     targets = affected_objects(s.postdir, touched)
     mode = "objects" if targets is not None else "full"
     if targets == []:
@@ -132,7 +100,7 @@ def build_post(s: Settings) -> PostBuild:
         raise UserError("No changes detected: the patch touches no file that this "
                         f"configuration compiles ({', '.join(touched)})")
     argv = kbuild.make_argv(s.postdir, s.jobs, targets or [])
-    log = s.state / "logs" / "post-build.log"
+    log = s.layout.log("post-build")
     res = kbuild.run_make(argv, log, kbuild.Progress("post build", total=len(targets or [])
                                                     or None), verbose=s.verbose)
     if res.returncode != 0:
@@ -146,13 +114,14 @@ def build_post(s: Settings) -> PostBuild:
         patching.reset_post(s)
         raise UserError("Aborting: No changes detected")
     result = PostBuild(mode, targets or [], changed, round(res.seconds, 2), res.returncode)
-    write_json(s.state / "create" / RECORD, asdict(result))
+    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(result))
     print(f"post build: {len(changed)} changed object(s): {', '.join(changed)}", flush=True)
     return result
 
 
 def load_result(s: Settings) -> PostBuild | None:
+    """The last post build's record; None when there is none (or it is unreadable)."""
     try:
-        return PostBuild(**json.loads((s.state / "create" / RECORD).read_text()))
-    except (OSError, ValueError, TypeError):
+        return artifacts.POST_BUILD.read(s.layout.create.post_build)
+    except (OSError, ValueError):
         return None

@@ -11,15 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ksplice_tasks import artifacts
+from ksplice_tasks.artifacts import PreBuildStamp
 from ksplice_tasks.commands import run
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import write_atomic
 from ksplice_tasks.stages.inputs import Settings
-from ksplice_tasks.stages.postbuild import parse_cmd
-from ksplice_tasks.tree import kbuild, snapshot
+from ksplice_tasks.tree import cmdfile, kbuild, snapshot
 
-PRE_STAMP = "pre-build.json"
-PRE_INPUTS = "pre-inputs.json"
 BUILD_FILES = ("Makefile", "Kbuild", "Kconfig")
 
 # Symbols Kconfig computes from the compiler, assembler and linker that run it.
@@ -84,11 +83,17 @@ def install_config(s: Settings) -> None:
         write_atomic(target, data)
 
 
-def previous_object_count(s: Settings) -> int | None:
+def load_stamp(s: Settings) -> PreBuildStamp | None:
+    """The last pre build's stamp; None when there is none (or it is unreadable)."""
     try:
-        return int(json.loads((s.state / PRE_STAMP).read_text())["objects_total"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return artifacts.PRE_BUILD.read(s.layout.pre_stamp)
+    except (OSError, ValueError):
         return None
+
+
+def previous_object_count(s: Settings) -> int | None:
+    stamp = load_stamp(s)
+    return stamp.objects_total if stamp else None
 
 
 def count_objects(tree: Path, exclude: tuple[Path, ...]) -> int:
@@ -108,7 +113,7 @@ def build_pre(s: Settings) -> dict:
     # an incremental build says how many objects it recompiled.
     fresh = count_objects(s.ksrc, s.excluded) == 0
     progress = kbuild.Progress("pre build", total=previous_object_count(s) if fresh else None)
-    log = s.state / "logs" / "pre-build.log"
+    log = s.layout.log("pre-build")
     res = kbuild.run_make(argv, log, progress, verbose=s.verbose)
     if res.returncode != 0:
         print(f"pre build: make exited {res.returncode}; tolerated as the seed does "
@@ -117,18 +122,18 @@ def build_pre(s: Settings) -> dict:
         raise UserError(f"the pre build did not get far enough to build modpost; see {log}:\n"
                         + kbuild.error_excerpt(log))
     inputs = build_inputs(s.ksrc, s.excluded)
-    write_atomic(s.state / PRE_INPUTS, json.dumps(inputs).encode())
-    stamp = {
-        "ksrc": str(s.ksrc),
-        "inputs": len(inputs),
-        "fingerprint": snapshot.files_fingerprint(s.ksrc, inputs),
-        "returncode": res.returncode,
-        "objects_compiled": res.objects,
-        "objects_total": count_objects(s.ksrc, s.excluded),
-        "seconds": round(res.seconds, 1),
-        "finished": time.time(),
-    }
-    write_atomic(s.state / PRE_STAMP, (json.dumps(stamp, indent=1) + "\n").encode())
+    write_atomic(s.layout.pre_inputs, json.dumps(inputs))
+    stamp = PreBuildStamp(
+        ksrc=str(s.ksrc),
+        inputs=len(inputs),
+        fingerprint=snapshot.files_fingerprint(s.ksrc, inputs),
+        returncode=res.returncode,
+        objects_compiled=res.objects,
+        objects_total=count_objects(s.ksrc, s.excluded),
+        seconds=round(res.seconds, 1),
+        finished=time.time(),
+    )
+    write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
     return {"returncode": res.returncode, "objects": res.objects}
 
 
@@ -147,22 +152,22 @@ def build_inputs(tree: Path, exclude: tuple[Path, ...]) -> list[str]:
             files.add(rel)
         elif name.startswith(".") and name.endswith(".cmd"):
             with open(entry.path, "rb") as f:
-                obj, source, deps = parse_cmd(f.read())
-            if obj and source:
-                files.update((obj, source), deps)
+                cmd = cmdfile.parse(f.read())
+            if cmd.object and cmd.source:
+                files.update((cmd.object, cmd.source), cmd.deps)
     return sorted(files)
 
 
 def pre_tree_unchanged(s: Settings) -> bool:
     """doit uptodate check: nothing the last pre build read or made has changed since."""
+    stamp = load_stamp(s)
     try:
-        stamp = json.loads((s.state / PRE_STAMP).read_text())
-        inputs = json.loads((s.state / PRE_INPUTS).read_text())
+        inputs = json.loads(s.layout.pre_inputs.read_text())
     except (OSError, ValueError):
         return False
-    if stamp.get("ksrc") != str(s.ksrc):
+    if stamp is None or stamp.ksrc != str(s.ksrc):
         return False
-    return stamp.get("fingerprint") == snapshot.files_fingerprint(s.ksrc, inputs)
+    return stamp.fingerprint == snapshot.files_fingerprint(s.ksrc, inputs)
 
 
 def snapshot_post(s: Settings) -> dict:

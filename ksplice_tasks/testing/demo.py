@@ -18,6 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from ksplice_tasks import names
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.testing import qemu, testkernel
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             print(patch.read_text(), end="")
             made = run_create([f"--patch={patch}", f"--config={orig}", *extra, str(ksrc)], out)
             rerun = run_create([f"--patch={patch}", f"--config={orig}", str(ksrc)], out)
-        tarball = max(out.glob("ksplice-*.tar.gz"), key=lambda p: p.stat().st_mtime)
-        uid = tarball.name[len("ksplice-"):-len(".tar.gz")]
+        tarball = max((p for p in out.iterdir() if names.tarball_id(p.name)),
+                      key=lambda p: p.stat().st_mtime)
+        uid = names.tarball_id(tarball.name)
         print(f"create: {made:.1f} s, rerun: {rerun:.2f} s -> {tarball}")
 
         say("5/5 boot the running kernel in qemu (TCG): apply, look, undo, look")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_atomic
 
 BUSYBOX = Path("/bin/busybox")
 EXIT_MARK = "KSPLICE-GUEST-EXIT="
@@ -135,10 +136,7 @@ def make_initramfs(
             raise UserError(f"gen_init_cpio failed: {cpio.stderr.decode(errors='replace')}")
         gz = subprocess.run(["gzip", "-1", "-n"], input=cpio.stdout, capture_output=True,
                             check=True)
-        tmp_out = t / "initramfs.cpio.gz"
-        tmp_out.write_bytes(gz.stdout)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp_out), str(out))
+        write_atomic(out, gz.stdout)
     return out
 
 

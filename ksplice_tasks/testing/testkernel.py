@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 
 from ksplice_tasks.commands import run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import copy_atomic
+from ksplice_tasks.files import copy_atomic, write_atomic
 from ksplice_tasks.testing import qemu
 from ksplice_tasks.tree import kbuild
 
@@ -260,7 +260,7 @@ def build_test_kernel(
             orig = build / "orig"
             copy_atomic(build / ".config", orig / ".config")
             copy_atomic(build / "System.map", orig / "System.map")
-            stamp.write_text(f"{key}\n")
+            write_atomic(stamp, f"{key}\n")
         release = (build / "include/config/kernel.release").read_text().strip()
     return TestKernel(variant, source, build, build / "orig", release, CPUS[variant])
 

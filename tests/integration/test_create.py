@@ -23,6 +23,7 @@ from helpers import (
 
 from ksplice_tasks.stages import patching, prebuild
 from ksplice_tasks.stages.inputs import STATE_DIRNAME, resolve
+from ksplice_tasks.stages.layout import state_layout
 
 pytestmark = pytest.mark.kernel
 
@@ -133,7 +134,8 @@ def refused(pb: Prebuilt, patch: Path, outdir: Path, message: str) -> str:
     assert message in res.stderr, res.stdout[-2000:] + res.stderr
     assert res.stderr.startswith("ksplice-create: error: ")
     assert not list(outdir.glob("ksplice-*.tar.gz"))
-    record = pb.orig / STATE_DIRNAME / "create" / patching.RECORD
+    record = state_layout(pb.orig).create.post_patch
+    assert record.parent == pb.orig / STATE_DIRNAME / "create"
     assert not record.exists(), "the post tree still holds the refused patch"
     for rel in patching.target_files(patching.patch_files(patch.read_text()), 1):
         if (pb.ksrc / rel).exists():
@@ -194,6 +196,9 @@ def test_diffext_makes_the_patch_from_edited_copies(prebuilt_smp: Prebuilt,
             changed = json.loads(tar.extractfile(diff).read())["changed"]
         assert text.startswith("--- fs/proc/loadavg.c\n+++ fs/proc/loadavg.c\n")
         assert changed == ["loadavg_proc_show"]
+        again = run_create_diffext(prebuilt_smp, ".kspltest", tmp_path)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+        assert executed_tasks(again.stdout) == [] and "Nothing to do" in again.stdout
     finally:
         copy.unlink()
 
@@ -225,3 +230,39 @@ def test_one_line_arithmetic_change_in_a_proc_show_function(prebuilt_smp: Prebui
         diff = json.loads(tar.extractfile(member).read())
     assert {k: diff[k] for k in ("changed", "new", "removed", "line_only")} == {
         "changed": ["loadavg_proc_show"], "new": [], "removed": [], "line_only": []}
+
+
+def test_a_truncated_post_object_is_one_line_and_resets(prebuilt_smp: Prebuilt,
+                                                        tmp_path: Path) -> None:
+    """An object the ELF reader refuses: one line, nonzero, the post tree back to the snapshot."""
+    patch = PATCHES / "loadavg-string.patch"
+    first = create(prebuilt_smp, patch, tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr
+    post = prebuilt_smp.postdir / "fs/proc/loadavg.o"
+    assert not os.path.samefile(prebuilt_smp.ksrc / "fs/proc/loadavg.o", post)
+    data = post.read_bytes()
+    post.unlink()  # a new inode: never write through a link into the pre tree
+    post.write_bytes(data[:200])
+    err = refused(prebuilt_smp, patch, tmp_path / "again",
+                  "objdiff:fs/proc/loadavg.o failed: ")
+    assert len(err.splitlines()) == 1, err
+    assert os.path.samefile(prebuilt_smp.ksrc / "fs/proc/loadavg.o", post)
+
+
+def test_an_unwritable_outdir_is_one_line_and_resets(prebuilt_smp: Prebuilt,
+                                                     tmp_path: Path) -> None:
+    """The whole pipeline, then an OSError writing the tarball (OUTDIR under a file)."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    outdir = tmp_path / "a-file" / "out"
+    patch = PATCHES / "umask-syscall.patch"
+    res = run_doit(tmp_path / "work", "create_update", f"KSRC={prebuilt_smp.ksrc}",
+                   f"ORIG={prebuilt_smp.orig}", f"PATCH={patch}", f"OUTDIR={outdir}")
+    assert res.returncode != 0
+    errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert errors == [f"ksplice: error: tarball failed: Not a directory: {outdir} "
+                      "(-v or VERBOSE=1 shows the traceback)"], res.stdout[-2000:] + res.stderr
+    assert "==> tarball" in res.stdout
+    assert not state_layout(prebuilt_smp.orig).create.post_patch.exists()
+    for rel in ("kernel/sys.c", "kernel/sys.o"):
+        assert os.path.samefile(prebuilt_smp.ksrc / rel, prebuilt_smp.postdir / rel), rel
+    assert pre_tree_untouched(prebuilt_smp)

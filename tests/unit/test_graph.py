@@ -4,12 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+from doit.exceptions import TaskFailed
 from helpers import make_fake_kernel_tree, make_orig, run_doit
 
-from ksplice_tasks import graph
-from ksplice_tasks.stages import prebuild
+from ksplice_tasks import artifacts, graph, names
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.stages import patching, prebuild
+from ksplice_tasks.stages.inputs import Settings, resolve
+from ksplice_tasks.tree import snapshot
 
 
 def test_doit_list_shows_every_task_with_its_doc(tmp_path: Path) -> None:
@@ -73,3 +85,177 @@ def test_guarded_turns_user_errors_into_one_line_failures() -> None:
 
     failed = graph.guarded(refuse, cleanup=broken_cleanup)
     assert failed.message == "No changes detected (and cleaning up failed: disk full)"
+
+
+# -- the graph declares; building it runs nothing ---------------------------------------
+
+
+def fake_prebuilt(root: Path, *, system_map: str | None = None, **opts: object) -> Settings:
+    """A fake KERNEL_SOURCE with a post tree and a pre build stamp: enough to plan a create."""
+    ksrc = make_fake_kernel_tree(root / "linux")
+    (ksrc / "fs").mkdir()
+    (ksrc / "fs" / "a.c").write_text("int a(void) { return 1; }\n")
+    orig = make_orig(root / "orig")
+    if system_map is not None:
+        (orig / "System.map").write_text(system_map)
+    patch = root / "fix.patch"
+    patch.write_text("--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n"
+                     "-int a(void) { return 1; }\n+int a(void) { return 2; }\n")
+    s = resolve(ksrc, orig=orig, patch=None if "diffext" in opts else patch, **opts)
+    snapshot.make_post_tree(ksrc, s.postdir)
+    stamp = artifacts.PreBuildStamp(str(ksrc), 0, "", 0, 0, 0, 0.0, 0.0)
+    write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
+    return s
+
+
+def test_doit_list_with_diffext_runs_no_diff(tmp_path: Path) -> None:
+    s = fake_prebuilt(tmp_path / "t", diffext=".fixed")
+    (s.ksrc / "fs" / "a.c.fixed").write_text("int a(void) { return 3; }\n")
+    bindir, log = tmp_path / "bin", tmp_path / "diff-calls"
+    bindir.mkdir()
+    fake = bindir / "diff"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {shutil.which("diff")} "$@"\n')
+    fake.chmod(0o755)
+    args = (f"KSRC={s.ksrc}", f"ORIG={s.orig}", "DIFFEXT=.fixed")
+    res = run_doit(tmp_path / "work", "list", *args, path_prefix=bindir)
+    assert res.returncode == 0, res.stderr
+    assert "diffext" in res.stdout and "tarball" in res.stdout
+    assert not log.exists(), log.read_text()
+    # the fake diff is the one the diffext task runs
+    made = run_doit(tmp_path / "work", "diffext", path_prefix=bindir)
+    assert made.returncode == 0, made.stderr
+    assert "fs/a.c.fixed" in log.read_text()
+    assert s.layout.create.diffext_patch.read_text().startswith("--- fs/a.c\n+++ fs/a.c\n")
+
+
+def test_tool_stamp_covers_only_the_code_that_makes_updates() -> None:
+    pkg = Path(graph.__file__).resolve().parent
+    rooms = {p.relative_to(pkg).parts[0] if len(p.relative_to(pkg).parts) > 1 else p.name
+             for p in graph.tool_files()}
+    assert {"obj", "tree", "encode", "stages", "names.py", "files.py", "artifacts.py"} <= rooms
+    assert not rooms & {"testing", "target", "graph.py", "cli.py", "reporter.py"}
+    assert graph.tool_stamp() == graph.tool_stamp()
+
+
+# -- any failure of a create task: one line, the post tree reset -------------------------
+
+
+def run_action(task: dict, **doit_values: object) -> object:
+    """Run a task's action as doit does (doit_values: what getargs hands it)."""
+    fn, args, kwargs = task["actions"][0]
+    return fn(*args, **kwargs, **doit_values)
+
+
+def find(tasks: list[dict], basename: str) -> dict:
+    return next(t for t in tasks if t["basename"] == basename)
+
+
+def patched(s: Settings) -> None:
+    """Put the fake patch into the post tree, as post_patch does."""
+    patching.apply_patch(s, s.patch)
+    assert not os.path.samefile(s.ksrc / "fs/a.c", s.postdir / "fs/a.c")
+
+
+def assert_reset(s: Settings) -> None:
+    assert os.path.samefile(s.ksrc / "fs/a.c", s.postdir / "fs/a.c")
+    assert patching.load_record(s) is None
+
+
+def one_line_failure(result: object, start: str) -> str:
+    assert isinstance(result, TaskFailed), result
+    assert "\n" not in result.message and result.message.startswith(start), result.message
+    return result.message
+
+
+def test_an_elf_format_error_is_one_line_and_resets(tmp_path: Path) -> None:
+    s = fake_prebuilt(tmp_path)
+    subprocess.run(["gcc", "-c", "-o", str(s.ksrc / "fs/a.o"), str(s.ksrc / "fs/a.c")],
+                   check=True)
+    patched(s)
+    (s.postdir / "fs/a.o").write_bytes((s.ksrc / "fs/a.o").read_bytes()[:100])  # truncated
+    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(
+        artifacts.PostBuild("objects", ["fs/a.o"], ["fs/a.o"], 0.1, 0)))
+    plan = graph.plan_create(s)
+    assert isinstance(plan, graph.CreatePlan)
+    objdiff = find(graph.create_objects(plan), "objdiff")
+    message = one_line_failure(run_action(objdiff), "objdiff:fs/a.o failed: ")
+    # the object layer's own error, or pyelftools' where read_object lets it through
+    assert re.match(r"objdiff:fs/a.o failed: (ElfFormatError|ELFParseError): .*EOF", message)
+    assert message.endswith("(-v or VERBOSE=1 shows the traceback)")
+    assert_reset(s)
+    assert os.path.samefile(s.ksrc / "fs/a.o", s.postdir / "fs/a.o")
+
+
+def test_an_encoder_value_error_is_one_line_and_resets(tmp_path: Path, capsys) -> None:
+    s = fake_prebuilt(tmp_path, system_map="ffffffff81000000 T _printk\n"
+                                           "ffffffff81001000 t _printk\n", verbose=True)
+    plan = graph.plan_create(s)
+    assert isinstance(plan, graph.CreatePlan)
+    modcommon = find(graph.create_static(plan), "modcommon")
+    assert modcommon["getargs"] == {"update_id": ("post_patch", "update_id")}
+    patched(s)
+    capsys.readouterr()
+    message = one_line_failure(run_action(modcommon, update_id=plan.uid),
+                               "modcommon failed: ValueError: System.map has 2 addresses "
+                               "for anchor '_printk'")
+    assert "traceback" not in message
+    assert "Traceback (most recent call last)" in capsys.readouterr().err  # -v shows it
+    assert_reset(s)
+
+
+def test_an_os_error_fails_the_task_through_doit(tmp_path: Path, capsys) -> None:
+    """`doit tarball` with OUTDIR under a file: the reporter's one line, rc 1, post tree reset."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    s = fake_prebuilt(tmp_path, outdir=tmp_path / "a-file" / "out")
+    patched(s)
+    work = s.layout.create
+    uid = patching.load_record(s).update_id
+    for n in names.module_files(uid):
+        write_atomic(work.kmod / n, b"\x7fELF module")
+    write_atomic(work.modules, artifacts.MODULES.dumps(artifacts.ModulesRecord(
+        uid, *names.module_files(uid), "0" * 64, "1" * 64)))
+    write_atomic(work.rmsyms, "{}\n")
+    write_atomic(work.post_build, artifacts.POST_BUILD.dumps(
+        artifacts.PostBuild("objects", ["fs/a.o"], ["fs/a.o"], 0.1, 0)))
+    capsys.readouterr()
+    rc = DoitMain(ModuleTaskLoader(graph.namespace(s))).run(["-s", "tarball"])
+    out = capsys.readouterr()
+    assert rc != 0
+    errors = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert errors == [f"ksplice: error: tarball failed: Not a directory: {tmp_path}/a-file/out "
+                      "(-v or VERBOSE=1 shows the traceback)"], out.err
+    assert_reset(s)
+
+
+def test_failures_outside_stage_actions_are_one_line_too() -> None:
+    assert graph.describe(UserError("No changes detected"), "x") == "No changes detected"
+    assert graph.describe(PermissionError(13, "Permission denied", "/o/k.tar.gz"),
+                          "tarball") == "tarball failed: Permission denied: /o/k.tar.gz"
+    assert graph.describe(ValueError("bad\n  thing"), "t") == "t failed: ValueError: bad thing"
+
+
+def test_every_action_names_a_stage_function(tmp_path: Path) -> None:
+    """Actions are named, and imported only when they run: each name must resolve."""
+    tasks: list[dict] = []
+    for i, opts in enumerate(({}, {"diffext": ".fixed"})):
+        s = fake_prebuilt(tmp_path / str(i), **opts)
+        write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(
+            artifacts.PostBuild("objects", ["fs/a.o"], ["fs/a.o"], 0.1, 0)))
+        if s.diffext:
+            write_atomic(s.layout.create.diffext_patch, s.ksrc.parent.joinpath(
+                "fix.patch").read_text())
+        plan = graph.plan_create(s)
+        assert isinstance(plan, graph.CreatePlan)
+        tasks += [graph.pre_config(s), graph.pre_build(s), graph.post_snapshot(s),
+                  *graph.create_static(plan), *graph.create_objects(plan)]
+    named = [t["actions"][0][1][0] for t in tasks if t.get("actions")]
+    assert {t["basename"] for t in tasks if t.get("actions")} == set(graph.DOCS) - {
+        "prebuild", "create_update"}
+    for ref in named:
+        assert isinstance(ref, str), ref
+        fn = graph.stage_function(ref)
+        assert callable(fn) and fn.__module__ == f"ksplice_tasks.stages.{ref.split(':')[0]}"
+    with pytest.raises(AttributeError):
+        graph.stage_function("extract:no_such_function")
+    failed = graph.guarded("extract:no_such_function", label="objdiff")
+    assert failed.message.startswith("objdiff failed: AttributeError: ")

@@ -138,3 +138,17 @@ def test_diffext_patch(trees) -> None:
     assert check.returncode == 0, check.stdout
     with pytest.raises(UserError, match="No changes detected"):
         patching.diffext_patch(s, ".nothing")
+
+
+def test_an_unreadable_record_remakes_the_post_tree(trees) -> None:
+    """Which files an unreadable record's patch touched is unknown: nothing stale may stay."""
+    s, patch = trees
+    patching.apply_patch(s, patch)
+    record = s.layout.create.post_patch
+    record.write_text('{"files": {"fs/a.c": null}}\n')  # an older ksplice-py's record
+    assert patching.load_record(s) is None
+    patching.reset_post(s)
+    assert os.path.samefile(s.ksrc / "fs/a.c", s.postdir / "fs/a.c")
+    assert not (s.postdir / "fs/new.c").exists()
+    assert not record.exists()
+    assert (s.postdir / snapshot.POST_MARKER).is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ksplice_tasks.stages import package, postbuild
+from ksplice_tasks.tree import cmdfile
 
 CMD = b"""savedcmd_fs/proc/loadavg.o := gcc -Wp,-MMD,fs/proc/.loadavg.o.d -c -o fs/proc/loadavg.o \
 fs/proc/loadavg.c
@@ -23,11 +24,13 @@ $(deps_fs/proc/loadavg.o):
 
 
 def test_parse_cmd() -> None:
-    obj, source, deps = postbuild.parse_cmd(CMD)
+    cmd = cmdfile.parse(CMD)
+    obj, source, deps = cmd.object, cmd.source, cmd.deps
     assert (obj, source) == ("fs/proc/loadavg.o", "fs/proc/loadavg.c")
     assert deps == {"include/linux/compiler-version.h", "include/linux/kconfig.h",
                     "fs/proc/internal.h"}
-    assert postbuild.parse_cmd(b"savedcmd_vmlinux.a := ar ...\n") == (None, None, set())
+    link = cmdfile.parse(b"savedcmd_vmlinux.a := ar ...\n")
+    assert (link.object, link.source, link.deps) == (None, None, set())
 
 
 def test_affected_objects(tmp_path: Path) -> None:

@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The create stages driven directly, in a private work layout, as a test or tool would.
+
+The graph wraps these same functions with paths from Settings; here they run on
+objects compiled from the unit fixtures, from objdiff up to the linked
+collections and modcommon.auto.h (Kbuild needs a kernel: the integration tier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ksplice_tasks import artifacts, names
+from ksplice_tasks.errors import UserError
+from ksplice_tasks.obj.elfread import read_object, undefined_symbols
+from ksplice_tasks.stages import collect, extract, kmod
+from ksplice_tasks.stages.layout import CreateLayout, ObjectPaths, object_key, state_layout
+
+REL = "lib/changed_body.o"
+SYSTEM_MAP = "ffffffff81000000 T _text\nffffffff81001000 T _printk\nffffffff81002000 T f\n"
+
+
+def test_layout_names_no_update_id(tmp_path: Path) -> None:
+    state = state_layout(tmp_path / "orig")
+    assert state.root == tmp_path / "orig" / ".ksplice"
+    assert state.doit_db.name == "doit-db.json" and state.pre_stamp.name == "pre-build.json"
+    assert state.log("post-build") == state.root / "logs" / "post-build.log"
+    work = state.create
+    assert work.object(REL) == ObjectPaths(work.root / "objects" / object_key(REL))
+    assert object_key(REL) == "lib__changed_body.o"
+    paths = [work.diffext_patch, work.post_patch, work.post_build, work.rmsyms, work.modcommon,
+             work.modules, *(f(r) for r in names.ROLES
+                             for f in (work.collection, work.tables_json, work.linked))]
+    assert all(p.is_relative_to(state.root) for p in paths)
+    assert len(set(paths)) == len(paths)
+    with pytest.raises(ValueError, match="role"):
+        work.collection("other")
+
+
+def test_stage_functions_on_a_private_layout(
+        fixture_pair: Callable[[str], tuple[Path, Path]], tmp_path: Path) -> None:
+    pre, post = fixture_pair("changed_body")
+    work = CreateLayout(tmp_path / "create")
+    out = work.object(REL)
+
+    diff = extract.diff_object(pre, post, REL, out, None, "")
+    assert (diff.changed, diff.keep, diff.empty) == (["f"], ["f"], False)
+    assert artifacts.DIFF.read(out.diff) == diff
+
+    rec = extract.extract_object(pre, post, REL, out)
+    assert artifacts.RECORDS.read(out.records) == rec
+    assert rec.tag == names.object_tag(REL)
+    post_f = names.tagged_name("f", rec.tag, names.POST)
+    assert post_f in {z.name for z in rec.primary_sizes}
+    assert names.global_alias(post_f) in {s.name for s in read_object(out.primary).symbols}
+    helper_names = {names.parse_tagged(z.name) for z in rec.helper_sizes}
+    assert names.TaggedName("f", rec.tag, names.PRE) in helper_names
+
+    assert collect.collect([out], work) == {"changed": ["f"], "new": []}
+    primary = collect.TABLES.read(work.tables_json(names.PRIMARY))
+    assert [(p.oldname, p.replacement) for p in primary.patches] == [
+        ("f", names.global_alias(post_f))]
+    assert ("f", names.global_alias(post_f)) in {(z.name, z.pointer) for z in primary.sizes}
+    assert primary.imports == []  # the module build adds the kernel side's own
+
+    smap = tmp_path / "System.map"
+    smap.write_text(SYSTEM_MAP)
+    kmod.write_tables(work, smap)
+    assert all(f"\"{n}\"" in work.tables_asm(names.PRIMARY).read_text()
+               for n in kmod.PRIMARY_IMPORTS)
+    kmod.assemble_tables(work)
+    for role in names.ROLES:
+        assert not kmod.table_symbols(kmod.module_tables(work, role)) & undefined_symbols(
+            work.linked(role))
+    header = kmod.write_modcommon(work, smap, "abcd1234").read_text()
+    assert '#define KSPLICE_ID "abcd1234"' in header
+    with pytest.raises(ValueError, match="8 characters"):
+        kmod.write_modcommon(work, smap, "BAD")
+
+
+def test_collect_refuses_when_nothing_is_left(
+        fixture_pair: Callable[[str], tuple[Path, Path]], tmp_path: Path) -> None:
+    pre, post = fixture_pair("line_only")
+    work = CreateLayout(tmp_path / "create")
+    out = work.object(REL)
+    extract.diff_object(pre, post, REL, out, None, "")
+    assert extract.extract_object(pre, post, REL, out).empty
+    with pytest.raises(UserError, match="only __LINE__ constants changed"):
+        collect.collect([out], work)
