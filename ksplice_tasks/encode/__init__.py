@@ -1,2 +1,3 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Output encoders: the .ksplice.* tables the update modules carry."""
+"""What Python and the kernel side must agree on: the .ksplice.* table layout, the abort
+causes, and the generated C headers that carry both into kmodsrc/."""

@@ -3,7 +3,7 @@
 
 Each variant boots once, with the host's root over 9p so the guest runs the
 project's own ``ksplice-apply``/``-view``/``-undo`` code.  The updates are
-built by tests/system/updates.py from real 6.1 sources:
+built from real 6.1 sources by the shipped pipeline (tests/system/updates.py):
 
 * ``good``: /proc/loadavg gains a " ksplice" suffix (fs/proc/loadavg.c);
 * ``edited``: the same change, built from a pre source that differs from
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 import updates
-from helpers import exit_code, parse_marked
+from helpers import Prebuilt, exit_code, parse_marked
 
 import ksplice_tasks
+from ksplice_tasks import names
 from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
-GOOD, EDITED, OTHER, MSLEEP = "lavg0001", "lavg0002", "lavg0003", "msle0001"
 CYCLES = 200
 SLEEP_MS = 15000
 ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
@@ -58,26 +58,32 @@ def msleep_post(src: str) -> str:
 OTHER_VARIANT = {"smp": "lp", "lp": "smp"}
 
 
-def build_all(kernel: testkernel.TestKernel, other: testkernel.TestKernel, d: Path
-              ) -> dict[str, Path]:
+def build_all(pb: Prebuilt, other: testkernel.TestKernel, d: Path) -> dict[str, Path]:
+    """good and msleep by ksplice-create on the prebuilt tree; edited and other from objects."""
+    kernel = pb.kernel
     loadavg = (kernel.source / "fs/proc/loadavg.c").read_text()
     timer = (kernel.source / "kernel/time/timer.c").read_text()
     obj = "fs/proc/loadavg.o"
-    good = updates.build_update(kernel, obj, loadavg_post(loadavg), GOOD, d / "good")
-    edited = updates.build_update(kernel, obj, loadavg_post(loadavg), EDITED, d / "edited",
-                                  pre_text=loadavg_edited_pre(loadavg))
-    oth = updates.build_update(kernel, obj, loadavg_post(loadavg), OTHER, d / "other",
-                               compile_with=other)
-    msl = updates.build_update(kernel, "kernel/time/timer.o", msleep_post(timer), MSLEEP,
-                               d / "msleep")
-    return {"good": good.tarball, "edited": edited.tarball, "other": oth.tarball,
-            "msleep": msl.tarball, "sleeper": updates.build_sleeper(kernel, d / "sleeper")}
+    good = updates.create_update(pb, "fs/proc/loadavg.c", loadavg_post(loadavg), d / "good")
+    edited = updates.build_from_objects(kernel, obj, loadavg_post(loadavg), d / "edited",
+                                        pre_text=loadavg_edited_pre(loadavg))
+    oth = updates.build_from_objects(kernel, obj, loadavg_post(loadavg), d / "other",
+                                     compile_with=other)
+    msl = updates.create_update(pb, "kernel/time/timer.c", msleep_post(timer), d / "msleep")
+    return {"good": good, "edited": edited, "other": oth, "msleep": msl,
+            "sleeper": updates.build_sleeper(kernel, d / "sleeper")}
 
 
-def guest_script() -> str:
+def update_id(tarball: Path) -> str:
+    uid = names.tarball_id(tarball.name)
+    assert uid is not None, tarball
+    return uid
+
+
+def guest_script(good: str, msleep: str) -> str:
     ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
           " -m ksplice_tasks.target.apply")
-    m = f"/sys/module/ksplice_{GOOD}/ksplice"
+    m = f"/sys/module/{names.sysfs_module(good)}/ksplice"
     return f"""
 cp /m/*.tar.gz /host/run/
 echo junk > /host/run/junk.tar.gz
@@ -87,7 +93,7 @@ left() {{ ls /sys/module | grep ksplice; echo end; }}
 mark before; cat /proc/loadavg
 mark apply; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
 mark view; $KS view 2>&1; echo "rc=$?"
-mark view_id; $KS view --id {GOOD} 2>&1; echo "rc=$?"
+mark view_id; $KS view --id {good} 2>&1; echo "rc=$?"
 mark view_none; $KS view --id zzzzzzzz 2>&1; echo "rc=$?"
 mark after; cat /proc/loadavg
 mark left_applied; left
@@ -96,11 +102,11 @@ mark reverse; echo reverse > {m}/stage; echo "rc=$?"
 mark stage_reversed; cat {m}/stage
 mark patches; cat {m}/patches
 mark restored; cat /proc/loadavg
-mark undo; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark undo; $KS undo {good} 2>&1; echo "rc=$?"
 mark left_undone; left
 mark apply2; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
 mark after2; cat /proc/loadavg
-mark undo2; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark undo2; $KS undo {good} 2>&1; echo "rc=$?"
 mark restored2; cat /proc/loadavg
 mark edited; $KS apply /run/edited.tar.gz 2>&1; echo "rc=$?"
 mark other; $KS apply /run/other.tar.gz 2>&1; echo "rc=$?"
@@ -117,7 +123,7 @@ mark left_busy; left
 mark dmesg_busy; dmesg | grep -E 'is inside the code|aborted'
 while [ "$(cat /sys/module/msleeper/parameters/done)" != 1 ]; do sleep 1; done
 mark unbusy; $KS apply /run/msleep.tar.gz 2>&1; echo "rc=$?"
-mark unbusy_undo; $KS undo {MSLEEP} 2>&1; echo "rc=$?"
+mark unbusy_undo; $KS undo {msleep} 2>&1; echo "rc=$?"
 mark stress_apply; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
 reader() {{
     while :; do read l < /proc/loadavg; case "$l" in *" "*/*) ;; *) echo "BAD $l";; esac; done
@@ -137,7 +143,7 @@ mark cycles; echo $i
 mark pauses; cat /tmp/pauses
 mark timing; cat {m}/timing
 mark stopped; dmesg | grep -o 'work [0-9]* us' | tail -5
-mark stress_undo; $KS undo {GOOD} 2>&1; echo "rc=$?"
+mark stress_undo; $KS undo {good} 2>&1; echo "rc=$?"
 mark final; cat /proc/loadavg
 mark left_final; left
 mark dmesg; dmesg | grep -E 'WARNING|BUG|Oops|ftrace|ksplice'
@@ -149,14 +155,17 @@ mark end
 def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> tuple[str, dict[str, str]]:
     variant = request.param
-    kernel = testkernel.build_test_kernel(variant)
+    pb: Prebuilt = request.getfixturevalue(f"prebuilt_{variant}")
+    kernel = pb.kernel
     other = testkernel.build_test_kernel(OTHER_VARIANT[variant])
-    files = build_all(kernel, other, tmp_path_factory.mktemp(f"updates-{variant}"))
-    res = kernel.boot(guest_script(), hostfs=True, timeout=900,
+    files = build_all(pb, other, tmp_path_factory.mktemp(f"updates-{variant}"))
+    ids = {"good": update_id(files["good"]), "msleep": update_id(files["msleep"])}
+    res = kernel.boot(guest_script(**ids), hostfs=True, timeout=900,
                       files=[(f"/m/{k}.tar.gz" if k != "sleeper" else "/m/sleeper.ko", v)
                              for k, v in files.items()])
     out = parse_marked(res.guest_output)
     assert res.ok and "end" in out, res.output[-6000:]
+    out.update({f"id:{k}": v for k, v in ids.items()})
     return variant, out
 
 
@@ -169,7 +178,8 @@ def test_behaviour_before_apply_after_undo(guest) -> None:
     assert not is_patched(g["before"])
     assert exit_code(g["apply"]) == 0 and g["apply"].splitlines()[0] == "Done!"
     assert is_patched(g["after"])
-    assert g["left_applied"].split() == [f"ksplice_{GOOD}", "end"], "helper must be unloaded"
+    good = g["id:good"]
+    assert g["left_applied"].split() == [f"ksplice_{good}", "end"], "helper must be unloaded"
     assert exit_code(g["reverse"]) == 0 and g["stage_reversed"] == "reversed"
     assert not is_patched(g["restored"])
     assert exit_code(g["undo"]) == 0 and g["left_undone"] == "end"
@@ -190,7 +200,7 @@ def test_undo_restores_the_bytes_exactly(guest) -> None:
 def test_view_lists_the_update(guest) -> None:
     _v, g = guest
     assert exit_code(g["view"]) == 0 and exit_code(g["view_id"]) == 0
-    assert f"ksplice-{GOOD}: applied" in g["view"]
+    assert f"ksplice-{g['id:good']}: applied" in g["view"]
     assert "functions: loadavg_proc_show" in g["view_id"]
     assert re.search(r"stop_machine pause: \d+\.\d{3} us", g["view_id"])
     assert exit_code(g["view_none"]) != 0 and len(g["view_none"].splitlines()) == 2

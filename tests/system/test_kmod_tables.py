@@ -18,7 +18,10 @@ import pytest
 from helpers import parse_marked
 
 from ksplice_tasks.encode import ksplice_tables as md
+from ksplice_tasks.files import copy_atomic, write_atomic
 from ksplice_tasks.stages import kmod
+from ksplice_tasks.stages.collect import TABLES
+from ksplice_tasks.stages.layout import CreateLayout
 from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
@@ -67,7 +70,7 @@ def records(smap: dict[str, list[int]]) -> tuple[md.ModuleTables, md.ModuleTable
         imports=(md.ImportInput("text_poke"), md.ImportInput("text_poke_sync"),
                  md.ImportInput("text_mutex")),
     )
-    # what build_update_modules adds for the kernel side's own needs
+    # what the module build adds for the kernel side's own needs
     primary = kmod.with_primary_imports(primary)
     helper = md.ModuleTables(
         relocs=(reloc("loadavg_proc_show", 1, True), reloc(amb, 6, True),
@@ -101,11 +104,19 @@ def modules(kernel_smp: testkernel.TestKernel, tmp_path_factory: pytest.TempPath
     (d / "coll.c").write_text(COLLECTION_C)
     subprocess.run(["gcc", *CFLAGS, "-c", "-o", str(d / "coll.o"), str(d / "coll.c")],
                    check=True)
-    smap = kmod.read_system_map(kernel_smp.orig_config / "System.map")
+    smap_path = kernel_smp.orig_config / "System.map"
+    smap = kmod.read_system_map(smap_path)
     pt, ht = records(smap)
-    primary, helper = kmod.build_update_modules(
-        d / "work", kernel_smp.build, ID, smap, kmod.ModuleInputs(d / "coll.o", pt),
-        kmod.ModuleInputs(d / "coll.o", ht), jobs=2)
+    # What collect would leave behind, then the pipeline's own module stages.
+    work = CreateLayout(d / "work")
+    for role, tables in (("primary", pt), ("helper", ht)):
+        copy_atomic(d / "coll.o", work.collection(role))
+        write_atomic(work.tables_json(role), TABLES.dumps(tables))
+    kmod.write_tables(work, smap_path)
+    kmod.assemble_tables(work)
+    kmod.write_modcommon(work, smap_path, ID)
+    kmod.build(work, kernel_smp.build, ID, jobs=2)
+    _uid, primary, helper = kmod.built_modules(work)
     return primary, helper, pt, ht, smap
 
 

@@ -1,46 +1,52 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""A small, test-only builder of real updates for one kernel source file.
+"""The updates the apply tests need, made by the shipped pipeline.
 
-It stands in for the create pipeline so the apply tests can run before it
-lands: compile the unmodified source (pre) and an edited copy (post) with the
-cached test kernel's own recipe plus the section flags, diff them, run the
-object passes, encode the tables, build the two modules with kmod and pack
-the tarball layout ``ksplice-<id>/{patch, ksplice-<id>.ko,
-ksplice-<id>-helper.ko, debug/}``.
+A test update that a user could make is made the user's way: a patch, then
+``ksplice-create`` on the tests' prebuilt tree (:func:`create_update`).
+
+Two refusal tests need updates that no correct tree can produce: one whose
+pre object was compiled from source the running kernel was not built from,
+and one compiled with another test config's recipe. For those, and only for
+the compile, :func:`build_from_objects` reruns the kernel's own recipe (from
+its Kbuild ``.cmd`` file) with the section flags; every later step is the
+pipeline's own stage functions (objdiff, the passes, collect, the tables,
+modcommon, Kbuild of kmodsrc, the tarball) in a private work directory.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-import shlex
-import shutil
 import subprocess
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from ksplice_tasks.encode import ksplice_tables as metadata
-from ksplice_tasks.obj import objdiff, objmanip
-from ksplice_tasks.obj.elfread import read_object
-from ksplice_tasks.obj.elfwrite import write_object
-from ksplice_tasks.stages import kmod
-from ksplice_tasks.stages.extract import LOADER_SYMBOLS
+from helpers import Prebuilt, create, tarball_from
+
+from ksplice_tasks import artifacts
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.stages import collect, extract, kmod, package
+from ksplice_tasks.stages.layout import CreateLayout
 from ksplice_tasks.testing.testkernel import TestKernel
+from ksplice_tasks.tree import cmdfile, kbuild
 
-SECTION_FLAGS = ["-ffunction-sections", "-fdata-sections"]
-# Symbols the module loader must resolve because tables it consumes at load
-# time refer to the call sites (ftrace's __mcount_loc): stripping them would
-# make ftrace find a call to nowhere and shut itself down.
+PATCH_OPTS = ("-p1",)
 
 
-def recipe(build: Path, obj: str) -> list[list[str]]:
-    """The commands Kbuild ran for ``obj`` (relative to the O= build dir), from its .cmd."""
-    o = Path(obj)
-    text = (build / o.parent / f".{o.name}.cmd").read_text()
-    head = f"cmd_{obj} := "
-    line = next(ln for ln in text.splitlines() if ln.startswith(head))
-    return [shlex.split(part) for part in line[len(head):].split(";") if part.strip()]
+def source_patch(rel: str, pre_text: str, post_text: str) -> str:
+    """A ``-p1`` unified diff of one tree-relative source file."""
+    return "".join(difflib.unified_diff(pre_text.splitlines(keepends=True),
+                                        post_text.splitlines(keepends=True),
+                                        f"a/{rel}", f"b/{rel}"))
+
+
+def create_update(pb: Prebuilt, rel: str, post_text: str, workdir: Path) -> Path:
+    """``ksplice-create --patch`` of the change from the pristine ``rel`` to ``post_text``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pre_text = (pb.kernel.source / rel).read_text()
+    patch = workdir / f"{Path(rel).stem}.patch"
+    patch.write_text(source_patch(rel, pre_text, post_text))
+    res = create(pb, patch, workdir)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    return tarball_from(res.stdout, workdir)
 
 
 def compile_object(kernel: TestKernel, obj: str, source: Path, out: Path) -> Path:
@@ -48,117 +54,63 @@ def compile_object(kernel: TestKernel, obj: str, source: Path, out: Path) -> Pat
 
     The dependency-file option is dropped so the cached build stays as it was.
     """
-    cmds = recipe(kernel.build, obj)
-    for argv in cmds:
+    recipe = cmdfile.read(kernel.build, obj)
+    assert recipe is not None and recipe.commands(), f"no Kbuild recipe for {obj}"
+    for argv in recipe.commands():
         argv = [a for a in argv if not a.startswith("-Wp,-MMD")]
         if Path(argv[0]).name.endswith("gcc"):
             i = argv.index("-o")
             argv[i + 1] = str(out)
             argv[-1] = str(source)
-            argv[1:1] = SECTION_FLAGS
+            argv[1:1] = kbuild.SECTION_FLAGS.split()
         else:
             argv = [str(out) if a == obj else a for a in argv]
         subprocess.run(argv, cwd=kernel.build, check=True, capture_output=True)
     return out
 
 
-@dataclass(frozen=True)
-class Update:
-    """A built update: its id, tarball and what it replaces."""
+def build_from_objects(kernel: TestKernel, obj: str, post_text: str, workdir: Path, *,
+                       pre_text: str | None = None, compile_with: TestKernel | None = None,
+                       jobs: int = 2) -> Path:
+    """An update for ``kernel`` from objects this test compiles; returns its tarball.
 
-    id: str
-    tarball: Path
-    functions: tuple[str, ...]
-    primary: Path
-    helper: Path
-
-
-def _tag(obj: str, update_id: str) -> str:
-    return "____" + re.sub(r"[^A-Za-z0-9]", "_", Path(obj).stem) + "_" + update_id
-
-
-def _sizes(obj_path: Path, tag: str, suffix: str, only: set[str] | None = None
-           ) -> list[metadata.SizeInput]:
-    _o, recs = objmanip.sizelist(read_object(obj_path))
-    end = tag + suffix
-    out = []
-    for r in recs:
-        if not r.name.endswith(end) or not r.size:
-            continue
-        name = r.name[: -len(end)]
-        if only is None or name in only:
-            out.append(metadata.SizeInput(name, r.size, r.name + "_global"))
-    return out
-
-
-def build_update(kernel: TestKernel, obj: str, post_text: str, update_id: str,
-                 workdir: Path, *, pre_text: str | None = None,
-                 compile_with: TestKernel | None = None, jobs: int = 2) -> Update:
-    """Build ``ksplice-<id>.tar.gz`` replacing what ``post_text`` changes in ``obj``'s source.
-
-    ``pre_text`` (default: the pristine source) lets a test build an update
-    from source the running kernel was not built from; ``compile_with`` compiles
-    both objects with another test config's recipe (the modules and System.map
-    are still ``kernel``'s).
+    ``pre_text`` (default: the pristine source) is the source the pre object
+    is compiled from; ``compile_with`` compiles both objects with another test
+    config's recipe. The System.map, the modules' Kbuild tree and the update
+    id's config are ``kernel``'s (the config is ``compile_with``'s when given,
+    so the id differs from an update of the same patch built correctly).
     """
-    metadata.check_id(update_id)
-    workdir.mkdir(parents=True, exist_ok=True)
-    source = kernel.source / Path(obj).with_suffix(".c")
-    pre_src, post_src = source, workdir / "post" / source.name
-    post_src.parent.mkdir(exist_ok=True)
-    post_src.write_text(post_text)
-    if pre_text is not None:
-        pre_src = workdir / "pre" / source.name
-        pre_src.parent.mkdir(exist_ok=True)
-        pre_src.write_text(pre_text)
+    rel_src = str(Path(obj).with_suffix(".c"))
+    pristine = (kernel.source / rel_src).read_text()
+    pre_text = pristine if pre_text is None else pre_text
     cc = compile_with or kernel
-    pre = compile_object(cc, obj, pre_src, workdir / "pre.o")
-    post = compile_object(cc, obj, post_src, workdir / "post.o")
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "src"
+    pre_src, post_src = src / "pre" / Path(rel_src).name, src / "post" / Path(rel_src).name
+    write_atomic(pre_src, pre_text)
+    write_atomic(post_src, post_text)
+    pre_o = compile_object(cc, obj, pre_src, workdir / "pre.o")
+    post_o = compile_object(cc, obj, post_src, workdir / "post.o")
 
-    d = objdiff.diff_objects(pre, post)
-    assert d.changed, f"no changed function in {obj}"
-    tag = _tag(obj, update_id)
-    pobj, precs = objmanip.keep_primary(read_object(post), d.keep, tag, "_post", d.renames,
-                                        d.new_data)
-    smap = kmod.read_system_map(kernel.orig_config / "System.map")
-    loader = [r for r in precs if r.symbol in LOADER_SYMBOLS and r.symbol in smap]
-    precs = [r for r in precs if r not in loader]
-    pobj = objmanip.restore_relocs(pobj, loader)
-    pobj, _ = objmanip.globalize(pobj, "_post")
-    write_object(pobj, workdir / "primary.o")
-    hobj, hrecs = objmanip.keep_helper(read_object(pre), tag, "_pre")
-    hobj, _ = objmanip.globalize(hobj, "_pre")
-    write_object(hobj, workdir / "helper.o")
-
-    old = {post_name: d.renames.get(post_name, post_name) for post_name in d.changed}
-    psizes = _sizes(workdir / "primary.o", tag, "_post", set(d.keep))
-    ptables = metadata.ModuleTables(
-        relocs=metadata.relocs_from_records(precs),
-        sizes=psizes,
-        patches=[metadata.PatchInput(old[n], n + tag + "_post_global") for n in d.changed],
-    )
-    htables = metadata.ModuleTables(relocs=metadata.relocs_from_records(hrecs),
-                                    sizes=_sizes(workdir / "helper.o", tag, "_pre"))
-    primary, helper = kmod.build_update_modules(
-        workdir / "kmod", kernel.build, update_id, smap,
-        kmod.ModuleInputs(workdir / "primary.o", ptables),
-        kmod.ModuleInputs(workdir / "helper.o", htables), jobs=jobs)
-
-    top = workdir / "pkg" / f"ksplice-{update_id}"
-    if top.exists():
-        shutil.rmtree(top)
-    (top / "debug").mkdir(parents=True)
-    pre_lines = pre_src.read_text().splitlines(keepends=True)
-    (top / "patch").write_text("".join(difflib.unified_diff(
-        pre_lines, post_text.splitlines(keepends=True), f"a/{source.name}", f"b/{source.name}")))
-    shutil.copy(primary, top / primary.name)
-    shutil.copy(helper, top / helper.name)
-    for f in ("pre.o", "post.o", "primary.o", "helper.o"):
-        shutil.copy(workdir / f, top / "debug" / f)
-    tarball = workdir / f"ksplice-{update_id}.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tf:
-        tf.add(top, arcname=top.name)
-    return Update(update_id, tarball, tuple(old[n] for n in d.changed), primary, helper)
+    patch_text = source_patch(rel_src, pre_text, post_text)
+    patch = write_atomic(workdir / "patch", patch_text)
+    smap = kernel.orig_config / "System.map"
+    uid = package.update_id(patch_text.encode(), PATCH_OPTS,
+                            (cc.orig_config / ".config").read_bytes(), smap.read_bytes())
+    work = CreateLayout(workdir / "create")
+    paths = work.object(obj)
+    extract.diff_object(pre_o, post_o, obj, paths, rel_src, patch_text)
+    extract.extract_object(pre_o, post_o, obj, paths)
+    collect.collect([paths], work)
+    kmod.write_tables(work, smap)
+    kmod.assemble_tables(work)
+    kmod.write_modcommon(work, smap, uid)
+    kmod.build(work, kernel.build, uid, jobs=jobs)
+    kmod.rmsyms_check(work, kernel.build)
+    write_atomic(work.post_build, artifacts.POST_BUILD.dumps(
+        artifacts.PostBuild("test", [obj], [obj], 0.0, 0)))
+    return package.write_tarball(workdir, work, patch,
+                                 [p.name for p in kmod.all_kmodsrc_files()])
 
 
 SLEEPER_C = r"""// SPDX-License-Identifier: GPL-2.0
