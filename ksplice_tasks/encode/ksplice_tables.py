@@ -28,10 +28,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ksplice_tasks.artifacts import RelocRecord
+from ksplice_tasks.names import check_id
 
 SystemMap = Mapping[str, Sequence[int]]
 
-ID_RE = re.compile(r"^[a-z0-9]{8}$")
 DEFAULT_ANCHOR = "_printk"
 # Where the kernel image lives when System.map lacks _text/_end: everything
 # above the start of the kernel mapping moves with KASLR.
@@ -420,13 +420,6 @@ def render_asm(tables: ModuleTables, system_map: SystemMap) -> str:
 
 
 # -- headers -----------------------------------------------------------------------
-
-def check_id(update_id: str) -> str:
-    """Reject ids that would not be usable in module names, file names and C identifiers."""
-    if not ID_RE.match(update_id):
-        raise ValueError(f"update id must be 8 characters from [a-z0-9]: {update_id!r}")
-    return update_id
-
 
 def render_modcommon(update_id: str, system_map: SystemMap,
                      anchor: str = DEFAULT_ANCHOR) -> str:

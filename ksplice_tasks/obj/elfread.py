@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_SH_TYPE_AMD64
 
@@ -315,8 +316,19 @@ def parse_relas(data: bytes) -> list[Reloc]:
 
 
 def read_object(path: str | Path) -> ElfObject:
-    """Parse an x86-64 relocatable object; raise ElfFormatError on anything else."""
+    """Parse an x86-64 relocatable object; raise ElfFormatError on anything else.
+
+    pyelftools' own parse errors (a truncated file, a header field pointing
+    past the end) are reported as ElfFormatError too, naming the file.
+    """
     path = str(path)
+    try:
+        return _read_object(path)
+    except (ELFError, struct.error) as exc:
+        raise ElfFormatError(f"{path}: malformed ELF object ({exc})") from None
+
+
+def _read_object(path: str) -> ElfObject:
     with open(path, "rb") as f:
         try:
             elf = ELFFile(f)

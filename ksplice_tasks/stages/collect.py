@@ -27,18 +27,11 @@ from ksplice_tasks.names import (
     kernel_name,
     tagged_name,
 )
+from ksplice_tasks.obj.kernel_sections import is_discarded
 from ksplice_tasks.stages.layout import CreateLayout, ObjectPaths
 
 # The JSON form of one module's tables (collect writes it, the module build reads it).
 TABLES = artifacts.Codec(metadata.ModuleTables, "module-tables")
-# Code the running kernel has freed after boot (or never keeps): nothing to match or patch.
-DISCARDED = (".init.", ".exit.")
-
-
-def discarded(section: str) -> bool:
-    return section.startswith(DISCARDED)
-
-
 def side_of(role: str) -> str:
     """The symbol side a module's code comes from: the primary's is post, the helper's pre."""
     return POST if role == PRIMARY else PRE
@@ -56,10 +49,10 @@ def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.Modul
     for rec in records:
         if rec.empty:
             continue
-        relocs += [r for r in getattr(rec, f"{role}_relocs") if not discarded(r.section)]
+        relocs += [r for r in getattr(rec, f"{role}_relocs") if not is_discarded(r.section)]
         sizes += [metadata.SizeInput(kernel_name(z.name, rec.tag, side), z.size,
                                      global_alias(z.name))
-                  for z in getattr(rec, f"{role}_sizes") if not discarded(z.section)]
+                  for z in getattr(rec, f"{role}_sizes") if not is_discarded(z.section)]
         if role == PRIMARY:
             patches += [metadata.PatchInput(rec.renames.get(f, f),
                                             tagged_name(f, rec.tag, POST, is_global=True))
@@ -72,7 +65,7 @@ def patched_functions(rec: ObjectRecords) -> list[str]:
     """The changed functions that still run: __init/__exit code gets no jump."""
     section = {z.name: z.section for z in rec.primary_sizes}
     return [f for f in rec.changed
-            if not discarded(section.get(tagged_name(f, rec.tag, POST), ""))]
+            if not is_discarded(section.get(tagged_name(f, rec.tag, POST), ""))]
 
 
 def link(objects: Sequence[Path], out: Path, verbose: bool = False) -> Path:

@@ -13,6 +13,7 @@ explicitly, so a test can run them on objects it compiled itself.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from ksplice_tasks import artifacts
@@ -22,11 +23,8 @@ from ksplice_tasks.names import POST, PRE, object_tag, side_suffix, symbol_suffi
 from ksplice_tasks.obj import objdiff, objmanip
 from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
 from ksplice_tasks.obj.elfwrite import write_object
+from ksplice_tasks.obj.kernel_sections import LOADER_SYMBOLS
 from ksplice_tasks.stages.layout import ObjectPaths
-
-# Relocations the module loader must resolve itself: ftrace finds its call sites
-# in a module through them, and turns them into NOPs when the module loads.
-LOADER_SYMBOLS = frozenset({"__fentry__"})
 
 
 def diff_object(pre: Path, post: Path, rel: str, out: ObjectPaths, source: str | None,
@@ -62,11 +60,15 @@ def weak_functions(obj: ElfObject) -> dict[str, str]:
             if sym.bind == STB_WEAK and sym.type == STT_FUNC and sym.in_section}
 
 
-def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths) -> ObjectRecords:
+def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
+                   loader_symbols: Collection[str] = LOADER_SYMBOLS) -> ObjectRecords:
     """keep-primary + globalize on the post object, keep-helper + globalize on the pre.
 
     Reads ``out.diff`` (from :func:`diff_object`); writes ``out.primary``,
-    ``out.helper`` and the ``out.records`` it returns.
+    ``out.helper`` and the ``out.records`` it returns. Relocations against
+    ``loader_symbols`` stay in the primary for the module loader (see
+    :data:`ksplice_tasks.obj.kernel_sections.LOADER_SYMBOLS`); every other
+    stripped relocation becomes a record the module resolves itself.
     """
     d = artifacts.DIFF.read(out.diff)
     tag = object_tag(rel)
@@ -75,9 +77,9 @@ def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths) -> ObjectR
     if not d.empty:
         prim, prim_relocs = objmanip.keep_primary(read_object(post), d.keep, tag_infix(tag),
                                                   side_suffix(POST), d.renames, d.new_data)
-        for_loader = [r for r in prim_relocs if r.symbol in LOADER_SYMBOLS]
+        for_loader = [r for r in prim_relocs if r.symbol in loader_symbols]
         prim = objmanip.restore_relocs(prim, for_loader)
-        prim_relocs = [r for r in prim_relocs if r.symbol not in LOADER_SYMBOLS]
+        prim_relocs = [r for r in prim_relocs if r.symbol not in loader_symbols]
         prim, _ = objmanip.globalize(prim, symbol_suffix(tag, POST))
         helper, helper_relocs = objmanip.keep_helper(read_object(pre), tag_infix(tag),
                                                      side_suffix(PRE))

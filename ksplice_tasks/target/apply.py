@@ -20,7 +20,6 @@ import argparse
 import ctypes
 import errno
 import os
-import re
 import sys
 import tarfile
 import tempfile
@@ -30,8 +29,15 @@ from pathlib import Path
 
 from ksplice_tasks.encode.abort_causes import explain
 from ksplice_tasks.errors import UserError
-
-ID_RE = re.compile(r"^[a-z0-9]{8}$")
+from ksplice_tasks.names import (
+    HELPER,
+    PACKAGE_DIR_RE,
+    PRIMARY,
+    is_id,
+    module_files,
+    sysfs_module,
+    sysfs_module_id,
+)
 
 # x86-64 system call numbers (the only architecture ksplice-py targets).
 SYS_DELETE_MODULE = 176
@@ -45,11 +51,12 @@ class ApplyError(UserError):
 
 def module_name(update_id: str, helper: bool = False) -> str:
     """The kernel's name of an update module (Kbuild turns '-' into '_')."""
-    return f"ksplice_{update_id}" + ("_helper" if helper else "")
+    return sysfs_module(update_id, HELPER if helper else PRIMARY)
 
 
 def check_id(update_id: str) -> str:
-    if not ID_RE.match(update_id):
+    """Return ``update_id``; ApplyError unless it is 8 characters from [a-z0-9]."""
+    if not is_id(update_id):
         raise ApplyError(f"bad update id {update_id!r}: expected 8 characters from [a-z0-9]")
     return update_id
 
@@ -77,7 +84,7 @@ def extract_package(tarball: Path, dest: Path) -> Package:
             if len(tops) != 1:
                 raise ApplyError(f"{tarball}: expected one ksplice-<id> directory")
             top = tops.pop()
-            m = re.fullmatch(r"ksplice-([a-z0-9]{8})", top)
+            m = PACKAGE_DIR_RE.fullmatch(top)
             if not m:
                 raise ApplyError(f"{tarball}: {top!r} is not a ksplice-<id> directory")
             tf.extractall(dest, filter="data")
@@ -87,8 +94,8 @@ def extract_package(tarball: Path, dest: Path) -> Package:
         reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
         raise ApplyError(f"{tarball}: not a usable ksplice tarball ({reason})") from None
     update_id = m.group(1)
-    pkg = Package(update_id, dest / top / f"ksplice-{update_id}.ko",
-                  dest / top / f"ksplice-{update_id}-helper.ko")
+    primary, helper = module_files(update_id)
+    pkg = Package(update_id, dest / top / primary, dest / top / helper)
     for f in (pkg.primary, pkg.helper):
         if not f.is_file() or f.is_symlink():
             raise ApplyError(f"{tarball}: missing {top}/{f.name}")
@@ -145,9 +152,9 @@ class Kernel:
         root = self.sys_root / "module"
         out = []
         for d in sorted(root.glob("ksplice_*")):
-            m = re.fullmatch(r"ksplice_([a-z0-9]{8})", d.name)
-            if m and (d / "ksplice").is_dir():
-                out.append(m.group(1))
+            uid = sysfs_module_id(d.name)
+            if uid and (d / "ksplice").is_dir():
+                out.append(uid)
         return out
 
 

@@ -23,6 +23,7 @@ from helpers import Prebuilt, create, tarball_from
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.files import write_atomic
+from ksplice_tasks.obj.kernel_sections import LOADER_SYMBOLS
 from ksplice_tasks.stages import collect, extract, kmod, package
 from ksplice_tasks.stages.layout import CreateLayout
 from ksplice_tasks.testing.testkernel import TestKernel
@@ -100,7 +101,10 @@ def build_from_objects(kernel: TestKernel, obj: str, post_text: str, workdir: Pa
     work = CreateLayout(workdir / "create")
     paths = work.object(obj)
     extract.diff_object(pre_o, post_o, obj, paths, rel_src, patch_text)
-    extract.extract_object(pre_o, post_o, obj, paths)
+    # With another recipe the objects may call __fentry__ although the running
+    # kernel has no ftrace: only what it exports is left to its module loader.
+    loader = {s for s in LOADER_SYMBOLS if s in kmod.read_system_map(smap)}
+    extract.extract_object(pre_o, post_o, obj, paths, loader)
     collect.collect([paths], work)
     kmod.write_tables(work, smap)
     kmod.assemble_tables(work)

@@ -197,3 +197,14 @@ sig:    call ext
     assert "contains 4 sections" in text
     assert {line.split()[-1] for line in text.splitlines() if line.strip().startswith("[ ")} == \
         {".text.g", ".rela.text.g", ".data.g", ".rela.data.g"}
+
+
+def test_truncated_objects_are_format_errors(fixture_pair, tmp_path):
+    """Every cut of a real object is refused as ElfFormatError, never another exception."""
+    data = fixture_pair("switch_table")[1].read_bytes()
+    cut = tmp_path / "cut.o"
+    step = max(1, len(data) // 400)
+    for n in range(0, len(data), step):
+        cut.write_bytes(data[:n])
+        with pytest.raises(ElfFormatError):
+            read_object(cut)
