@@ -2,7 +2,7 @@
 /*
  * Why an apply or reverse aborted.  Generated from
  * ksplice_tasks/encode/abort_causes.py; regenerate with:
- * python -m ksplice_tasks.encode.abort_causes --header
+ * python -m ksplice_tasks.encode.headers
  */
 #ifndef _KSPLICE_ABORT_H
 #define _KSPLICE_ABORT_H

@@ -2,7 +2,7 @@
 /*
  * Layout of the .ksplice.* tables that ksplice-create links into the
  * update modules.  Generated from ksplice_tasks/encode/ksplice_tables.py
- * regenerate with: python -m ksplice_tasks.encode.ksplice_tables --header
+ * regenerate with: python -m ksplice_tasks.encode.headers
  *
  * Each table starts at a global label named after it and ends with an
  * all-zero entry.  Candidates are System.map addresses.

@@ -12,13 +12,11 @@ checked-in header is the generated one and compiles it.
 
 Regenerate the header with::
 
-    python -m ksplice_tasks.encode.abort_causes --header > kmodsrc/ksplice_abort.h
+    python -m ksplice_tasks.encode.headers
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,7 +102,7 @@ def render_abort_header() -> str:
         "/*",
         " * Why an apply or reverse aborted.  Generated from",
         " * ksplice_tasks/encode/abort_causes.py; regenerate with:",
-        " * python -m ksplice_tasks.encode.abort_causes --header",
+        " * python -m ksplice_tasks.encode.headers",
         " */",
         "#ifndef _KSPLICE_ABORT_H",
         "#define _KSPLICE_ABORT_H",
@@ -124,19 +122,3 @@ def render_abort_header() -> str:
             "What the stage write fails with when @cause aborted the operation.")
     lines += ["", "#endif /* _KSPLICE_ABORT_H */", ""]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ksplice_tasks.encode.abort_causes --header``: print the C header."""
-    ap = argparse.ArgumentParser(prog="ksplice_tasks.encode.abort_causes")
-    ap.add_argument("--header", action="store_true", help=f"print kmodsrc/{HEADER_NAME}")
-    args = ap.parse_args(argv)
-    if args.header:
-        sys.stdout.write(render_abort_header())
-        return 0
-    ap.print_usage()
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,9 +21,7 @@ they are.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -463,7 +461,7 @@ def render_struct_header() -> str:
         "/*",
         " * Layout of the .ksplice.* tables that ksplice-create links into the",
         " * update modules.  Generated from ksplice_tasks/encode/ksplice_tables.py",
-        " * regenerate with: python -m ksplice_tasks.encode.ksplice_tables --header",
+        " * regenerate with: python -m ksplice_tasks.encode.headers",
         " *",
         " * Each table starts at a global label named after it and ends with an",
         " * all-zero entry.  Candidates are System.map addresses.",
@@ -485,19 +483,3 @@ def render_struct_header() -> str:
         lines.append(f"extern const struct {s.name} {s.table}[];")
     lines += ["", "#endif /* _KSPLICE_TABLES_H */", ""]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ksplice_tasks.encode.ksplice_tables --header``: print the C struct header."""
-    ap = argparse.ArgumentParser(prog="ksplice_tasks.encode.ksplice_tables")
-    ap.add_argument("--header", action="store_true", help="print kmodsrc/ksplice_tables.h")
-    args = ap.parse_args(argv)
-    if args.header:
-        sys.stdout.write(render_struct_header())
-        return 0
-    ap.print_usage()
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

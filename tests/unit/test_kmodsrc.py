@@ -41,7 +41,7 @@ DEFINED_ELSEWHERE = {"ksplice_helper_attach": "primary.c"}
 def test_checked_in_abort_header_is_generated() -> None:
     text = (SRC / ac.HEADER_NAME).read_text()
     assert text == ac.render_abort_header(), ("regenerate: python -m "
-                                               "ksplice_tasks.encode.abort_causes --header"
+                                               "ksplice_tasks.encode.headers"
                                                f" > kmodsrc/{ac.HEADER_NAME}")
 
 
@@ -206,3 +206,12 @@ def test_kernel_doc_is_clean(linux_src: Path) -> None:
                         "-Werror", *map(str, C_FILES)], capture_output=True, text=True)
     problems = [line for line in r.stderr.splitlines() if ": info: " not in line]
     assert r.returncode == 0 and not problems, "\n".join(problems) or f"exit {r.returncode}"
+
+
+def test_generated_headers_are_current() -> None:
+    """The one command that writes kmodsrc's generated headers finds nothing stale."""
+    from ksplice_tasks.encode import headers
+
+    assert set(headers.GENERATED) == {"ksplice_tables.h", "ksplice_abort.h"}
+    assert headers.stale(kmod.kmodsrc_dir()) == []
+    assert headers.main(["--check", str(kmod.kmodsrc_dir())]) == 0

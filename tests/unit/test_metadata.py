@@ -94,8 +94,7 @@ def test_primary_imports_are_added_once() -> None:
 def test_checked_in_header_is_generated() -> None:
     text = (kmod.kmodsrc_dir() / md.HEADER_NAME).read_text()
     assert text == md.render_struct_header(), \
-        ("regenerate: python -m ksplice_tasks.encode.ksplice_tables --header"
-         " > kmodsrc/ksplice_tables.h")
+        "regenerate: python -m ksplice_tasks.encode.headers"
 
 
 def test_struct_layout_matches_c(tmp_path: Path) -> None:
