@@ -51,10 +51,15 @@ PRIMARY, HELPER = "primary", "helper"
 ROLES = (PRIMARY, HELPER)
 
 
-def _role_suffix(role: str) -> str:
+def check_role(role: str) -> str:
+    """Return ``role`` unchanged; ValueError unless it is ``primary`` or ``helper``."""
     if role not in ROLES:
         raise ValueError(f"module role must be one of {ROLES}, not {role!r}")
-    return "-helper" if role == HELPER else ""
+    return role
+
+
+def _role_suffix(role: str) -> str:
+    return "-helper" if check_role(role) == HELPER else ""
 
 
 def package_dir(update_id: str) -> str:

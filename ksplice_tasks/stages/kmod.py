@@ -18,7 +18,6 @@ test drives the same functions in a directory of its own:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,13 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import atomic_path, copy_if_changed, write_if_changed, write_json
+from ksplice_tasks.files import (
+    atomic_path,
+    copy_if_changed,
+    file_sha256,
+    write_if_changed,
+    write_json,
+)
 from ksplice_tasks.names import HELPER, PRIMARY, ROLES, check_id, module_file, module_files
 from ksplice_tasks.obj.elfread import undefined_symbols
 from ksplice_tasks.stages.collect import TABLES
@@ -165,10 +170,6 @@ def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1) -> list
             f"-j{jobs}", "modules"]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
           verbose: bool = False, src: Path | None = None) -> artifacts.ModulesRecord:
     """Kbuild of kmodsrc/ plus the linked collections in ``work.kmod``, against ``kdir``.
@@ -196,7 +197,7 @@ def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
         if not ko.is_file():
             raise UserError(f"Kbuild did not produce {ko}")
     record = artifacts.ModulesRecord(update_id, kos[0].name, kos[1].name,
-                                     _sha256(kos[0]), _sha256(kos[1]))
+                                     file_sha256(kos[0]), file_sha256(kos[1]))
     write_if_changed(work.modules, artifacts.MODULES.dumps(record))
     return record
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksplice_tasks.names import ROLES
+from ksplice_tasks.names import check_role as _role
 
 STATE_DIRNAME = ".ksplice"
 
@@ -34,12 +34,6 @@ STATE_DIRNAME = ".ksplice"
 def object_key(rel: str) -> str:
     """A directory name for an object's work files: ``fs/proc/x.o`` -> ``fs__proc__x.o``."""
     return rel.replace("/", "__")
-
-
-def _role(role: str) -> str:
-    if role not in ROLES:
-        raise ValueError(f"module role must be one of {ROLES}, not {role!r}")
-    return role
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ and every failure leaves the post tree as the snapshot.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -23,7 +22,7 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PatchRecord
 from ksplice_tasks.commands import echo
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_atomic, write_if_changed
+from ksplice_tasks.files import file_sha256, write_atomic, write_if_changed
 from ksplice_tasks.stages import package
 from ksplice_tasks.stages.inputs import Settings
 from ksplice_tasks.tree import snapshot
@@ -104,8 +103,9 @@ def check_targets(tree: Path, rels: Iterable[str], excluded: Sequence[Path]) -> 
 
 
 def sha256_file(path: Path) -> str | None:
+    """:func:`~ksplice_tasks.files.file_sha256`, or None for a file the patch deleted."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         return None
 
