@@ -401,7 +401,7 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
               file_dep=[smap],
               targets=[work.modcommon]),
         _task("kmod_build", p, "kmod:build", work, s.ksrc, **WITH_ID,
-              kwargs={"jobs": s.jobs, "verbose": s.verbose},
+              kwargs={"jobs": s.jobs, "verbose": s.verbose, "make_vars": list(s.make_vars)},
               file_dep=[*linked, work.modcommon, *kmodsrc],
               targets=[work.modules]),
         _task("rmsyms", p, "kmod:rmsyms_check", work, s.ksrc,

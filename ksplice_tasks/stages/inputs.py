@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Settings:
     diffext: str | None = None
     patch_opts: tuple[str, ...] = field(default=("-p1",))
     outdir: Path = field(default_factory=Path.cwd)
+    make_vars: tuple[str, ...] = ()
 
     @property
     def state(self) -> Path:
@@ -153,7 +155,53 @@ def resolve(
         diffext=diffext,
         patch_opts=tuple(patch_opts) if patch_opts else ("-p1",),
         outdir=out_p,
+        make_vars=target_make_vars(orig_p),
     )
+
+
+_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
+_CC_TEXT_RE = re.compile(r'^CONFIG_CC_VERSION_TEXT="([^" ]+) ', re.M)
+
+
+def read_release(orig: Path) -> str | None:
+    """ORIG_CONFIG/kernel.release: the target's ``uname -r``, one line; None when absent.
+
+    UserError when the file is not one plausible release string (the kernel's
+    UTS release is at most 64 characters, include/uapi/linux/utsname.h).
+    """
+    path = orig / "kernel.release"
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    release = lines[0].strip() if lines else ""
+    if len(lines) != 1 or not _RELEASE_RE.match(release):
+        raise UserError(f"{path} must be one line holding the target's 'uname -r', "
+                        f"such as 6.1.0-57-amd64")
+    return release
+
+
+def target_make_vars(orig: Path) -> tuple[str, ...]:
+    """Make variables that rebuild the target's objects as its distributor did.
+
+    - ``KERNELRELEASE=<ORIG_CONFIG/kernel.release>``: Debian's release string
+      (6.1.0-57-amd64) is not the source Makefile's (6.1.192); it goes into
+      UTS_RELEASE and so into the modules' vermagic (include/linux/vermagic.h).
+    - ``CC=<compiler>`` when the config's CONFIG_CC_VERSION_TEXT names a
+      versioned gcc that is installed (Debian builds with ``CC=gcc-12``);
+      otherwise Kconfig would rewrite CONFIG_CC_VERSION_TEXT.
+    """
+    out = []
+    release = read_release(orig)
+    if release is not None:
+        out.append(f"KERNELRELEASE={release}")
+    try:
+        text = (orig / ".config").read_text(errors="replace")
+    except OSError:
+        text = ""
+    m = _CC_TEXT_RE.search(text)
+    if m and re.fullmatch(r"gcc-\d+", m.group(1)) and shutil.which(m.group(1)):
+        out.append(f"CC={m.group(1)}")
+    return tuple(out)
 
 
 def check_postdir_is_ours(postdir: Path) -> None:

@@ -18,7 +18,7 @@ test drives the same functions in a directory of its own:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,14 +164,21 @@ def write_modcommon(work: CreateLayout, system_map: Path, update_id: str) -> Pat
     return write_if_changed(work.modcommon, text)
 
 
-def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1) -> list[str]:
-    """The external-module Kbuild command (kdir: an O= build dir or a built tree)."""
-    return ["make", "-C", str(kdir), f"M={moddir}", f"KSPLICE_ID={update_id}",
+def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1,
+                make_vars: Sequence[str] = ()) -> list[str]:
+    """The external-module Kbuild command (kdir: an O= build dir or a built tree).
+
+    make_vars: the target's ``KERNELRELEASE=``/``CC=`` words
+    (:func:`ksplice_tasks.stages.inputs.target_make_vars`), so the vermagic is
+    the target's.
+    """
+    return ["make", "-C", str(kdir), *make_vars, f"M={moddir}", f"KSPLICE_ID={update_id}",
             f"-j{jobs}", "modules"]
 
 
 def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
-          verbose: bool = False, src: Path | None = None) -> artifacts.ModulesRecord:
+          verbose: bool = False, src: Path | None = None,
+          make_vars: Sequence[str] = ()) -> artifacts.ModulesRecord:
     """Kbuild of kmodsrc/ plus the linked collections in ``work.kmod``, against ``kdir``.
 
     ``kdir`` is a built kernel tree (or O= directory) with Module.symvers;
@@ -190,7 +197,7 @@ def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
     if not (kdir / "Module.symvers").is_file():
         raise UserError(f"{kdir} has no Module.symvers: build the kernel with "
                         "'make modules' first")
-    run(kbuild_argv(kdir, moddir.resolve(), update_id, jobs), verbose=verbose,
+    run(kbuild_argv(kdir, moddir.resolve(), update_id, jobs, make_vars), verbose=verbose,
         what="building the update modules")
     kos = [moddir / module_file(update_id, role) for role in (PRIMARY, HELPER)]
     for ko in kos:

@@ -99,7 +99,7 @@ def build_post(s: Settings) -> PostBuild:
         patching.reset_post(s)
         raise UserError("No changes detected: the patch touches no file that this "
                         f"configuration compiles ({', '.join(touched)})")
-    argv = kbuild.make_argv(s.postdir, s.jobs, targets or [])
+    argv = kbuild.make_argv(s.postdir, s.jobs, targets or [], make_vars=s.make_vars)
     log = s.layout.log("post-build")
     res = kbuild.run_make(argv, log, kbuild.Progress("post build", total=len(targets or [])
                                                     or None), verbose=s.verbose)

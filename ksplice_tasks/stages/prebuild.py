@@ -58,7 +58,7 @@ def check_config_fits(s: Settings) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="ksplice-config-") as tmp:
         cfg = Path(tmp) / "config"
         cfg.write_bytes((s.orig / ".config").read_bytes())
-        run(["make", "-C", s.ksrc, "-s", f"KCONFIG_CONFIG={cfg}", "olddefconfig"],
+        run(["make", "-C", s.ksrc, "-s", *s.make_vars, f"KCONFIG_CONFIG={cfg}", "olddefconfig"],
             verbose=s.verbose, what="make olddefconfig (checking ORIG_CONFIG/.config)")
         diffs = config_differences(parse_config((s.orig / ".config").read_text()),
                                    parse_config(cfg.read_text()))
@@ -108,7 +108,7 @@ def build_pre(s: Settings) -> dict:
     the seed never insists on the link; only the objects matter here. The
     fingerprint of the built tree lets a rerun skip make entirely.
     """
-    argv = kbuild.make_argv(s.ksrc, s.jobs)
+    argv = kbuild.make_argv(s.ksrc, s.jobs, make_vars=s.make_vars)
     # A total is known only for a full rebuild of a tree built before (make clean);
     # an incremental build says how many objects it recompiled.
     fresh = count_objects(s.ksrc, s.excluded) == 0

@@ -32,11 +32,18 @@ def make_argv(
     *,
     section_flags: bool = True,
     build_dir: Path | None = None,
+    make_vars: Sequence[str] = (),
 ) -> list[str]:
-    """A make command line for a tree; in-tree unless build_dir (O=) is given."""
+    """A make command line for a tree; in-tree unless build_dir (O=) is given.
+
+    make_vars are extra ``NAME=value`` words that describe the target kernel's
+    build (``KERNELRELEASE=6.1.0-57-amd64``, ``CC=gcc-12``); see
+    :func:`ksplice_tasks.stages.inputs.target_make_vars`.
+    """
     argv = ["make", "-C", str(tree), f"-j{jobs}"]
     if build_dir is not None:
         argv.append(f"O={build_dir}")
+    argv += list(make_vars)
     if section_flags:
         argv += section_flag_vars()
     return argv + list(targets)
