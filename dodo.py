@@ -2,6 +2,7 @@
 """doit entry point for ksplice-py: the tasks of ksplice_tasks.graph, declared here.
 
     doit prebuild KSRC=~/linux-6.1 [ORIG=~/linux-6.1/ksplice] [POSTDIR=DIR] [JOBS=N] [VERBOSE=1]
+                  [FULL=1]   (FULL=1: build every object now, not per patch)
     doit create_update PATCH=fix.patch [PATCH_OPT=-p1] [OUTDIR=DIR]   (or DIFFEXT=.fixed)
     doit list
 

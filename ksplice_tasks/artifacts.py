@@ -130,8 +130,9 @@ class PatchRecord:
 class PostBuild:
     """``post-build.json``: what the post build rebuilt and which objects changed.
 
-    ``mode`` is ``objects`` (``make`` of the ``targets``) or ``full``;
-    ``seconds`` is make's wall time.
+    ``mode`` is ``objects`` (``make`` of the ``targets``), ``full``, or
+    ``targeted`` (a targeted prebuild: the ``targets`` were built in the pre
+    tree too); ``seconds`` is make's wall time.
     """
 
     mode: str
@@ -157,6 +158,34 @@ class PreBuildStamp:
     objects_total: int
     seconds: float
     finished: float
+    mode: str = "full"
+
+
+@dataclass(frozen=True)
+class ObjectInventory:
+    """``inventory.json``: every object the target's config builds, from ``make -n``.
+
+    Written by a targeted prebuild (:mod:`ksplice_tasks.tree.deps`).
+    ``objects`` maps a tree-relative object to ``(source, include-set index,
+    forced-include-set index)``; the sets are lists of tree-relative paths
+    (``-I``/``-iquote`` directories, ``-include`` files), shared by many objects.
+    """
+
+    objects: dict[str, tuple[str, int, int]]
+    include_sets: list[list[str]]
+    forced_sets: list[list[str]]
+
+
+@dataclass(frozen=True)
+class IncludeIndex:
+    """``includes.json``: the ``#include`` lines of the pre tree's C, header and asm files.
+
+    ``files`` lists every scanned file (tree-relative); ``includes`` holds
+    ``(index into files, included name, quoted)`` for each include line.
+    """
+
+    files: list[str]
+    includes: list[tuple[int, str, bool]]
 
 
 @dataclass(frozen=True)
@@ -245,6 +274,8 @@ RECORDS = Codec(ObjectRecords, "object-records")
 POST_PATCH = Codec(PatchRecord, "post-patch")
 POST_BUILD = Codec(PostBuild, "post-build")
 PRE_BUILD = Codec(PreBuildStamp, "pre-build")
+INVENTORY = Codec(ObjectInventory, "object-inventory")
+INCLUDES = Codec(IncludeIndex, "include-index")
 MODULES = Codec(ModulesRecord, "modules")
 
 
@@ -297,8 +328,12 @@ def _decode(tp: Any, value: object, where: str) -> Any:
         if not isinstance(value, dict):
             raise ArtifactError(f"{here}: expected an object, got {_describe(value)}")
         hints = _hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        missing = [n for n in names if n not in value]
+        fields = dataclasses.fields(tp)
+        names = [f.name for f in fields]
+        # A field added later with a default reads records written before it.
+        missing = [f.name for f in fields if f.name not in value
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
         unknown = sorted(set(value) - set(names))
         if missing:
             raise ArtifactError(f"{here}: missing field(s) {', '.join(missing)}"
@@ -307,7 +342,7 @@ def _decode(tp: Any, value: object, where: str) -> Any:
             raise ArtifactError(f"{here}: unknown field(s) {', '.join(unknown)}"
                                 if where else f"unknown field(s) {', '.join(unknown)}")
         return tp(**{n: _decode(hints[n], value[n], f"{where}.{n}" if where else n)
-                     for n in names})
+                     for n in names if n in value})
     if tp is bool:
         if not isinstance(value, bool):
             raise ArtifactError(f"{here}: expected a boolean, got {_describe(value)}")
@@ -324,6 +359,13 @@ def _decode(tp: Any, value: object, where: str) -> Any:
         if not isinstance(value, str):
             raise ArtifactError(f"{here}: expected a string, got {_describe(value)}")
         return value
+    if origin is tuple and typing.get_args(tp) and typing.get_args(tp)[-1] is not Ellipsis:
+        args = typing.get_args(tp)  # a fixed-length tuple, tuple[str, int]: one type per place
+        if not isinstance(value, list) or len(value) != len(args):
+            raise ArtifactError(f"{here}: expected a list of {len(args)}, got "
+                                f"{_describe(value)}")
+        return tuple(_decode(a, v, f"{where}[{i}]")
+                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin in (list, tuple, Sequence):
         if not isinstance(value, list):
             raise ArtifactError(f"{here}: expected a list, got {_describe(value)}")
@@ -350,12 +392,18 @@ def _schema(tp: Any) -> dict[str, Any]:
         return {"type": "null"}
     if dataclasses.is_dataclass(tp):
         hints = _hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        return {"type": "object", "properties": {n: _schema(hints[n]) for n in names},
-                "required": names, "additionalProperties": False}
+        fields = dataclasses.fields(tp)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        return {"type": "object", "properties": {f.name: _schema(hints[f.name]) for f in fields},
+                "required": required, "additionalProperties": False}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if tp in simple:
         return {"type": simple[tp]}
+    if origin is tuple and typing.get_args(tp) and typing.get_args(tp)[-1] is not Ellipsis:
+        args = typing.get_args(tp)
+        return {"type": "array", "prefixItems": [_schema(a) for a in args],
+                "minItems": len(args), "maxItems": len(args)}
     if origin in (list, tuple, Sequence):
         args = typing.get_args(tp)
         return {"type": "array", "items": _schema(args[0] if args else Any)}

@@ -37,6 +37,10 @@ def create_parser() -> argparse.ArgumentParser:
                    help="take the patch from FILE.EXTENSION files beside FILE")
     p.add_argument("--prebuild", action="store_true",
                    help="only do the pre build and set up the post tree")
+    p.add_argument("--full", action="store_true",
+                   help="with --prebuild: build every object now (hours for a distribution "
+                        "config); by default a never-built tree gets a targeted prebuild "
+                        "and each create builds the objects its patch touches")
     p.add_argument("--config", metavar="ORIG_CONFIG",
                    help="directory with the running kernel's .config and System.map "
                         "(default: KERNEL_SOURCE/ksplice)")
@@ -62,6 +66,9 @@ def create_main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: give exactly one of --patch, --diffext or "
                          f"--prebuild (got {actions})\n")
         return 2
+    if args.full and not args.prebuild:
+        sys.stderr.write(f"{PROG}: error: --full goes with --prebuild\n")
+        return 2
     try:
         settings = resolve(
             args.kernel_source,
@@ -72,6 +79,7 @@ def create_main(argv: Sequence[str] | None = None) -> int:
             patch=args.patch,
             diffext=args.diffext,
             patch_opts=args.patch_opt,
+            full=args.full,
         )
     except UserError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")

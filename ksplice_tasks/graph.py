@@ -39,7 +39,7 @@ from ksplice_tasks.tree import cmdfile
 
 PERSISTED = ("KSRC", "ORIG", "POSTDIR", "PATCH", "DIFFEXT", "PATCH_OPT")
 TREE_VARS = ("KSRC", "ORIG", "POSTDIR")
-VARIABLES = (*PERSISTED, "JOBS", "VERBOSE", "OUTDIR")
+VARIABLES = (*PERSISTED, "JOBS", "VERBOSE", "OUTDIR", "FULL")
 VARS_FILE = ".ksplice-vars.json"
 # The package's rooms whose code makes updates (top-level modules other than
 # the front end count as the base room): a change to them redoes old work.
@@ -150,12 +150,17 @@ def settings_from_vars(v: Mapping[str, str]) -> Settings:
         orig=v.get("ORIG") or None,
         postdir=v.get("POSTDIR") or None,
         jobs=int(jobs) if jobs else None,
-        verbose=str(v.get("VERBOSE", "")).lower() in ("1", "yes", "true", "y"),
+        verbose=_truthy(v.get("VERBOSE")),
         patch=v.get("PATCH") or None,
         diffext=v.get("DIFFEXT") or None,
         patch_opts=[v["PATCH_OPT"]] if v.get("PATCH_OPT") else None,
         outdir=v.get("OUTDIR") or None,
+        full=_truthy(v.get("FULL")),
     )
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value or "").lower() in ("1", "yes", "true", "y")
 
 
 def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
@@ -181,7 +186,8 @@ def doit_config(settings: Settings | UserError, reporter: type = KspliceReporter
 
 DOCS = {
     "pre_config": "Install ORIG_CONFIG's .config in KERNEL_SOURCE, checked against its Kconfig",
-    "pre_build": "Pre build of KERNEL_SOURCE with -ffunction-sections -fdata-sections",
+    "pre_build": "Pre build of KERNEL_SOURCE with -ffunction-sections -fdata-sections "
+                 "(targeted: make prepare and the object inventory; FULL=1: every object)",
     "post_snapshot": "Snapshot the built pre tree into the post dir as hard links",
     "prebuild": "Once per tree: pre build with section flags and a fresh post tree",
     "diffext": "Make the patch from every FILE<ext> beside FILE (DIFFEXT=, --diffext)",

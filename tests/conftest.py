@@ -30,10 +30,14 @@ def kernel_smp() -> testkernel.TestKernel:
     return testkernel.build_test_kernel("smp")
 
 
-def prebuild(kernel: testkernel.TestKernel) -> Prebuilt:
-    """A KERNEL_SOURCE prebuilt by ksplice-create against a test kernel's ORIG_CONFIG."""
-    ksrc, orig = testkernel.prebuild_tree(kernel, "tests")
-    res = run_create("--prebuild", f"--config={orig}", str(ksrc))
+def prebuild(kernel: testkernel.TestKernel, name: str = "tests", full: bool = True) -> Prebuilt:
+    """A KERNEL_SOURCE prebuilt by ksplice-create against a test kernel's ORIG_CONFIG.
+
+    ``full``: every object built now (``--full``); else the targeted prebuild
+    a never-built tree gets by default.
+    """
+    ksrc, orig = testkernel.prebuild_tree(kernel, name)
+    res = run_create("--prebuild", *(["--full"] if full else []), f"--config={orig}", str(ksrc))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return Prebuilt(kernel, ksrc, orig)
 
@@ -73,6 +77,12 @@ def kernel_lp() -> testkernel.TestKernel:
 def prebuilt_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
     """Like prebuilt_smp, for the lp (ftrace, livepatch, ORC) test kernel."""
     return prebuild(kernel_lp)
+
+
+@pytest.fixture(scope="session")
+def targeted_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
+    """A targeted prebuild (make prepare, inventory, includes) for the lp test kernel."""
+    return prebuild(kernel_lp, "targeted", full=False)
 
 
 @pytest.fixture(scope="session")

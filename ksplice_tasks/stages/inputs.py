@@ -33,6 +33,7 @@ class Settings:
     patch_opts: tuple[str, ...] = field(default=("-p1",))
     outdir: Path = field(default_factory=Path.cwd)
     make_vars: tuple[str, ...] = ()
+    full: bool = False
 
     @property
     def state(self) -> Path:
@@ -98,6 +99,7 @@ def resolve(
     diffext: str | None = None,
     patch_opts: tuple[str, ...] | list[str] | None = None,
     outdir: str | Path | None = None,
+    full: bool = False,
 ) -> Settings:
     """Check everything the seed checks, in the seed's order, and a few things it missed."""
     ksrc_p = Path(ksrc).expanduser().resolve()
@@ -156,6 +158,7 @@ def resolve(
         patch_opts=tuple(patch_opts) if patch_opts else ("-p1",),
         outdir=out_p,
         make_vars=target_make_vars(orig_p),
+        full=full,
     )
 
 

@@ -157,6 +157,16 @@ class StateLayout:
         return self.root / "pre-inputs.json"
 
     @property
+    def inventory(self) -> Path:
+        """A targeted prebuild's object inventory (:data:`ksplice_tasks.artifacts.INVENTORY`)."""
+        return self.root / "inventory.json"
+
+    @property
+    def includes(self) -> Path:
+        """A targeted prebuild's include index (:data:`ksplice_tasks.artifacts.INCLUDES`)."""
+        return self.root / "includes.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -22,9 +22,9 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PostBuild
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import write_atomic
-from ksplice_tasks.stages import patching
+from ksplice_tasks.stages import patching, prebuild
 from ksplice_tasks.stages.inputs import Settings
-from ksplice_tasks.tree import cmdfile, kbuild, snapshot
+from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
 
 SOURCE_SUFFIXES = (".c", ".h", ".S")
 
@@ -93,6 +93,9 @@ def build_post(s: Settings) -> PostBuild:
     if rec is None:
         raise UserError("the post tree holds no patch; run the post_patch step first")
     touched = sorted(rec.files)
+    stamp = prebuild.load_stamp(s)
+    if stamp is not None and stamp.mode == prebuild.TARGETED:
+        return build_targeted(s, touched)
     targets = affected_objects(s.postdir, touched)
     mode = "objects" if targets is not None else "full"
     if targets == []:
@@ -125,3 +128,76 @@ def load_result(s: Settings) -> PostBuild | None:
         return artifacts.POST_BUILD.read(s.layout.create.post_build)
     except (OSError, ValueError):
         return None
+
+
+def targeted_objects(s: Settings, touched: Sequence[str]) -> list[str]:
+    """The objects a patch can change in a targeted tree (:func:`deps.affected_objects`).
+
+    UserError when only a full build could tell (a Makefile, Kconfig, ...), or
+    when the config builds nothing the patch touches.
+    """
+    units, scan = prebuild.load_inventory(s)
+    objects, why = deps.affected_objects(units, scan, touched)
+    if objects is None:
+        raise UserError(f"{why}; a targeted prebuild cannot tell which objects that changes: "
+                        f"build the whole tree first with `ksplice-create --prebuild --full "
+                        f"--config={s.orig} {s.ksrc}`")
+    if not objects:
+        raise UserError("No changes detected: the patch touches no file that this "
+                        f"configuration compiles ({', '.join(touched)})")
+    return objects
+
+
+def build_objects(s: Settings, tree: Path, objects: Sequence[str],
+                  phase: str) -> kbuild.MakeResult:
+    """``make`` exactly these objects in ``tree`` with the section flags.
+
+    Returns make's result (``seconds``, ``objects`` compiled: those already
+    up to date are not).
+
+    UserError with the compiler's messages when make fails.
+    """
+    argv = kbuild.make_argv(tree, s.jobs, objects, make_vars=s.make_vars)
+    log = s.layout.log(phase.replace(" ", "-"))
+    res = kbuild.run_make(argv, log, kbuild.Progress(phase, total=len(objects)),
+                          verbose=s.verbose)
+    if res.returncode != 0:
+        raise UserError(f"{phase} failed: make exited {res.returncode}; see {log}:\n"
+                        + kbuild.error_excerpt(log))
+    return res
+
+
+def build_targeted(s: Settings, touched: Sequence[str]) -> PostBuild:
+    """A create on a targeted prebuild: the touched pre objects, then the post objects.
+
+    The pre objects are built in the pre tree, where they stay: make rebuilds
+    none of them for a later patch to the same files. In the post tree, any
+    object left by an earlier patch is removed first, so make cannot take it
+    for up to date.
+    """
+    try:
+        objects = targeted_objects(s, touched)
+        print(f"targeted build: {len(objects)} object(s) the patch can change", flush=True)
+        pre = build_objects(s, s.ksrc, objects, "pre objects")
+        print(f"pre objects: {pre.objects} compiled, {len(objects) - pre.objects} reused "
+              "from earlier creates", flush=True)
+        for rel in objects:
+            for path in (s.postdir / rel, cmdfile.cmd_path(s.postdir, rel)):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        try:
+            post = build_objects(s, s.postdir, objects, "post build")
+        except UserError as e:
+            raise UserError("Aborting: Applying the patch appears to break the kernel build:\n"
+                            + str(e).split("\n", 1)[-1]) from None
+        changed = changed_objects(s.ksrc, s.postdir, objects)
+        if not changed:
+            raise UserError("Aborting: No changes detected")
+    except UserError:
+        patching.reset_post(s)
+        raise
+    result = PostBuild("targeted", list(objects), changed,
+                       round(pre.seconds + post.seconds, 2), 0)
+    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(result))
+    print(f"post build: {len(changed)} changed object(s): {', '.join(changed)}", flush=True)
+    return result

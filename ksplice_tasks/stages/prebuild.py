@@ -7,17 +7,18 @@ Each function is a doit action and also a plain function: tests call them direct
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PreBuildStamp
-from ksplice_tasks.commands import run
+from ksplice_tasks.commands import echo, run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_atomic
+from ksplice_tasks.files import copy_if_changed, write_atomic
 from ksplice_tasks.stages.inputs import Settings
-from ksplice_tasks.tree import cmdfile, kbuild, snapshot
+from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
 
 BUILD_FILES = ("Makefile", "Kbuild", "Kconfig")
 
@@ -48,6 +49,19 @@ def is_toolchain_symbol(diff: str) -> bool:
     return name.startswith(_TOOLCHAIN_PREFIXES) or "_VERSION" in name
 
 
+# Symbols a distribution's shipped config lacks because its build system sets
+# them outside Kconfig (Debian's /boot/config-6.1.0-*: signing keys, build
+# salt); olddefconfig adds their defaults, which change no object's code.
+PACKAGING_SYMBOLS = frozenset({"BUILD_SALT", "MODULE_SIG_ALL", "MODULE_SIG_KEY",
+                               "SYSTEM_TRUSTED_KEYS", "SYSTEM_REVOCATION_KEYS"})
+
+
+def is_packaging_default(diff: str) -> bool:
+    """A signing/salt symbol the shipped config left unset and olddefconfig defaulted."""
+    name, _, change = diff.partition(": ")
+    return name[len("CONFIG_"):] in PACKAGING_SYMBOLS and change.startswith("unset -> ")
+
+
 def check_config_fits(s: Settings) -> list[str]:
     """Run Kconfig over a private copy of ORIG's .config; it must come back unchanged.
 
@@ -62,7 +76,7 @@ def check_config_fits(s: Settings) -> list[str]:
             verbose=s.verbose, what="make olddefconfig (checking ORIG_CONFIG/.config)")
         diffs = config_differences(parse_config((s.orig / ".config").read_text()),
                                    parse_config(cfg.read_text()))
-    serious = [d for d in diffs if not is_toolchain_symbol(d)]
+    serious = [d for d in diffs if not is_toolchain_symbol(d) and not is_packaging_default(d)]
     if serious:
         more = f" (and {len(serious) - 3} more)" if len(serious) > 3 else ""
         raise UserError(
@@ -76,7 +90,8 @@ def install_config(s: Settings) -> None:
     """The seed copies ORIG_CONFIG/.config into the tree; we check that it fits first."""
     warnings = check_config_fits(s)
     for w in warnings:
-        print(f"warning: toolchain differs from the running kernel's: {w}", flush=True)
+        if is_toolchain_symbol(w):
+            print(f"warning: toolchain differs from the running kernel's: {w}", flush=True)
     data = (s.orig / ".config").read_bytes()
     target = s.ksrc / ".config"
     if not target.is_file() or target.read_bytes() != data:
@@ -101,7 +116,35 @@ def count_objects(tree: Path, exclude: tuple[Path, ...]) -> int:
                if rel.endswith(".o") and e.is_file(follow_symlinks=False))
 
 
+FULL, TARGETED = "full", "targeted"
+
+
+def pre_mode(s: Settings) -> str:
+    """Which pre build a prebuild does: :data:`FULL` or :data:`TARGETED`.
+
+    Full when asked (``--full``, ``FULL=1``), when the last pre build was
+    full, or when the tree holds a built vmlinux (an incremental full build is
+    then cheap); otherwise targeted: ``make prepare`` only, and each create
+    builds the pre objects its patch touches.
+    """
+    if s.full:
+        return FULL
+    stamp = load_stamp(s)
+    if stamp is not None and stamp.ksrc == str(s.ksrc):
+        return stamp.mode
+    if any((s.ksrc / name).is_file() for name in ("vmlinux", "vmlinux.o")):
+        return FULL
+    return TARGETED
+
+
 def build_pre(s: Settings) -> dict:
+    """The pre build of the mode :func:`pre_mode` chooses."""
+    if pre_mode(s) == TARGETED:
+        return build_pre_targeted(s)
+    return build_pre_full(s)
+
+
+def build_pre_full(s: Settings) -> dict:
     """The pre build, with one section per function; a vmlinux that fails to link is tolerated.
 
     Stock 6.1 x86 orphans .text.* sections in vmlinux (DESIGN.md section 3), so
@@ -132,9 +175,115 @@ def build_pre(s: Settings) -> dict:
         objects_total=count_objects(s.ksrc, s.excluded),
         seconds=round(res.seconds, 1),
         finished=time.time(),
+        mode=FULL,
     )
     write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
     return {"returncode": res.returncode, "objects": res.objects}
+
+
+def install_symvers(s: Settings) -> bool:
+    """Copy ORIG_CONFIG/Module.symvers into the tree when it differs; True when one exists.
+
+    The update modules are built against the pre tree, and modpost takes each
+    imported symbol's CRC from the tree's Module.symvers
+    (scripts/mod/modpost.c, read_dump): with the target's own file they
+    carry the target's CRCs.
+    """
+    src = s.orig / "Module.symvers"
+    if not src.is_file():
+        return False
+    copy_if_changed(src, s.ksrc / "Module.symvers")
+    return True
+
+
+def build_pre_targeted(s: Settings) -> dict:
+    """The targeted pre build: ``make prepare modules_prepare``, the object inventory, includes.
+
+    Builds no object. Writes the inventory of every object the config builds
+    (``make -n``) and the tree's include index
+    (:mod:`ksplice_tasks.tree.deps`); create then builds only the pre objects
+    its patch touches. UserError when ``make prepare`` fails, or when there is
+    no Module.symvers to build the update modules against.
+    """
+    started = time.monotonic()
+    log = s.layout.log("pre-build")
+    argv = kbuild.make_argv(s.ksrc, s.jobs, ["prepare", "modules_prepare"],
+                            make_vars=s.make_vars)
+    print("pre build (targeted): make prepare modules_prepare; objects are built per patch",
+          flush=True)
+    res = kbuild.run_make(argv, log, kbuild.Progress("pre build"), verbose=s.verbose)
+    if res.returncode != 0:
+        raise UserError(f"make prepare failed in {s.ksrc}; see {log}:\n"
+                        + kbuild.error_excerpt(log))
+    if not install_symvers(s) and not (s.ksrc / "Module.symvers").is_file():
+        raise UserError(
+            "a targeted prebuild needs ORIG_CONFIG/Module.symvers (the running kernel's "
+            "exported symbols and CRCs; on Debian /usr/src/linux-headers-$(uname -r)/"
+            "Module.symvers), or build the whole kernel with --prebuild --full")
+    units = inventory(s)
+    print(f"pre build (targeted): {len(units)} objects in the config's inventory; "
+          "scanning includes", flush=True)
+    scan = deps.scan_includes(s.ksrc, (*s.excluded, *deps.scan_exclusions(s.ksrc, units)))
+    write_atomic(s.layout.inventory, artifacts.INVENTORY.dumps(deps.inventory_record(units)))
+    write_atomic(s.layout.includes, artifacts.INCLUDES.dumps(deps.index_record(scan)))
+    inputs = build_inputs(s.ksrc, s.excluded)
+    write_atomic(s.layout.pre_inputs, json.dumps(inputs))
+    seconds = time.monotonic() - started
+    stamp = PreBuildStamp(
+        ksrc=str(s.ksrc),
+        inputs=len(inputs),
+        fingerprint=snapshot.files_fingerprint(s.ksrc, inputs),
+        returncode=0,
+        objects_compiled=0,
+        objects_total=len(units),
+        seconds=round(seconds, 1),
+        finished=time.time(),
+        mode=TARGETED,
+    )
+    write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
+    print(f"pre build (targeted): done in {seconds:.0f} s; {len(scan.files)} files scanned",
+          flush=True)
+    return {"returncode": 0, "objects": 0}
+
+
+def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
+    """Every object the config builds, from ``make -n`` (run in a private temp file).
+
+    UserError when make -n fails or lists no object.
+    """
+    argv = deps.dry_run_argv(s.ksrc, s.make_vars)
+    if s.verbose:
+        echo(argv)
+    # make -n exits 2 at the vmlinux link (vmlinux.a was never made): expected.
+    with tempfile.TemporaryDirectory(prefix="ksplice-dryrun-", dir=s.layout.root) as tmp:
+        out = Path(tmp) / "make-n.txt"
+        with open(out, "wb") as f:
+            res = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, check=False)
+        text = out.read_text(errors="replace")
+    units = deps.parse_dry_run(text, str(s.ksrc))
+    # make -n lists only objects out of date: add those built before (a rerun).
+    for _rel, entry in snapshot.walk(s.ksrc, s.excluded):
+        if cmdfile.is_object_cmd(entry.name):
+            cmd = cmdfile.parse(Path(entry.path).read_bytes())
+            if cmd.command and cmd.object and cmd.object not in units:
+                units.update(deps.parse_dry_run(cmd.command, str(s.ksrc)))
+    if not units:
+        tail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise UserError(f"make -n listed no object to build in {s.ksrc} "
+                        f"(exit {res.returncode}): {' / '.join(tail)}")
+    return units
+
+
+def load_inventory(s: Settings) -> tuple[dict[str, deps.CompileUnit], deps.IncludeScan]:
+    """The targeted prebuild's inventory and include index; UserError when unreadable."""
+    try:
+        units = deps.units_from_record(artifacts.INVENTORY.read(s.layout.inventory))
+        scan = deps.scan_from_record(artifacts.INCLUDES.read(s.layout.includes))
+    except (OSError, ValueError) as e:
+        raise UserError(f"the targeted prebuild's inventory is unreadable ({e}); run "
+                        "ksplice-create --prebuild again") from None
+    return units, scan
 
 
 def build_inputs(tree: Path, exclude: tuple[Path, ...]) -> list[str]:
@@ -165,7 +314,7 @@ def pre_tree_unchanged(s: Settings) -> bool:
         inputs = json.loads(s.layout.pre_inputs.read_text())
     except (OSError, ValueError):
         return False
-    if stamp is None or stamp.ksrc != str(s.ksrc):
+    if stamp is None or stamp.ksrc != str(s.ksrc) or (s.full and stamp.mode != FULL):
         return False
     return stamp.fingerprint == snapshot.files_fingerprint(s.ksrc, inputs)
 

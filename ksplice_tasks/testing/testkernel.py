@@ -260,7 +260,10 @@ def build_test_kernel(
             orig = build / "orig"
             copy_atomic(build / ".config", orig / ".config")
             copy_atomic(build / "System.map", orig / "System.map")
+            copy_atomic(build / "Module.symvers", orig / "Module.symvers")
             write_atomic(stamp, f"{key}\n")
+        if not (build / "orig/Module.symvers").is_file():  # cached before ORIG held it
+            copy_atomic(build / "Module.symvers", build / "orig/Module.symvers")
         release = (build / "include/config/kernel.release").read_text().strip()
     return TestKernel(variant, source, build, build / "orig", release, CPUS[variant])
 
@@ -277,7 +280,7 @@ def prebuild_tree(kernel: TestKernel, name: str, tarball: Path | None = None,
     with locked(f"ksrc-{name}-{kernel.build.name}"):
         ksrc = extract(tarball, base / "linux", out)
         orig = base / "orig"
-        for f in (".config", "System.map"):
+        for f in (".config", "System.map", "Module.symvers"):
             if not (orig / f).is_file() or (orig / f).read_bytes() != (
                 kernel.orig_config / f
             ).read_bytes():
