@@ -159,13 +159,18 @@ def test_size_mismatches() -> None:
     smap = sm.parse_system_map(SYSTEM_MAP)
     # loadavg_proc_show: next symbol 0x60 bytes on; 0x51..0x60 fit (alignment padding)
     for size in (0x51, 0x58, 0x60):
-        assert sm.size_mismatches([("loadavg_proc_show", size)], smap) == []
-    assert sm.size_mismatches([("loadavg_proc_show", 0x61)], smap) == [
+        assert sm.size_mismatches([("loadavg_proc_show", size, 0)], smap) == []
+    assert sm.size_mismatches([("loadavg_proc_show", 0x61, 0)], smap) == [
         ("loadavg_proc_show", 0x61, 0x60)]
-    assert sm.size_mismatches([("loadavg_proc_show", 0x40)], smap) == [
-        ("loadavg_proc_show", 0x40, 0x60)]
+    # one larger gap is unnamed code after it; most functions of the object: another kernel
+    assert sm.size_mismatches([("loadavg_proc_show", 0x40, 0)], smap) == []
+    assert sm.size_mismatches([("loadavg_proc_show", 0x40, 0), ("_printk", 0x10, 0)],
+                              smap) == [("loadavg_proc_show", 0x40, 0x60), ("_printk", 0x10, 0x40)]
+    # a short tail jump in the original: up to ``shrink`` bytes less
+    assert sm.size_mismatches([("loadavg_proc_show", 0x63, 3)], smap) == []
     # listed twice, not at all, or size 0: skipped
-    assert sm.size_mismatches([("helper", 1), ("absent", 5), ("_printk", 0)], smap) == []
+    assert sm.size_mismatches([("helper", 1, 0), ("absent", 5, 0), ("_printk", 0, 0)],
+                              smap) == []
 
 
 def test_check_pre_objects_on_a_compiled_object(tmp_path: Path) -> None:
@@ -176,16 +181,18 @@ def test_check_pre_objects_on_a_compiled_object(tmp_path: Path) -> None:
                    "int g(int x) { return x ? f(x) + g(x - 1) : 0; }\n")
     subprocess.run(["gcc", "-O2", "-ffunction-sections", "-c", "-o", tmp_path / "a.o", src],
                    check=True)
-    sizes = dict(kmod.object_functions(tmp_path / "a.o"))
+    funcs = {n: (size, shrink) for n, size, shrink in kmod.object_functions(tmp_path / "a.o")}
+    sizes = {n: v[0] for n, v in funcs.items()}
     base = 0xffffffff81100000
     g_at = base + (sizes["f"] + 15) // 16 * 16  # f, then padding to 16, then g
     good = {"f": [base], "g": [g_at], "after": [g_at + sizes["g"]]}
     assert kmod.check_pre_objects(tmp_path, ["a.o"], good, "M") == 2
-    bad = dict(good, after=[g_at + sizes["g"] + 32])
+    short = sizes["g"] - funcs["g"][1] - 1  # g would not fit
+    bad = dict(good, after=[g_at + short])
     with pytest.raises(UserError) as e:
         kmod.check_pre_objects(tmp_path, ["a.o"], bad, "kallsyms")
     assert str(e.value).startswith(f"kallsyms is not the map of the kernel a.o was built for: "
-                                   f"g is {sizes['g']} bytes in a.o but {sizes['g'] + 32} bytes")
+                                   f"g is {sizes['g']} bytes in a.o but {short} bytes")
 
 
 def fake_ko(path: Path, versions: dict[str, int], vermagic: str, calls: list[str]) -> Path:
