@@ -375,7 +375,10 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
     if isinstance(p, UserError):
         return [_failing(n, p) for n in STATIC]
     s, work = p.settings, p.work
-    smap = s.orig / "System.map"
+    smap = s.map_file
+    # ORIG_CONFIG's Module.symvers and kernel.release, when it has them.
+    target_files = [f for f in (s.orig / "Module.symvers", s.orig / "kernel.release")
+                    if f.is_file()]
     linked = [work.linked(r) for r in ROLES]
     kmodsrc = [str(f) for f in kmod.all_kmodsrc_files()]
     tasks = []
@@ -395,8 +398,8 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
         _task("post_build", p, "postbuild:build_post", s,
               file_dep=[work.post_patch],
               targets=[work.post_build]),
-        _task("tables_asm", p, "kmod:write_tables", work, smap, task_dep=["collect"],
-              file_dep=[work.tables_json(r) for r in ROLES] + [smap],
+        _task("tables_asm", p, "kmod:write_tables", work, smap, s.ksrc, task_dep=["collect"],
+              file_dep=[work.tables_json(r) for r in ROLES] + [smap, work.post_build],
               targets=[work.tables_asm(r) for r in ROLES]),
         _task("tables_obj", p, "kmod:assemble_tables", work, kwargs={"verbose": s.verbose},
               file_dep=[work.tables_asm(r) for r in ROLES]
@@ -407,11 +410,12 @@ def create_static(p: CreatePlan | UserError) -> list[dict]:
               file_dep=[smap],
               targets=[work.modcommon]),
         _task("kmod_build", p, "kmod:build", work, s.ksrc, **WITH_ID,
-              kwargs={"jobs": s.jobs, "verbose": s.verbose, "make_vars": list(s.make_vars)},
-              file_dep=[*linked, work.modcommon, *kmodsrc],
+              kwargs={"jobs": s.jobs, "verbose": s.verbose, "make_vars": list(s.make_vars),
+                      "orig": s.orig},
+              file_dep=[*linked, work.modcommon, *kmodsrc, *target_files],
               targets=[work.modules]),
-        _task("rmsyms", p, "kmod:rmsyms_check", work, s.ksrc,
-              file_dep=[work.modules, s.ksrc / "Module.symvers"],
+        _task("rmsyms", p, "kmod:rmsyms_check", work, s.ksrc, s.orig,
+              file_dep=[work.modules, s.ksrc / "Module.symvers", *target_files],
               targets=[work.rmsyms]),
         _task("tarball", p, "package:write_tarball", s.outdir, work, p.patch,
               [Path(f).name for f in kmodsrc],

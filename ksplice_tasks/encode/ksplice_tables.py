@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ksplice_tasks.artifacts import RelocRecord
 from ksplice_tasks.names import check_id
+from ksplice_tasks.symbolmap import parse_system_map as parse_system_map
 
 SystemMap = Mapping[str, Sequence[int]]
 
@@ -224,23 +225,6 @@ class ModuleTables:
 # .rodata.<fn> holds anonymous data such as <fn>'s switch jump table, whose
 # address run-pre matching must read from the running code instead.
 _SECTION_PREFIXES = (".text.", ".data.", ".bss.")
-_MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)")
-
-
-def parse_system_map(text: str) -> dict[str, list[int]]:
-    """Name -> addresses in file order, duplicates dropped: static names may repeat."""
-    out: dict[str, list[int]] = {}
-    for line in text.splitlines():
-        m = _MAP_LINE.match(line)
-        if not m:
-            continue
-        addrs = out.setdefault(m.group(3), [])
-        addr = int(m.group(1), 16)
-        if addr not in addrs:
-            addrs.append(addr)
-    return out
-
-
 def map_name(name: str) -> str:
     """The System.map name of a symbol or section name (``.text.foo`` -> ``foo``)."""
     for p in _SECTION_PREFIXES:

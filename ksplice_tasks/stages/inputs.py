@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ksplice_tasks import symbolmap
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.stages.layout import STATE_DIRNAME as STATE_DIRNAME
 from ksplice_tasks.stages.layout import StateLayout, state_layout
@@ -34,6 +35,17 @@ class Settings:
     outdir: Path = field(default_factory=Path.cwd)
     make_vars: tuple[str, ...] = ()
     full: bool = False
+    symbol_map: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.symbol_map is None:
+            object.__setattr__(self, "symbol_map", self.orig / symbolmap.SYSTEM_MAP)
+
+    @property
+    def map_file(self) -> Path:
+        """ORIG_CONFIG's System.map or kallsyms: the file the tables are made from."""
+        assert self.symbol_map is not None
+        return self.symbol_map
 
     @property
     def state(self) -> Path:
@@ -117,8 +129,7 @@ def resolve(
         raise UserError(f"Failed to find ORIG_CONFIG directory ({orig_p})")
     if not (orig_p / ".config").is_file():
         raise UserError(f"Failed to find .config file in ORIG_CONFIG directory ({orig_p})")
-    if not (orig_p / "System.map").is_file():
-        raise UserError(f"Failed to find System.map file in ORIG_CONFIG directory ({orig_p})")
+    symbol_map = check_target_files(ksrc_p, orig_p, verbose=verbose)
     if not os.access(orig_p, os.W_OK):
         raise UserError(
             f"ORIG_CONFIG directory is not writable ({orig_p}): ksplice keeps its state there"
@@ -159,7 +170,51 @@ def resolve(
         outdir=out_p,
         make_vars=target_make_vars(orig_p),
         full=full,
+        symbol_map=symbol_map,
     )
+
+
+def check_target_files(ksrc: Path, orig: Path, *, verbose: bool = False) -> Path:
+    """Check ORIG_CONFIG's description of the target against itself and the tree.
+
+    Returns the symbol file to use (:func:`ksplice_tasks.symbolmap.choose`:
+    System.map, else kallsyms; with -v says which). One-line UserError when:
+    neither is usable (a stub System.map, no file); the tree's Makefile version
+    is not the one the .config's header names; ``kernel.release`` is malformed;
+    a kallsyms is unreadable as this config's kernel; or ``Module.symvers``
+    does not export what the map's ``__ksymtab_*`` say
+    (:func:`check_symvers`). Reads files only; runs before any build, for
+    prebuild and create alike.
+    """
+    config_text = (orig / ".config").read_text(errors="replace")
+    try:
+        makefile_text = (ksrc / "Makefile").read_text(errors="replace")
+    except OSError:
+        makefile_text = ""
+    symbolmap.check_source_version(makefile_text, config_text, f"{orig}/.config")
+    chosen = symbolmap.choose(orig)
+    if verbose:
+        other = orig / symbolmap.KALLSYMS
+        also = " (kallsyms is there too, unused)" if (
+            chosen.name == symbolmap.SYSTEM_MAP and other.is_file()) else ""
+        print(f"ksplice: target symbols from {chosen}{also}", flush=True)
+    read_release(orig)
+    check_symvers(orig, chosen, config_text)
+    return chosen
+
+
+def check_symvers(orig: Path, symbol_file: Path, config_text: str | None = None) -> int:
+    """ORIG_CONFIG/Module.symvers against the symbol map; the number of exports compared.
+
+    0 when there is no Module.symvers or the map lists no ``__ksymtab_*``.
+    UserError naming the first differing symbol and both files.
+    """
+    path = orig / symbolmap.MODULE_SYMVERS
+    if not path.is_file():
+        return 0
+    exports = symbolmap.parse_symvers(path.read_text(errors="replace"), str(path))
+    symbols = symbolmap.load(symbol_file, config_text)
+    return symbolmap.check_symvers_matches_map(exports, symbols, str(path), str(symbol_file))
 
 
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")

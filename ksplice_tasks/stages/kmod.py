@@ -13,7 +13,14 @@ test drives the same functions in a directory of its own:
 4. :func:`build` - kmodsrc and the linked collections in the module
    directory, Kbuild against the pre tree (so the vermagic is the running
    kernel's), and the ``modules.json`` record;
-5. :func:`rmsyms_check` - neither module needs an unexported symbol.
+5. :func:`rmsyms_check` - neither module needs an unexported symbol, and
+   (with the target's Module.symvers and kernel.release) each import's CRC
+   and the vermagic are the target's.
+
+:func:`check_pre_objects` (run by :func:`write_tables`) refuses a System.map
+or kallsyms that does not describe the kernel the pre objects were built
+for; :func:`install_symvers` puts ORIG_CONFIG's Module.symvers in the tree
+the modules build against.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ksplice_tasks import artifacts
+from ksplice_tasks import artifacts, symbolmap
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
@@ -34,9 +41,11 @@ from ksplice_tasks.files import (
     write_json,
 )
 from ksplice_tasks.names import HELPER, PRIMARY, ROLES, check_id, module_file, module_files
-from ksplice_tasks.obj.elfread import undefined_symbols
+from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, read_object, undefined_symbols
 from ksplice_tasks.stages.collect import TABLES
+from ksplice_tasks.stages.inputs import Settings, read_release
 from ksplice_tasks.stages.layout import CreateLayout
+from ksplice_tasks.tree import cmdfile
 
 KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "primary.c",
                  "helper.c", "ksplice.h", "resolve.h", "runpre.h", "patch.h", "sysfs.h",
@@ -68,8 +77,110 @@ def all_kmodsrc_files(src: Path | None = None) -> Iterable[Path]:
 
 
 def read_system_map(path: Path) -> dict[str, list[int]]:
-    """Parse an ORIG_CONFIG System.map file: name -> addresses."""
-    return metadata.parse_system_map(path.read_text())
+    """ORIG_CONFIG's System.map or kallsyms as the link-time map: name -> addresses.
+
+    See :func:`ksplice_tasks.symbolmap.load` (a kallsyms loses its KASLR
+    offset and module symbols; UserError for a stub or a bad kallsyms).
+    """
+    return symbolmap.load(path)
+
+
+# -- the target's symbols against the pre objects ----------------------------------------
+
+
+# Text sections that are one .text section in a build without -ffunction-sections.
+_SPLIT_ONLY = ".text."
+_OWN_SECTIONS = (".text.unlikely.", ".text.hot.", ".text.startup.", ".text.exit.")
+
+
+def _plain_text(name: str) -> bool:
+    return name.startswith(_SPLIT_ONLY) and not name.startswith(_OWN_SECTIONS)
+
+
+def object_functions(obj: Path) -> list[tuple[str, int, int]]:
+    """(name, size, shrink) in bytes of the non-weak functions an object defines.
+
+    ``shrink``: how much shorter the function may be in a kernel built
+    without -ffunction-sections. There a tail jump (``jmp``/``jcc`` rel32,
+    opcodes e9 and 0f 8x) to another function of the same object stays in one
+    .text section and the assembler may use the 2-byte short form: 3 bytes
+    less per jmp, 4 per jcc. Measured on the test kernels: __x64_sys_getrusage
+    is 12 bytes in the section-flagged object and 9 in System.map.
+    """
+    elf = read_object(obj)
+    shrink: dict[int, int] = {}
+    for key, relocs in elf.relocs.items():
+        sec = elf.sections.get(key)
+        if sec is None or not _plain_text(sec.name):
+            continue
+        for r in relocs:
+            target = elf.symbols[r.sym]
+            tsec = elf.sections.get(target.shndx) if target.in_section else None
+            if tsec is None or tsec.index == key or not _plain_text(tsec.name):
+                continue
+            op = sec.data[max(r.offset - 2, 0):r.offset]
+            if op[-1:] == b"\xe9":
+                shrink[key] = shrink.get(key, 0) + 3
+            elif len(op) == 2 and op[0] == 0x0F and 0x80 <= op[1] <= 0x8F:
+                shrink[key] = shrink.get(key, 0) + 4
+    return [(sym.name, sym.size, shrink.get(sym.shndx, 0)) for sym in elf.symbols
+            if sym.type == STT_FUNC and sym.in_section and sym.bind != STB_WEAK]
+
+
+def is_module_object(tree: Path, rel: str) -> bool:
+    """True when Kbuild compiled ``rel`` for a module (-DMODULE): not in vmlinux's map."""
+    cmd = cmdfile.read(tree, rel)
+    return bool(cmd and cmd.command and "-DMODULE" in cmd.command.split())
+
+
+def check_pre_objects(pre_tree: Path, objects: Sequence[str],
+                      symbols: metadata.SystemMap, map_file: Path | str) -> int:
+    """Refuse a symbol map that is not the pre objects' kernel's: compare function sizes.
+
+    For each built-in object of ``objects`` (tree-relative, under
+    ``pre_tree``), every non-weak function the map lists exactly once must be
+    followed by the next map symbol after its size (less what short tail
+    jumps may save, :func:`object_functions`) plus at most 15 bytes of
+    alignment padding (:func:`ksplice_tasks.symbolmap.size_mismatches`).
+    Returns the number of functions compared; UserError naming the object,
+    the function and both sizes.
+    """
+    order = symbolmap.SortedAddresses(symbols)
+    compared = 0
+    for rel in objects:
+        if is_module_object(pre_tree, rel):
+            continue
+        funcs = object_functions(pre_tree / rel)
+        bad = symbolmap.size_mismatches(funcs, symbols, order)
+        if bad:
+            name, size, distance = bad[0]
+            raise UserError(f"{map_file} is not the map of the kernel {rel} was built for: "
+                            f"{name} is {size} bytes in {rel} but {distance} bytes in the map "
+                            f"({len(bad)} functions differ)")
+        compared += sum(1 for n, _, _ in funcs if len(symbols.get(n, ())) == 1)
+    return compared
+
+
+def install_symvers(s: Settings) -> bool:
+    """Copy ORIG_CONFIG/Module.symvers into KERNEL_SOURCE when it differs; True if it did.
+
+    The modules are built against KERNEL_SOURCE, and modpost takes the CRCs
+    and exports from its Module.symvers: with the target's copy they are the
+    target's. Atomic (temp file, rename); a no-op without ORIG_CONFIG/Module.symvers.
+    """
+    return install_symvers_into(s.orig, s.ksrc)
+
+
+def install_symvers_into(orig: Path, tree: Path) -> bool:
+    """:func:`install_symvers` for an ORIG_CONFIG and a tree given as paths."""
+    src = orig / symbolmap.MODULE_SYMVERS
+    dest = tree / symbolmap.MODULE_SYMVERS
+    if not src.is_file():
+        return False
+    if dest.is_file() and dest.read_bytes() == src.read_bytes():
+        return False
+    copy_if_changed(src, dest)
+    return True
 
 
 # -- the tables ----------------------------------------------------------------------
@@ -129,12 +240,17 @@ def check_linked(obj: Path, tables: metadata.ModuleTables) -> None:
                         + ", ".join(missing[:10]))
 
 
-def write_tables(work: CreateLayout, system_map: Path) -> None:
+def write_tables(work: CreateLayout, system_map: Path, pre_tree: Path | None = None) -> None:
     """The .ksplice.* tables as assembly, one file per module (the seed's save_using_asm).
 
-    Reads ``work.tables_json(role)``, writes ``work.tables_asm(role)``.
+    Reads ``work.tables_json(role)``, writes ``work.tables_asm(role)``. With
+    ``pre_tree``, first checks the map against the pre objects of the changed
+    objects (``work.post_build``; :func:`check_pre_objects`).
     """
     smap = read_system_map(system_map)
+    if pre_tree is not None:
+        changed = artifacts.POST_BUILD.read(work.post_build).changed
+        check_pre_objects(pre_tree, changed, smap, system_map)
     for role in ROLES:
         write_tables_asm(work.tables_asm(role), module_tables(work, role), smap)
 
@@ -178,12 +294,14 @@ def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1,
 
 def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
           verbose: bool = False, src: Path | None = None,
-          make_vars: Sequence[str] = ()) -> artifacts.ModulesRecord:
+          make_vars: Sequence[str] = (), orig: Path | None = None) -> artifacts.ModulesRecord:
     """Kbuild of kmodsrc/ plus the linked collections in ``work.kmod``, against ``kdir``.
 
     ``kdir`` is a built kernel tree (or O= directory) with Module.symvers;
     ``work.modcommon`` must be written first. Writes and returns the
     ``work.modules`` record. UserError when a source is missing or Kbuild fails.
+    With ``orig`` (ORIG_CONFIG), its Module.symvers is installed in ``kdir``
+    first (:func:`install_symvers_into`; normally the prebuild already did).
     """
     check_id(update_id)
     src = src or kmodsrc_dir()
@@ -194,6 +312,8 @@ def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
         copy_if_changed(path, moddir / path.name)
     for role in ROLES:
         copy_if_changed(work.linked(role), moddir / work.collection(role).name)
+    if orig is not None:
+        install_symvers_into(orig, kdir)
     if not (kdir / "Module.symvers").is_file():
         raise UserError(f"{kdir} has no Module.symvers: build the kernel with "
                         "'make modules' first")
@@ -225,14 +345,83 @@ def exported_symbols(tree: Path) -> set[str]:
     return out
 
 
-def rmsyms_check(work: CreateLayout, kdir: Path) -> dict:
+# struct modversion_info (include/linux/module.h): unsigned long crc, then the
+# name in MODULE_NAME_LEN = 64 - sizeof(unsigned long) bytes.
+MODVERSION_ENTRY = 64
+
+
+def module_versions(ko: Path) -> dict[str, int]:
+    """A .ko's ``__versions`` section: imported name -> CRC; empty without MODVERSIONS."""
+    elf = read_object(ko)
+    out = {}
+    for sec in elf.sections_named("__versions"):
+        data = sec.data
+        for off in range(0, len(data) - MODVERSION_ENTRY + 1, MODVERSION_ENTRY):
+            crc = int.from_bytes(data[off:off + 8], "little")
+            name = data[off + 8:off + MODVERSION_ENTRY].split(b"\0", 1)[0].decode()
+            if name:
+                out[name] = crc
+    return out
+
+
+def module_vermagic(ko: Path) -> str | None:
+    """The ``vermagic=`` string of a .ko's ``.modinfo``; None when it has none."""
+    for sec in read_object(ko).sections_named(".modinfo"):
+        for field in sec.data.split(b"\0"):
+            if field.startswith(b"vermagic="):
+                return field[len(b"vermagic="):].decode(errors="replace")
+    return None
+
+
+def check_module_against_target(ko: Path, needed: set[str],
+                                 exports: dict[str, symbolmap.Export] | None,
+                                 symvers_name: str, release: str | None) -> None:
+    """The module loader's own checks, at create time: UserError naming the symbol.
+
+    With ``exports`` (the target's Module.symvers): every symbol ``ko``
+    imports from the kernel (``needed``) is exported, and each CRC in its
+    ``__versions`` equals Module.symvers'. With ``release``: the vermagic's
+    first word is the target's ``uname -r`` (include/linux/vermagic.h).
+    """
+    if release is not None:
+        magic = module_vermagic(ko) or ""
+        if magic.split(" ", 1)[0] != release:
+            raise UserError(f"{ko.name}: vermagic {magic!r} is not for the target's "
+                            f"kernel.release {release}")
+    if exports is None:
+        return
+    missing = sorted(needed - exports.keys())
+    if missing:
+        raise UserError(f"{ko.name} imports {missing[0]}, which {symvers_name} does not "
+                        f"export ({len(missing)} missing)")
+    for name, crc in sorted(module_versions(ko).items()):
+        want = exports.get(name)
+        if want is None:
+            raise UserError(f"{ko.name} has a CRC for {name}, which {symvers_name} does not "
+                            "export")
+        if want.crc != crc:
+            raise UserError(f"{ko.name}: CRC of {name} is {crc:#010x} but {symvers_name} "
+                            f"says {want.crc:#010x}: the modules were not built against the "
+                            "target's Module.symvers")
+
+
+def rmsyms_check(work: CreateLayout, kdir: Path, orig: Path | None = None) -> dict:
     """The seed's rmsyms: no module may need an unexported symbol from the module loader.
 
     kmodsrc reaches unexported symbols through its imports table, resolved at
     load time like any other, so nothing is left to strip; this proves it.
+    With ``orig`` (ORIG_CONFIG) holding Module.symvers and/or kernel.release,
+    also :func:`check_module_against_target` for both modules.
     Writes ``work.rmsyms`` (module file name -> its undefined symbols).
     """
     exported = exported_symbols(kdir)
+    release, exports, symvers_name = None, None, ""
+    if orig is not None:
+        release = read_release(orig)
+        target = orig / symbolmap.MODULE_SYMVERS
+        if target.is_file():
+            symvers_name = str(target)
+            exports = symbolmap.parse_symvers(target.read_text(), symvers_name)
     out = {}
     _uid, *kos = built_modules(work)
     for ko in kos:
@@ -241,6 +430,7 @@ def rmsyms_check(work: CreateLayout, kdir: Path) -> dict:
         if unexported:
             raise UserError(f"{ko.name} needs unexported kernel symbols: "
                             f"{', '.join(unexported[:8])}")
+        check_module_against_target(ko, needed, exports, symvers_name, release)
         out[ko.name] = sorted(needed)
     write_json(work.rmsyms, out)
     return {"checked": len(out)}

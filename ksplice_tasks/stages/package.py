@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ksplice_tasks import artifacts
+from ksplice_tasks import artifacts, symbolmap
 from ksplice_tasks.files import atomic_path
 from ksplice_tasks.names import ID_CHARS, module_files, package_dir, tarball_name
 from ksplice_tasks.stages.inputs import Settings
@@ -41,10 +41,12 @@ def update_id(patch: bytes, patch_opts: Sequence[str], config: bytes, system_map
 def settings_id(s: Settings, patch: Path) -> str:
     """The id of ``patch`` applied with ``s``'s options to ``s``'s running kernel.
 
-    Reads the patch and ORIG_CONFIG's .config and System.map (OSError if one is missing).
+    Reads the patch, ORIG_CONFIG's .config and the symbol file (``s.map_file``;
+    a kallsyms is hashed normalised, so the id is the same on every boot).
+    OSError if one is missing, UserError for a bad kallsyms.
     """
     return update_id(patch.read_bytes(), s.patch_opts, (s.orig / ".config").read_bytes(),
-                     (s.orig / "System.map").read_bytes())
+                     symbolmap.map_bytes(s.map_file))
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:

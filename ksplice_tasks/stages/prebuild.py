@@ -16,7 +16,8 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PreBuildStamp
 from ksplice_tasks.commands import echo, run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import copy_if_changed, write_atomic
+from ksplice_tasks.files import write_atomic
+from ksplice_tasks.stages import kmod
 from ksplice_tasks.stages.inputs import Settings
 from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
 
@@ -181,21 +182,6 @@ def build_pre_full(s: Settings) -> dict:
     return {"returncode": res.returncode, "objects": res.objects}
 
 
-def install_symvers(s: Settings) -> bool:
-    """Copy ORIG_CONFIG/Module.symvers into the tree when it differs; True when one exists.
-
-    The update modules are built against the pre tree, and modpost takes each
-    imported symbol's CRC from the tree's Module.symvers
-    (scripts/mod/modpost.c, read_dump): with the target's own file they
-    carry the target's CRCs.
-    """
-    src = s.orig / "Module.symvers"
-    if not src.is_file():
-        return False
-    copy_if_changed(src, s.ksrc / "Module.symvers")
-    return True
-
-
 def build_pre_targeted(s: Settings) -> dict:
     """The targeted pre build: ``make prepare modules_prepare``, the object inventory, includes.
 
@@ -215,7 +201,8 @@ def build_pre_targeted(s: Settings) -> dict:
     if res.returncode != 0:
         raise UserError(f"make prepare failed in {s.ksrc}; see {log}:\n"
                         + kbuild.error_excerpt(log))
-    if not install_symvers(s) and not (s.ksrc / "Module.symvers").is_file():
+    kmod.install_symvers(s)
+    if not (s.ksrc / "Module.symvers").is_file():
         raise UserError(
             "a targeted prebuild needs ORIG_CONFIG/Module.symvers (the running kernel's "
             "exported symbols and CRCs; on Debian /usr/src/linux-headers-$(uname -r)/"

@@ -53,7 +53,7 @@ def test_missing_dot_config(world: Path) -> None:
 def test_missing_system_map(world: Path) -> None:
     (world / "orig" / "System.map").unlink()
     refused(world, ["--prebuild", f"--config={world / 'orig'}", str(world / "linux")],
-            "Failed to find System.map file in ORIG_CONFIG directory")
+            "Failed to find System.map or kallsyms file in ORIG_CONFIG directory")
 
 
 def test_postdir_inside_tree(world: Path) -> None:
@@ -145,3 +145,56 @@ def test_resolve_accepts_our_own_postdir(world: Path) -> None:
 def test_resolve_rejects_bad_jobs(world: Path) -> None:
     with pytest.raises(UserError, match="positive number of jobs"):
         resolve(world / "linux", orig=world / "orig", jobs=0)
+
+
+# -- ORIG_CONFIG for a distribution kernel --------------------------------------------
+
+DEBIAN_STUB = "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+HEADER = "#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86 6.1.0 Kernel Configuration\n"
+
+
+def prebuild_args(world: Path) -> list[str]:
+    return ["--prebuild", f"--config={world / 'orig'}", str(world / "linux")]
+
+
+def test_stub_system_map(world: Path) -> None:
+    (world / "orig" / "System.map").write_text(DEBIAN_STUB)
+    refused(world, prebuild_args(world), "is the distribution's stub, not the real System.map: "
+            "install linux-image-$(uname -r)-dbg")
+
+
+def test_kallsyms_read_without_root(world: Path) -> None:
+    (world / "orig" / "System.map").write_text(DEBIAN_STUB)
+    (world / "orig" / "kallsyms").write_text("0000000000000000 T _text\n"
+                                             "0000000000000000 r __ksymtab_printk\n")
+    (world / "orig" / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n")
+    refused(world, prebuild_args(world), "only zero addresses: read /proc/kallsyms as root")
+
+
+def test_source_version_differs_from_config(world: Path) -> None:
+    (world / "orig" / ".config").write_text(HEADER.replace("6.1.0", "6.1.192")
+                                            + "CONFIG_64BIT=y\n")
+    refused(world, prebuild_args(world),
+            f"KERNEL_SOURCE is 6.1.0 but {world / 'orig'}/.config was made for 6.1.192")
+
+
+def test_symvers_of_another_kernel(world: Path) -> None:
+    (world / "orig" / ".config").write_text(HEADER + "CONFIG_64BIT=y\n")
+    (world / "orig" / "System.map").write_text("ffffffff81000000 T _text\n"
+                                               "ffffffff81800000 r __ksymtab_printk\n")
+    (world / "orig" / "Module.symvers").write_text(
+        "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tmsleep\tvmlinux\tEXPORT_SYMBOL\t\n")
+    refused(world, prebuild_args(world),
+            f"{world / 'orig' / 'Module.symvers'} does not belong to "
+            f"{world / 'orig' / 'System.map'}: {world / 'orig' / 'Module.symvers'} exports "
+            "msleep but")
+
+
+def test_kallsyms_is_used_and_said_with_v(world: Path, capsys: pytest.CaptureFixture) -> None:
+    (world / "orig" / "kallsyms").write_text("ffffffff83000000 T _text\n")
+    s = resolve(world / "linux", orig=world / "orig", verbose=True)
+    assert s.map_file == world / "orig" / "System.map"  # both: System.map wins, -v says so
+    assert "System.map (kallsyms is there too, unused)" in capsys.readouterr().out
+    (world / "orig" / "System.map").unlink()
+    s = resolve(world / "linux", orig=world / "orig")
+    assert s.map_file == world / "orig" / "kallsyms"
