@@ -34,7 +34,7 @@ from elftools.elf.elffile import ELFFile
 from ksplice_tasks.artifacts import DebianTarget
 from ksplice_tasks.distro import debian
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import atomic_path, cache_root, locked, write_atomic
+from ksplice_tasks.files import atomic_path, locked, write_atomic
 from ksplice_tasks.testing import qemu
 
 # The modules that give the guest the host's root over virtio-9p; their
@@ -230,12 +230,17 @@ def debian_kernel(directory: Path) -> DebianKernel:
 
 def prepare(release: str | None = None, directory: Path | None = None,
             out: TextIO = sys.stdout) -> DebianKernel:
-    """A target for ``release`` (None: the newest amd64) in ``directory`` (default: in the
-    cache, ``debian/targets/<release>``), prepared once; its kernel."""
+    """A target for ``release`` (None: the newest amd64) in ``directory``, prepared once.
+
+    The default directory is in the cache, keyed by the package version
+    (``debian/<version>/targets/<release>``), so a new upload of the same
+    release gets a new target. Returns its kernel; UserError as prepare_target.
+    """
     if release is None:
         release = str(debian.newest_release())
     if directory is None:
-        directory = cache_root() / "debian" / "targets" / release
+        version = debian.resolve_packages(release).version
+        directory = debian.debian_cache(version) / "targets" / release
     with locked(f"debian-target-{release}"):
         debian.prepare_target(release, directory, out=out)
     return debian_kernel(directory)
