@@ -202,6 +202,31 @@ class ModulesRecord:
     helper_sha256: str
 
 
+@dataclass(frozen=True)
+class DebianTarget:
+    """``debian-target.json``: a target directory made from Debian's packages (distro.debian).
+
+    ``release`` is the target's ``uname -r`` (``6.1.0-57-amd64``) and
+    ``package_version`` the one Debian package version of its image, headers and
+    source (``6.1.192-3``); ``packages`` maps each downloaded package to its
+    version. The paths are relative to the directory holding the record:
+    ``source`` the source tree, ``orig_config`` ORIG_CONFIG in it, ``image``
+    the unpacked image package, ``vmlinuz`` and ``modules`` in it, and
+    ``system_map`` the real System.map (None without the -dbg package).
+    """
+
+    release: str
+    flavour: str
+    package_version: str
+    packages: dict[str, str]
+    source: str
+    orig_config: str
+    image: str
+    vmlinuz: str
+    modules: str
+    system_map: str | None
+
+
 # -- one JSON form per record ------------------------------------------------------------
 
 
@@ -277,6 +302,7 @@ PRE_BUILD = Codec(PreBuildStamp, "pre-build")
 INVENTORY = Codec(ObjectInventory, "object-inventory")
 INCLUDES = Codec(IncludeIndex, "include-index")
 MODULES = Codec(ModulesRecord, "modules")
+DEBIAN_TARGET = Codec(DebianTarget, "debian-target")
 
 
 # -- the type walk both directions share ------------------------------------------------

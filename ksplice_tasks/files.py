@@ -1,16 +1,22 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Atomic file writes: a reader (or a crash) never sees half a file."""
+"""Atomic file writes (a reader, or a crash, never sees half a file), the cache, extraction."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+from ksplice_tasks.commands import run
+from ksplice_tasks.errors import UserError
 
 
 @contextmanager
@@ -76,4 +82,60 @@ def copy_atomic(src: Path, dest: Path) -> Path:
     """Copy with metadata through a temp file, then rename over."""
     with atomic_path(dest) as tmp:
         shutil.copy2(src, tmp)
+    return dest
+
+
+# -- the cache outside any clone -------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """KSPLICE_CACHE, else ~/.cache/ksplice-py (created): outside any clone, so reruns reuse it."""
+    env = os.environ.get("KSPLICE_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    root = base if env else base / "ksplice-py"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Hold ``cache_root()/locks/<name>.lock`` exclusively (flock) for the block.
+
+    One process at a time per cache entry: tests, the demo and the commands
+    may run side by side.
+    """
+    lockdir = cache_root() / "locks"
+    lockdir.mkdir(exist_ok=True)
+    with open(lockdir / f"{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def extract_tarball(tarball: Path, dest: Path, out: TextIO = sys.stdout) -> Path:
+    """Extract the tarball's single top directory to ``dest``, atomically; returns ``dest``.
+
+    An existing ``dest`` is taken as done (it only ever appears whole). The
+    tarball is unpacked by GNU tar into a private temp directory beside
+    ``dest`` and its one top directory renamed to ``dest``; on any failure the
+    temp directory is removed. GNU tar strips leading ``/`` and refuses
+    members with ``..`` by default; ``--no-same-owner`` keeps files ours.
+    UserError when tar fails or the tarball has not exactly one top directory.
+    """
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out.write(f"extract: {tarball} -> {dest}\n")
+    out.flush()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        run(["tar", "-xf", tarball, "-C", tmp, "--no-same-owner"], what="tar")
+        tops = [p for p in tmp.iterdir() if p.is_dir()]
+        if len(tops) != 1:
+            raise UserError(f"{tarball}: expected one top-level directory, found {len(tops)}")
+        os.rename(tops[0], dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest

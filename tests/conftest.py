@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import EXPECTED, PATCHES, Prebuilt, create, run_create, tarball_from  # noqa: E402
 
-from ksplice_tasks.testing import testkernel  # noqa: E402
+from ksplice_tasks.testing import debian_guest, testkernel  # noqa: E402
 from ksplice_tasks.tree import snapshot
 
 
@@ -89,3 +89,9 @@ def targeted_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
 def update_tarballs_lp(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The five updates built against the lp kernel."""
     return create_all(prebuilt_lp, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kernel_debian() -> debian_guest.DebianKernel:
+    """Debian's shipped kernel, the newest amd64 in the archive, prepared once in the cache."""
+    return debian_guest.prepare()

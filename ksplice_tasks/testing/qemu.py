@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Boot a test kernel under qemu (TCG) with a busybox initramfs and run a guest script.
 
-The guest's /init mounts the pseudo filesystems, optionally the host's root
+The guest's /init mounts the pseudo filesystems, loads the given kernel
+modules in order (a distribution kernel has 9p and virtio as modules),
+optionally mounts the host's root
 read-only over virtio-9p (so the guest can run the project's own Python tools
 with `chroot /host`), runs the script, prints its exit status and reboots;
 qemu runs with -no-reboot, so the reboot ends it. A host-side timeout kills
@@ -50,6 +52,25 @@ else
 fi
 """
 
+# Modules packed into the initramfs, loaded in the order given (insmod: no
+# modules.dep needed). A module that does not load ends the boot with status 124.
+PRELOAD_DIR = "/lib/ksplice-preload"
+PRELOAD_FAILED = 124
+
+
+def _init_preload(names: Sequence[str]) -> str:
+    lines = []
+    for name in names:
+        lines.append(f"insmod {PRELOAD_DIR}/{name} || {{ echo \"{EXIT_MARK}{PRELOAD_FAILED} "
+                     f"(insmod {name} failed)\"; reboot -f; }}\n")
+    return "".join(lines)
+
+
+def preload_files(modules: Sequence[Path]) -> list[tuple[str, Path]]:
+    """(guest path, host path) for each module, numbered so the guest loads them in order."""
+    return [(f"{PRELOAD_DIR}/{i:02d}-{m.name}", m) for i, m in enumerate(modules)]
+
+
 _INIT_TAIL = f"""export TMPDIR=/run
 echo {BEGIN_MARK}
 sh /guest.sh
@@ -79,8 +100,10 @@ class BootResult:
         return self.status == 0 and not self.timed_out
 
 
-def init_script(hostfs: bool) -> str:
-    return _INIT_HEAD + (_INIT_HOSTFS if hostfs else "") + _INIT_TAIL
+def init_script(hostfs: bool, preload: Sequence[str] = ()) -> str:
+    """/init: mounts, insmod of ``preload`` (file names in PRELOAD_DIR, in order), 9p, script."""
+    return (_INIT_HEAD + _init_preload(preload) + (_INIT_HOSTFS if hostfs else "")
+            + _INIT_TAIL)
 
 
 def cpio_list(init: Path, guest: Path, files: Sequence[tuple[str, Path]] = ()) -> str:
@@ -120,15 +143,21 @@ def make_initramfs(
     *,
     hostfs: bool = False,
     files: Sequence[tuple[str, Path]] = (),
+    preload: Sequence[Path] = (),
 ) -> Path:
-    """Pack a gzip'd initramfs with the kernel's own gen_init_cpio (no root needed)."""
+    """Pack a gzip'd initramfs with the kernel's own gen_init_cpio (no root needed).
+
+    ``preload``: kernel modules (.ko, uncompressed) that /init loads, in this
+    order, before it mounts the host's root.
+    """
     if not BUSYBOX.exists():
         raise UserError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     with tempfile.TemporaryDirectory(prefix="ksplice-initramfs-") as tmp:
         t = Path(tmp)
-        (t / "init").write_text(init_script(hostfs))
+        packed = preload_files(preload)
+        (t / "init").write_text(init_script(hostfs, [Path(g).name for g, _ in packed]))
         (t / "guest.sh").write_text(script)
-        (t / "list").write_text(cpio_list(t / "init", t / "guest.sh", files))
+        (t / "list").write_text(cpio_list(t / "init", t / "guest.sh", [*files, *packed]))
         cpio = subprocess.run(
             [str(gen_init_cpio), str(t / "list")], capture_output=True, check=False
         )
@@ -194,14 +223,19 @@ def boot(
     memory_mb: int | None = None,
     files: Sequence[tuple[str, Path]] = (),
     append: str = "",
+    preload: Sequence[Path] = (),
 ) -> BootResult:
-    """Boot, run `script` with busybox sh as root, and always return within `timeout`."""
+    """Boot, run `script` with busybox sh as root, and always return within `timeout`.
+
+    ``preload``: modules /init loads in order before anything else (see
+    make_initramfs); a failed load ends the boot with status PRELOAD_FAILED.
+    """
     if shutil.which("qemu-system-x86_64") is None:
         raise UserError("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
     mem = memory_mb or (1024 if hostfs else 256)
     with tempfile.TemporaryDirectory(prefix="ksplice-boot-") as tmp:
         initrd = make_initramfs(gen_init_cpio, script, Path(tmp) / "initramfs.cpio.gz",
-                                hostfs=hostfs, files=files)
+                                hostfs=hostfs, files=files, preload=preload)
         argv = qemu_argv(bzimage, initrd, cpus=cpus, memory_mb=mem, hostfs=hostfs,
                          append=append)
         t0 = time.monotonic()

@@ -11,15 +11,10 @@ build refuses a source tree that has been built in place.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from ksplice_tasks.commands import run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import copy_atomic, write_atomic
+from ksplice_tasks.files import cache_root, copy_atomic, extract_tarball, locked, write_atomic
 from ksplice_tasks.testing import qemu
 from ksplice_tasks.tree import kbuild
 
@@ -41,15 +36,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "lp": ("kconfig-base.fragment", "kconfig-smp.fragment", "kconfig-lp.fragment"),
 }
 CPUS = {"up": 1, "smp": 2, "lp": 2}
-
-
-def cache_root() -> Path:
-    """KSPLICE_CACHE, else ~/.cache/ksplice-py: outside any clone, so CI reruns reuse it."""
-    env = os.environ.get("KSPLICE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    root = base if env else base / "ksplice-py"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def default_tarball() -> Path:
@@ -91,40 +77,9 @@ def config_key(variant: str, tarball: Path) -> str:
     return _short_hash(tarball_key(tarball), fragment_text(variant), toolchain_id())
 
 
-@contextmanager
-def locked(name: str) -> Iterator[None]:
-    """One process at a time per cache entry: tests and the demo may run side by side."""
-    lockdir = cache_root() / "locks"
-    lockdir.mkdir(exist_ok=True)
-    with open(lockdir / f"{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def extract(tarball: Path, dest: Path, out: TextIO = sys.stdout) -> Path:
-    """Extract the tarball's single top directory to dest, atomically (rename when whole).
-
-    GNU tar refuses absolute and '..' member names by default; the tarball
-    itself is a Debian package's file, not user input.
-    """
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    out.write(f"extract: {tarball} -> {dest}\n")
-    out.flush()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        run(["tar", "-xf", tarball, "-C", tmp, "--no-same-owner"], what="tar")
-        tops = [p for p in tmp.iterdir() if p.is_dir()]
-        if len(tops) != 1:
-            raise UserError(f"{tarball}: expected one top-level directory, found {len(tops)}")
-        os.rename(tops[0], dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    """The tarball's one top directory at dest, extracted atomically (files.extract_tarball)."""
+    return extract_tarball(tarball, dest, out)
 
 
 def pristine_source(tarball: Path | None = None, out: TextIO = sys.stdout) -> Path:

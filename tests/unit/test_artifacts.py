@@ -44,6 +44,11 @@ EXAMPLES: list[tuple[Codec, Any]] = [
     (artifacts.MODULES, artifacts.ModulesRecord("abcd1234", "ksplice-abcd1234.ko",
                                                 "ksplice-abcd1234-helper.ko", "0" * 64,
                                                 "1" * 64)),
+    (artifacts.DEBIAN_TARGET, artifacts.DebianTarget(
+        release="6.1.0-57-amd64", flavour="amd64", package_version="6.1.192-3",
+        packages={"linux-image-6.1.0-57-amd64-unsigned": "6.1.192-3"}, source="linux",
+        orig_config="linux/ksplice", image="image", vmlinuz="image/boot/vmlinuz-6.1.0-57-amd64",
+        modules="image/lib/modules/6.1.0-57-amd64", system_map=None)),
     (TABLES, md.ModuleTables(
         relocs=[md.RelocInput("jiffies", ".text.f", 1, True, -4, 4, ".text.f_global", 2, True)],
         sizes=[md.SizeInput("f", 10, "f____x_post_global")],

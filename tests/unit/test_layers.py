@@ -18,8 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "encode": {"base"},
     "stages": {"base", "obj", "tree", "encode"},
     "target": {"base", "encode"},
-    "front": {"base", "obj", "tree", "encode", "stages", "target"},
-    "testing": {"base", "obj", "tree", "encode", "stages", "target", "front"},
+    "distro": {"base"},
+    "front": {"base", "obj", "tree", "encode", "stages", "target", "distro"},
+    "testing": {"base", "obj", "tree", "encode", "stages", "target", "distro", "front"},
 }
 FRONT = {"graph", "cli", "reporter"}
 
@@ -88,3 +89,5 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert "stages" not in ALLOWED[room_of("ksplice_tasks.obj.objdiff")]
     assert room_of("ksplice_tasks.graph") == "front"
     assert room_of("ksplice_tasks.errors") == "base"
+    assert room_of("ksplice_tasks.distro.debian") == "distro"
+    assert ALLOWED["distro"] == {"base"}
