@@ -229,16 +229,9 @@ def pre_config(s: Settings | UserError) -> dict:
                                     show_traceback=s.verbose)],
         "file_dep": [str(s.orig / ".config")],
         "targets": [str(s.ksrc / ".config")],
-        "uptodate": [(_same_bytes, [s.orig / ".config", s.ksrc / ".config"])],
+        "uptodate": [(prebuild.config_installed, [s])],
         "verbosity": 2,
     }
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    try:
-        return a.read_bytes() == b.read_bytes()
-    except OSError:
-        return False
 
 
 def pre_build(s: Settings | UserError) -> dict:

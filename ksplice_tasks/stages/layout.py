@@ -157,6 +157,11 @@ class StateLayout:
         return self.root / "pre-inputs.json"
 
     @property
+    def config_stamp(self) -> Path:
+        """SHA-256 of ORIG's .config and of the tree's, as pre_config last installed it."""
+        return self.root / "config-installed.json"
+
+    @property
     def inventory(self) -> Path:
         """A targeted prebuild's object inventory (:data:`ksplice_tasks.artifacts.INVENTORY`)."""
         return self.root / "inventory.json"

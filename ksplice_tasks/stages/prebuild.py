@@ -16,7 +16,7 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PreBuildStamp
 from ksplice_tasks.commands import echo, run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_atomic
+from ksplice_tasks.files import file_sha256, write_atomic
 from ksplice_tasks.stages import kmod
 from ksplice_tasks.stages.inputs import Settings
 from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
@@ -63,20 +63,23 @@ def is_packaging_default(diff: str) -> bool:
     return name[len("CONFIG_"):] in PACKAGING_SYMBOLS and change.startswith("unset -> ")
 
 
-def check_config_fits(s: Settings) -> list[str]:
+def check_config_fits(s: Settings) -> tuple[list[str], bytes]:
     """Run Kconfig over a private copy of ORIG's .config; it must come back unchanged.
 
     A .config from another kernel version would be silently "fixed" by the
     build, and the update built from it would not match the running kernel.
     Toolchain-derived symbols only warn: they say the compiler differs.
+    Returns the differences and the .config as Kconfig wrote it back (what
+    the build's own syncconfig would make of ORIG's).
     """
     with tempfile.TemporaryDirectory(prefix="ksplice-config-") as tmp:
         cfg = Path(tmp) / "config"
         cfg.write_bytes((s.orig / ".config").read_bytes())
         run(["make", "-C", s.ksrc, "-s", *s.make_vars, f"KCONFIG_CONFIG={cfg}", "olddefconfig"],
             verbose=s.verbose, what="make olddefconfig (checking ORIG_CONFIG/.config)")
+        synced = cfg.read_bytes()
         diffs = config_differences(parse_config((s.orig / ".config").read_text()),
-                                   parse_config(cfg.read_text()))
+                                   parse_config(synced.decode(errors="replace")))
     serious = [d for d in diffs if not is_toolchain_symbol(d) and not is_packaging_default(d)]
     if serious:
         more = f" (and {len(serious) - 3} more)" if len(serious) > 3 else ""
@@ -84,19 +87,35 @@ def check_config_fits(s: Settings) -> list[str]:
             "ORIG_CONFIG/.config does not fit KERNEL_SOURCE, is it the running kernel's "
             f"source? {'; '.join(serious[:3])}{more}"
         )
-    return diffs
+    return diffs, synced
 
 
 def install_config(s: Settings) -> None:
-    """The seed copies ORIG_CONFIG/.config into the tree; we check that it fits first."""
-    warnings = check_config_fits(s)
+    """The seed copies ORIG_CONFIG/.config into the tree; we check that it fits first.
+
+    The tree gets the .config as Kconfig writes it back (a distribution's
+    config lacks a few signing defaults, :data:`PACKAGING_SYMBOLS`): the
+    build's syncconfig then leaves it alone, so a rerun finds it current.
+    """
+    warnings, synced = check_config_fits(s)
     for w in warnings:
         if is_toolchain_symbol(w):
             print(f"warning: toolchain differs from the running kernel's: {w}", flush=True)
-    data = (s.orig / ".config").read_bytes()
     target = s.ksrc / ".config"
-    if not target.is_file() or target.read_bytes() != data:
-        write_atomic(target, data)
+    if not target.is_file() or target.read_bytes() != synced:
+        write_atomic(target, synced)
+    write_atomic(s.layout.config_stamp, json.dumps(
+        {"orig": file_sha256(s.orig / ".config"), "tree": file_sha256(target)}))
+
+
+def config_installed(s: Settings) -> bool:
+    """doit uptodate check: the tree's .config is what install_config made of ORIG's."""
+    try:
+        stamp = json.loads(s.layout.config_stamp.read_text())
+        return (stamp.get("orig") == file_sha256(s.orig / ".config")
+                and stamp.get("tree") == file_sha256(s.ksrc / ".config"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_stamp(s: Settings) -> PreBuildStamp | None:
@@ -118,6 +137,8 @@ def count_objects(tree: Path, exclude: tuple[Path, ...]) -> int:
 
 
 FULL, TARGETED = "full", "targeted"
+# The inventory's and include index's record versions: a change redoes a targeted prebuild.
+INDEX_FORMAT = artifacts.INVENTORY.version * 100 + artifacts.INCLUDES.version
 
 
 def pre_mode(s: Settings) -> str:
@@ -226,6 +247,7 @@ def build_pre_targeted(s: Settings) -> dict:
         seconds=round(seconds, 1),
         finished=time.time(),
         mode=TARGETED,
+        index_format=INDEX_FORMAT,
     )
     write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
     print(f"pre build (targeted): done in {seconds:.0f} s; {len(scan.files)} files scanned",
@@ -302,6 +324,8 @@ def pre_tree_unchanged(s: Settings) -> bool:
     except (OSError, ValueError):
         return False
     if stamp is None or stamp.ksrc != str(s.ksrc) or (s.full and stamp.mode != FULL):
+        return False
+    if stamp.mode == TARGETED and stamp.index_format != INDEX_FORMAT:
         return False
     return stamp.fingerprint == snapshot.files_fingerprint(s.ksrc, inputs)
 

@@ -223,17 +223,19 @@ def index_record(scan: IncludeScan) -> IncludeIndex:
     """The JSON record of an include scan."""
     files = sorted(scan.files)
     number = {f: i for i, f in enumerate(files)}
-    rows = [(number[f], name, quoted) for entries in scan.by_basename.values()
-            for f, name, quoted in entries]
-    rows.sort()
-    return IncludeIndex(files, rows)
+    rows = sorted((number[f], name, quoted) for entries in scan.by_basename.values()
+                  for f, name, quoted in entries)
+    return IncludeIndex(files, [r[0] for r in rows], [r[1] for r in rows],
+                        [r[2] for r in rows])
 
 
 def scan_from_record(rec: IncludeIndex) -> IncludeScan:
     """The inverse of :func:`index_record`; ValueError for a file index out of range."""
     index: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+    if not len(rec.includer) == len(rec.name) == len(rec.quoted):
+        raise ValueError("include index: its columns differ in length")
     try:
-        for i, name, quoted in rec.includes:
+        for i, name, quoted in zip(rec.includer, rec.name, rec.quoted, strict=True):
             index[posixpath.basename(name)].append((rec.files[i], name, quoted))
     except IndexError:
         raise ValueError("include index: a file index is out of range") from None

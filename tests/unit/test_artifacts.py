@@ -39,8 +39,8 @@ EXAMPLES: list[tuple[Codec, Any]] = [
         {"fs/proc/loadavg.o": ("fs/proc/loadavg.c", 0, 0)}, [["include", "arch/x86/include"]],
         [["include/linux/kconfig.h"]])),
     (artifacts.INCLUDES, artifacts.IncludeIndex(
-        ["fs/proc/loadavg.c", "fs/proc/internal.h"], [(0, "internal.h", True),
-                                                      (1, "linux/proc_fs.h", False)])),
+        ["fs/proc/loadavg.c", "fs/proc/internal.h"], [0, 1], ["internal.h", "linux/proc_fs.h"],
+        [True, False])),
     (artifacts.MODULES, artifacts.ModulesRecord("abcd1234", "ksplice-abcd1234.ko",
                                                 "ksplice-abcd1234-helper.ko", "0" * 64,
                                                 "1" * 64)),
