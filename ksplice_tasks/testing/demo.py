@@ -1,12 +1,18 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The README's first command: the main job, end to end, on the bundled default.
 
-Debian's linux-source-6.1 with the project's SMP+KASLR test config: build the
-running kernel, prebuild a KERNEL_SOURCE copy with ksplice-create, create an
-update from the bundled example patch (a change to /proc/loadavg), then boot
-the running kernel in qemu with the host's root over 9p and, in the guest,
+By default the running kernel is **Debian's own shipped binary**, the newest
+``linux-image-6.1.0-N-amd64`` in the archive: prepare the target from
+Debian's packages (``ksplice-debian-target``), capture its /proc/kallsyms from
+one boot (what a user copies from the running machine), do a targeted
+prebuild of its ``linux-source-6.1`` with Debian's config, create an update
+from the bundled example patch (a change to /proc/loadavg), then boot
+Debian's vmlinuz in qemu with the host's root over 9p and, in the guest,
 show /proc/loadavg, apply the update with the project's own ksplice-apply,
 show it again, list it with ksplice-view, undo it, and show it restored.
+
+``--target test`` does the same on a kernel this project builds from
+Debian's source with a small test config (``--variant``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 
 from ksplice_tasks import names
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.testing import qemu, testkernel
+from ksplice_tasks.testing import debian_guest, qemu, testkernel
 
 
 def say(msg: str) -> None:
@@ -71,12 +77,76 @@ def check_story(res: qemu.BootResult, banner: str) -> None:
         raise UserError(f"the guest did not show before/after/undone as expected: {seen}")
 
 
+def debian_demo(args: argparse.Namespace) -> None:
+    """The Debian flow: target, kallsyms, targeted prebuild, create, boot, apply/view/undo."""
+    t0 = time.monotonic()
+    say("1/6 the target: Debian's shipped kernel, from Debian's packages")
+    kernel = debian_guest.prepare(args.release)
+    ksrc, orig = kernel.source, kernel.orig_config
+    held = ", ".join(sorted(p.name for p in orig.iterdir() if p.is_file()))
+    print(f"kernel {kernel.release}: {kernel.bzimage}\nKERNEL_SOURCE: {ksrc}\n"
+          f"ORIG_CONFIG: {orig} ({held})")
+
+    say("2/6 the running kernel's symbols: /proc/kallsyms, read as root in one boot")
+    if (orig / "kallsyms").is_file():
+        print(f"have {orig / 'kallsyms'}")
+    else:
+        print(f"wrote {debian_guest.capture_kallsyms(kernel)}")
+
+    extra = [f"-j{args.jobs}"] if args.jobs else []
+    extra += ["-v"] if args.verbose else []
+    say("3/6 targeted prebuild: make prepare, the config's object inventory, the include index")
+    first = run_create(["--prebuild", *extra, str(ksrc)])
+    again = run_create(["--prebuild", str(ksrc)])
+    print(f"prebuild: {first:.1f} s, rerun: {again:.2f} s")
+
+    say("4/6 create an update from the bundled example patch")
+    tarball, made = create_example(ksrc, [], extra)
+    uid = names.tarball_id(tarball.name)
+    print(f"create: {made:.1f} s -> {tarball}")
+
+    say("5/6 boot Debian's vmlinuz in qemu (TCG): apply, look, undo, look")
+    script = GUEST_SCRIPT.format(python=sys.executable, tarball=tarball, uid=uid)
+    res = kernel.boot(script, hostfs=True, timeout=300)
+    print(res.guest_output.strip())
+    check_story(res, kernel.banner())
+    say(f"6/6 done in {time.monotonic() - t0:.0f} s")
+    print(f"Debian's {kernel.release} changed behaviour and changed back, without a reboot "
+          f"(guest: {res.seconds:.1f} s).")
+
+
+def create_example(ksrc: Path, config: list[str], extra: list[str]) -> tuple[Path, float]:
+    """Create the bundled example's update into the cache's demo-output; (tarball, seconds)."""
+    out = testkernel.cache_root() / "demo-output"
+    out.mkdir(exist_ok=True)
+    with resources.as_file(EXAMPLE) as patch:
+        print(patch.read_text(), end="")
+        made = run_create([f"--patch={patch}", *config, *extra, str(ksrc)], out)
+    tarball = max((p for p in out.iterdir() if names.tarball_id(p.name)),
+                  key=lambda p: p.stat().st_mtime)
+    return tarball, made
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="./run demo", description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="smp", choices=sorted(testkernel.VARIANTS))
+    p.add_argument("--target", default="debian", choices=("debian", "test"),
+                   help="debian: Debian's shipped kernel (default); test: a test kernel "
+                        "built here")
+    p.add_argument("--release", default=None,
+                   help="with --target debian: the release, e.g. 6.1.0-57-amd64 "
+                        "(default: the newest in the archive)")
+    p.add_argument("--variant", default="smp", choices=sorted(testkernel.VARIANTS),
+                   help="with --target test: the test config")
     p.add_argument("-j", "--jobs", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.target == "debian":
+        try:
+            debian_demo(args)
+        except UserError as e:
+            print(f"demo: error: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         say(f"1/4 the running kernel: Debian linux-source-6.1, test config {args.variant!r}")
         kernel = testkernel.build_test_kernel(args.variant, jobs=args.jobs, verbose=args.verbose)
