@@ -95,3 +95,22 @@ def update_tarballs_lp(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathF
 def kernel_debian() -> debian_guest.DebianKernel:
     """Debian's shipped kernel, the newest amd64 in the archive, prepared once in the cache."""
     return debian_guest.prepare()
+
+
+@pytest.fixture(scope="session")
+def prebuilt_debian(kernel_debian: debian_guest.DebianKernel) -> Prebuilt:
+    """Debian's own source tree with its ORIG_CONFIG (kallsyms captured in one boot),
+    targeted-prebuilt: make prepare, the inventory and the include index."""
+    orig = kernel_debian.orig_config
+    if not (orig / "kallsyms").is_file():
+        debian_guest.capture_kallsyms(kernel_debian)
+    res = run_create("--prebuild", str(kernel_debian.source))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return Prebuilt(kernel_debian, kernel_debian.source, orig)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def update_tarballs_debian(prebuilt_debian: Prebuilt,
+                           tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The five updates, built for Debian's shipped kernel."""
+    return create_all(prebuilt_debian, tmp_path_factory)

@@ -121,7 +121,7 @@ def resolve(
         orig_p = ksrc_p / "ksplice"
     else:
         orig_p = Path(orig).expanduser().resolve()
-        if is_within(orig_p, ksrc_p):
+        if is_within(orig_p, ksrc_p) and orig_p != ksrc_p / "ksplice":  # the default is fine
             raise UserError(
                 "Aborting: User-specified ORIG_CONFIG cannot be KERNEL_SOURCE or a subdirectory"
             )

@@ -194,6 +194,9 @@ def apply_package(kernel: Kernel, pkg: Package) -> str:
             kernel.write(primary, "stage", "apply")
         except OSError:
             cause = kernel.read(primary, "abort_cause")
+            if cause == "no_match":  # say which functions run-pre matching failed on
+                for line in format_runpre(read_runpre(kernel, primary)):
+                    print(line, flush=True)
             raise ApplyError(f"Aborted: {explain(cause)}") from None
     except ApplyError:
         _unload_quietly(kernel, helper)
@@ -223,6 +226,49 @@ def undo_update(kernel: Kernel, update_id: str) -> None:
 
 
 @dataclass(frozen=True)
+class RunPre:
+    """Run-pre matching's result for one function of the update's pre code.
+
+    ``status`` is kmodsrc/runpre.c's name: untried, found, several, outside or
+    failed; ``address`` is the running copy it matched (0 when none).
+    """
+
+    function: str
+    status: str
+    address: int
+
+
+def parse_runpre(text: str) -> tuple[RunPre, ...]:
+    """The primary's ``runpre`` sysfs file: ``<function> <status> <hex address>`` per line.
+
+    Empty for ``not run`` (before the first apply) or an unreadable line.
+    """
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            try:
+                out.append(RunPre(parts[0], parts[1], int(parts[2], 16)))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
+def read_runpre(kernel: Kernel, module: str) -> tuple[RunPre, ...]:
+    """The module's run-pre results; empty when its kernel side has no such file."""
+    try:
+        return parse_runpre(kernel.read(module, "runpre"))
+    except OSError:
+        return ()
+
+
+def format_runpre(results: Sequence[RunPre]) -> list[str]:
+    """One line per function: ``run-pre: <function>: <status> [at <address>]``."""
+    return [f"run-pre: {r.function}: {r.status}"
+            + (f" at {r.address:#x}" if r.address else "") for r in results]
+
+
+@dataclass(frozen=True)
 class UpdateView:
     """What ``ksplice-view`` shows about one loaded update."""
 
@@ -231,6 +277,7 @@ class UpdateView:
     functions: tuple[str, ...]
     pause_us: str
     abort_cause: str
+    runpre: tuple[RunPre, ...] = ()
 
 
 def view_update(kernel: Kernel, update_id: str) -> UpdateView:
@@ -238,13 +285,14 @@ def view_update(kernel: Kernel, update_id: str) -> UpdateView:
     funcs = tuple(line.split()[0] for line in kernel.read(m, "functions").splitlines()
                   if line.strip())
     return UpdateView(update_id, kernel.read(m, "stage"), funcs, kernel.read(m, "pause_us"),
-                      kernel.read(m, "abort_cause"))
+                      kernel.read(m, "abort_cause"), read_runpre(kernel, m))
 
 
 def format_view(v: UpdateView) -> str:
     lines = [f"ksplice-{v.id}: {v.stage}",
              f"  functions: {' '.join(v.functions) or '-'}",
              f"  stop_machine pause: {v.pause_us} us"]
+    lines += [f"  {line}" for line in format_runpre(v.runpre)]
     if v.abort_cause != "none":
         lines.append(f"  last abort: {explain(v.abort_cause)}")
     return "\n".join(lines)

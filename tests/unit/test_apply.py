@@ -37,7 +37,8 @@ class FakeKernel(apply.Kernel):
         d = self.attr_dir(name)
         d.mkdir(parents=True)
         for f, v in (("stage", "prepared"), ("abort_cause", "none"), ("pause_us", "0.000"),
-                     ("functions", "loadavg_proc_show ffffffff81000000 ok")):
+                     ("functions", "loadavg_proc_show ffffffff81000000 ok"),
+                     ("runpre", "not run")):
             (d / f).write_text(v + "\n")
 
     def unload(self, name: str) -> None:
@@ -56,6 +57,8 @@ class FakeKernel(apply.Kernel):
         self.log.append(f"write {module} {attr} {value}")
         cause = self.cause if value == "apply" else self.reverse_cause
         (self.attr_dir(module) / "abort_cause").write_text(cause + "\n")
+        status = "failed 0" if cause == "no_match" else "found ffffffff81234560"
+        (self.attr_dir(module) / "runpre").write_text(f"loadavg_proc_show {status}\n")
         if cause != "none":
             raise OSError(16, "Device or resource busy")
         stage = "applied" if value == "apply" else "reversed"
@@ -147,7 +150,9 @@ def test_apply_abort_explains_and_unloads_everything(tmp_path: Path, capsys, roo
                                                      cause: str, text: str) -> None:
     k = FakeKernel(tmp_path / "sys", cause=cause)
     code, out, err = run(apply._apply, [str(make_tarball(tmp_path / "u.tar.gz"))], k, capsys)
-    assert code == 1 and out == ""
+    # no_match also says, on stdout, which functions run-pre matching failed on
+    assert code == 1 and out == ("run-pre: loadavg_proc_show: failed\n"
+                                 if cause == "no_match" else "")
     assert len(err.splitlines()) == 1 and "Aborted:" in err and text in err
     assert k.update_ids() == [] and k.log[-2:] == [f"unload ksplice_{ID}_helper",
                                                    f"unload ksplice_{ID}"]
@@ -170,7 +175,8 @@ def test_view_and_undo(tmp_path: Path, capsys, root_user) -> None:
     code, out, _ = run(apply._view, ["--id", ID], k, capsys)
     assert code == 0
     assert out.splitlines() == [f"ksplice-{ID}: applied", "  functions: loadavg_proc_show",
-                                "  stop_machine pause: 612.345 us"]
+                                "  stop_machine pause: 612.345 us",
+                                "  run-pre: loadavg_proc_show: found at 0xffffffff81234560"]
     assert run(apply._view, ["--id", "zzzzzzzz"], k, capsys)[0] == 1
     code, out, _ = run(apply._undo, [ID], k, capsys)
     assert code == 0 and out == "Done!\n" and k.update_ids() == []
@@ -205,3 +211,30 @@ def test_main_entry_points_print_one_line(capsys, tmp_path: Path, root_user) -> 
     assert len(err.splitlines()) == 1 and err.startswith("ksplice-apply: ")
     assert "no such file" in err
     assert apply.main([]) == 2
+
+
+def test_runpre_results_are_parsed_and_shown() -> None:
+    got = apply.parse_runpre("loadavg_proc_show found ffffffff81234560\n"
+                             "do_umask failed 0\nbad line\n")
+    assert got == (apply.RunPre("loadavg_proc_show", "found", 0xffffffff81234560),
+                   apply.RunPre("do_umask", "failed", 0))
+    assert apply.parse_runpre("not run\n") == ()
+    assert apply.format_runpre(got) == ["run-pre: loadavg_proc_show: found at 0xffffffff81234560",
+                                        "run-pre: do_umask: failed"]
+
+
+def test_a_no_match_abort_prints_each_functions_run_pre_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kernel = FakeKernel(tmp_path / "sys", cause="no_match")
+    pkg = apply.extract_package(make_tarball(tmp_path / f"ksplice-{ID}.tar.gz"), tmp_path / "x")
+    with pytest.raises(apply.ApplyError, match="Aborted"):
+        apply.apply_package(kernel, pkg)
+    assert "run-pre: loadavg_proc_show: failed" in capsys.readouterr().out
+
+
+def test_view_shows_where_run_pre_found_each_function(tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path / "sys")
+    pkg = apply.extract_package(make_tarball(tmp_path / f"ksplice-{ID}.tar.gz"), tmp_path / "x")
+    apply.apply_package(kernel, pkg)
+    text = apply.format_view(apply.view_update(kernel, ID))
+    assert "run-pre: loadavg_proc_show: found at 0xffffffff81234560" in text
