@@ -350,22 +350,19 @@ static bool ksplice_walk_tolerate(struct ksplice_walk *w,
 	return ksplice_walk_relaxed(w, r, idx, gap);
 }
 
-/* Is @addr the first byte of a function in core kernel or module text? */
+/*
+ * Is @addr the first byte of a symbol in core kernel text, or of a loaded
+ * module's symbol ("name+0x0/size [module]": modules' text lookups are not
+ * exported to modules in 6.1, kallsyms is)?
+ */
 static bool ksplice_is_function(const struct ksplice_walk *w, unsigned long addr)
 {
-	bool text;
+	char *buf = w->h->symbuf;
 
-	if (ksplice_in_core_text(w->h, addr)) {
-		text = true;
-	} else {
-		preempt_disable();
-		text = __module_text_address(addr);
-		preempt_enable();
-	}
-	if (!text)
+	sprint_symbol(buf, addr);
+	if (!strstr(buf, "+0x0/"))
 		return false;
-	sprint_symbol(w->h->symbuf, addr);
-	return strstr(w->h->symbuf, "+0x0/");
+	return ksplice_in_core_text(w->h, addr) || strstr(buf, " [");
 }
 
 /* Is @addr one of the return thunks bugs.c can choose? */
