@@ -598,6 +598,9 @@ static bool ksplice_walk(struct ksplice_walk *w, unsigned long *bad)
 		unsigned long at = ULONG_MAX;
 		unsigned int idx = 0;
 
+		/* a site a relaxed jump stepped over is compared strictly */
+		while (w->c < w->cend && h->by_code[w->c].addr - base < w->i)
+			w->c++;
 		if (w->c < w->cend && h->by_code[w->c].addr - base == w->i) {
 			int ok = ksplice_walk_codesite(w, &h->codesite_tab[h->by_code[w->c].reloc]);
 
