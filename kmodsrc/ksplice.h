@@ -92,10 +92,12 @@ struct ksplice_module {
 	const struct ksplice_size *size_tab;
 	const struct ksplice_patch *patch_tab;
 	const struct ksplice_import *import_tab;
+	const struct ksplice_codesite *codesite_tab;
 	unsigned int nr_relocs;
 	unsigned int nr_sizes;
 	unsigned int nr_patches;
 	unsigned int nr_imports;
+	unsigned int nr_codesites;
 	struct ksplice_symstate *reloc_state;
 	struct ksplice_symstate *size_state;
 	struct ksplice_symstate *patch_state;
@@ -109,6 +111,7 @@ struct ksplice_module {
 	struct ksplice_match *match;	/* per size entry */
 	struct ksplice_runval *runval;	/* per reloc entry */
 	struct ksplice_site *by_site;	/* relocations sorted by site */
+	struct ksplice_site *by_code;	/* code sites sorted by address */
 	unsigned int matched;		/* functions FOUND */
 	char *symbuf;			/* KSYM_SYMBOL_LEN, for kallsyms checks */
 

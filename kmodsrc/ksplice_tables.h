@@ -13,6 +13,10 @@
 #define KSPLICE_RELOC_PCREL 0x1 /* value is S + A - P (P = address of the field) */
 #define KSPLICE_RELOC_SIGNED 0x2 /* a field narrower than 8 bytes holds a signed value */
 #define KSPLICE_PATCH_FENTRY 0x1 /* the old function starts with call __fentry__ on disk */
+#define KSPLICE_SITE_RETURN 0x1 /* kind: jmp __x86_return_thunk (.return_sites) */
+#define KSPLICE_SITE_RETPOLINE 0x2 /* kind: call/jmp/jcc __x86_indirect_thunk_<reg> */
+#define KSPLICE_SITE_STATIC_CALL 0x3 /* kind: call/jmp/jcc __SCT__<name> (.static_call_sites) */
+#define KSPLICE_SITE_JUMP_LABEL 0x4 /* kind: jmp or NOP of a static branch (__jump_table) */
 
 /* A relocation the module resolves itself; the site is section_addr + offset. */
 struct ksplice_reloc {
@@ -55,9 +59,21 @@ struct ksplice_import {
 	unsigned int flags; /* reserved, 0 */
 };
 
+/* An instruction of the helper's code the kernel rewrites at boot. */
+struct ksplice_codesite {
+	unsigned long section_addr; /* start of its section in this module */
+	unsigned long offset; /* instruction offset within the section */
+	long target; /* jump label: target offset in the section, or -1 */
+	unsigned char kind; /* KSPLICE_SITE_* */
+	unsigned char len; /* instruction bytes in this module */
+	unsigned char reg; /* retpoline: the register (0 = rax ... 15 = r15) */
+	unsigned char flags; /* reserved, 0 */
+};
+
 extern const struct ksplice_reloc ksplice_relocs[];
 extern const struct ksplice_size ksplice_sizes[];
 extern const struct ksplice_patch ksplice_patches[];
 extern const struct ksplice_import ksplice_imports[];
+extern const struct ksplice_codesite ksplice_codesites[];
 
 #endif /* _KSPLICE_TABLES_H */

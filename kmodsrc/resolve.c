@@ -85,6 +85,19 @@ static bool ksplice_names_match(char *buf, unsigned long addr, const char *name)
 }
 
 /**
+ * ksplice_symbol_at() - Does kallsyms name @name at exactly @addr?
+ * @buf: KSYM_SYMBOL_LEN bytes; gets what kallsyms says
+ * @addr: a running address (kernel image or module)
+ * @name: the symbol name
+ *
+ * Return: true when kallsyms says "@name+0x0/...".
+ */
+bool ksplice_symbol_at(char *buf, unsigned long addr, const char *name)
+{
+	return ksplice_names_match(buf, addr, name);
+}
+
+/**
  * ksplice_module_symbol() - Is an address a loaded module's symbol @name?
  * @km: the module state, for its KASLR offset
  * @buf: KSYM_SYMBOL_LEN bytes; gets what kallsyms says
@@ -235,10 +248,12 @@ static int ksplice_alloc_state(struct ksplice_module *km)
 	km->size_tab = ksplice_sizes;
 	km->patch_tab = ksplice_patches;
 	km->import_tab = ksplice_imports;
+	km->codesite_tab = ksplice_codesites;
 	km->nr_relocs = KSPLICE_TABLE_LEN(km->reloc_tab, symbol);
 	km->nr_sizes = KSPLICE_TABLE_LEN(km->size_tab, name);
 	km->nr_patches = KSPLICE_TABLE_LEN(km->patch_tab, oldname);
 	km->nr_imports = KSPLICE_TABLE_LEN(km->import_tab, name);
+	km->nr_codesites = KSPLICE_TABLE_LEN(km->codesite_tab, section_addr);
 	/* kcalloc(0, ...) is ZERO_SIZE_PTR, which kfree accepts */
 	km->reloc_state = kcalloc(km->nr_relocs, sizeof(*km->reloc_state), GFP_KERNEL);
 	km->size_state = kcalloc(km->nr_sizes, sizeof(*km->size_state), GFP_KERNEL);

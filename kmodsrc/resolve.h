@@ -13,6 +13,7 @@ void ksplice_resolve_free(struct ksplice_module *km);
 unsigned long ksplice_run_addr(const struct ksplice_module *km,
 			       unsigned long map_addr);
 bool ksplice_in_core_text(const struct ksplice_module *km, unsigned long addr);
+bool ksplice_symbol_at(char *buf, unsigned long addr, const char *name);
 bool ksplice_module_symbol(const struct ksplice_module *km, char *buf,
 			   unsigned long addr, const char *name);
 int ksplice_import_lookup(const struct ksplice_module *km, const char *name,

@@ -12,9 +12,10 @@
  * - "call __fentry__" in the object, the 5-byte NOP ftrace writes at boot
  *   in the running code (any other byte there means ftrace or livepatch
  *   owns the function: the match fails as "traced");
- * - a call or jmp to a static call trampoline (__SCT__*): static_call
- *   rewrites those 5 bytes at boot and on every update to call the
- *   current target directly, or to a NOP;
+ * - at a code site (the helper's ksplice_codesites table, taken from the
+ *   pre object's .return_sites, .retpoline_sites, .static_call_sites and
+ *   __jump_table), exactly the encodings the kernel's own patching can
+ *   have written there: see ksplice_walk_codesite();
  * - a jmp/jcc with a 32-bit displacement in the object that the assembler
  *   relaxed to 8 bits in the ordinary build, because its target was a
  *   local symbol of the same section there.
@@ -46,6 +47,36 @@
 #define KSPLICE_JCC32_SIZE	6
 #define KSPLICE_JCC8_OPCODE	0x70
 #define KSPLICE_JCC_CC		0x0f
+
+/* Prefix and opcode bytes of the code sites' instructions (x86 SDM vol. 2) */
+#define KSPLICE_CS_PREFIX	0x2e
+#define KSPLICE_REX_B		0x41
+#define KSPLICE_INDIRECT	0xff	/* call/jmp r/m64 */
+#define KSPLICE_MODRM_CALL_REG	0xd0	/* mod 3, /2: call *%reg */
+#define KSPLICE_MODRM_JMP_REG	0xe0	/* mod 3, /4: jmp *%reg */
+#define KSPLICE_SITE_MAX	6	/* longest code site: jcc rel32, cs call */
+
+/* lfence is 0f ae /5: its ModRM (mod 3, reg 5) is the byte of a call opcode */
+static const u8 ksplice_lfence[] = { 0x0f, 0xae, CALL_INSN_OPCODE };
+static const u8 ksplice_nop2[] = { BYTES_NOP2 };
+/* The multi-byte NOPs of <asm/nops.h> the alternatives code pads with */
+static const u8 ksplice_nops[][4] = {
+	[2] = { BYTES_NOP2 }, [3] = { BYTES_NOP3 }, [4] = { BYTES_NOP4 },
+};
+
+/* static_call's xorl %eax, %eax behind three CS prefixes: __static_call_return0 */
+static const u8 ksplice_xor5rax[] = {
+	KSPLICE_CS_PREFIX, KSPLICE_CS_PREFIX, KSPLICE_CS_PREFIX, 0x31, 0xc0
+};
+
+/*
+ * What the return thunk can be (x86_return_thunk, set by
+ * arch/x86/kernel/cpu/bugs.c for the retbleed, SRSO and ITS mitigations).
+ */
+static const char * const ksplice_return_thunks[] = {
+	"__x86_return_thunk", "retbleed_return_thunk", "srso_return_thunk",
+	"srso_alias_return_thunk", "its_return_thunk",
+};
 
 static const char * const ksplice_match_names[] = {
 	[KSPLICE_MATCH_UNTRIED] = "untried",
@@ -80,6 +111,8 @@ struct ksplice_walk {
 	unsigned long i, j;		/* offsets in pre and run */
 	unsigned int k;			/* next entry of by_site */
 	unsigned int kend;
+	unsigned int c;			/* next entry of by_code */
+	unsigned int cend;
 	struct ksplice_runval *vals;	/* per reloc, this candidate */
 	unsigned int entry_nop;
 	bool traced;
@@ -100,7 +133,9 @@ static int ksplice_sort_sites(struct ksplice_module *h)
 
 	h->by_site = kcalloc(h->nr_relocs ? h->nr_relocs : 1,
 			     sizeof(*h->by_site), GFP_KERNEL);
-	if (!h->by_site)
+	h->by_code = kcalloc(h->nr_codesites ? h->nr_codesites : 1,
+			     sizeof(*h->by_code), GFP_KERNEL);
+	if (!h->by_site || !h->by_code)
 		return -ENOMEM;
 	for (i = 0; i < h->nr_relocs; i++) {
 		h->by_site[i].addr = h->reloc_tab[i].section_addr +
@@ -109,24 +144,38 @@ static int ksplice_sort_sites(struct ksplice_module *h)
 	}
 	sort(h->by_site, h->nr_relocs, sizeof(*h->by_site), ksplice_site_cmp,
 	     NULL);
+	for (i = 0; i < h->nr_codesites; i++) {
+		h->by_code[i].addr = h->codesite_tab[i].section_addr +
+				     h->codesite_tab[i].offset;
+		h->by_code[i].reloc = i;
+	}
+	sort(h->by_code, h->nr_codesites, sizeof(*h->by_code), ksplice_site_cmp,
+	     NULL);
 	return 0;
+}
+
+/* First entry of @sites (@n of them, sorted) at or after @addr. */
+static unsigned int ksplice_first_in(const struct ksplice_site *sites,
+				     unsigned int n, unsigned long addr)
+{
+	unsigned int lo = 0, hi = n;
+
+	while (lo < hi) {
+		unsigned int mid = lo + (hi - lo) / 2;
+
+		if (sites[mid].addr < addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /* First by_site entry at or after @addr. */
 static unsigned int ksplice_first_site(const struct ksplice_module *h,
 				       unsigned long addr)
 {
-	unsigned int lo = 0, hi = h->nr_relocs;
-
-	while (lo < hi) {
-		unsigned int mid = lo + (hi - lo) / 2;
-
-		if (h->by_site[mid].addr < addr)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return ksplice_first_in(h->by_site, h->nr_relocs, addr);
 }
 
 static unsigned long ksplice_read_field(const u8 *p, unsigned int size,
@@ -298,14 +347,244 @@ static bool ksplice_walk_tolerate(struct ksplice_walk *w,
 	if (gap == 1 && pre[0] == CALL_INSN_OPCODE &&
 	    !strcmp(r->symbol, "__fentry__"))
 		return ksplice_walk_fentry(w);
-	/* static_call rewrites the whole call or jmp rel32 (both 5 bytes) */
-	if (gap == 1 && ksplice_is_static_call(r) &&
-	    w->runlen - w->j >= CALL_INSN_SIZE &&
-	    (pre[0] == CALL_INSN_OPCODE || pre[0] == JMP32_INSN_OPCODE)) {
-		ksplice_walk_step(w, CALL_INSN_SIZE, CALL_INSN_SIZE);
-		return true;
-	}
 	return ksplice_walk_relaxed(w, r, idx, gap);
+}
+
+/*
+ * Is @addr the first byte of a symbol in core kernel text, or of a loaded
+ * module's symbol ("name+0x0/size [module]": modules' text lookups are not
+ * exported to modules in 6.1, kallsyms is)?
+ */
+static bool ksplice_is_function(const struct ksplice_walk *w, unsigned long addr)
+{
+	char *buf = w->h->symbuf;
+
+	sprint_symbol(buf, addr);
+	if (!strstr(buf, "+0x0/"))
+		return false;
+	return ksplice_in_core_text(w->h, addr) || strstr(buf, " [");
+}
+
+/* Is @addr one of the return thunks bugs.c can choose? */
+static bool ksplice_is_return_thunk(const struct ksplice_walk *w,
+				    unsigned long addr)
+{
+	unsigned int t;
+
+	if (!ksplice_in_core_text(w->h, addr))
+		return false;
+	for (t = 0; t < ARRAY_SIZE(ksplice_return_thunks); t++)
+		if (ksplice_symbol_at(w->h->symbuf, addr, ksplice_return_thunks[t]))
+			return true;
+	return false;
+}
+
+/* Target of the rel32 branch whose 4-byte displacement ends at run + end. */
+static unsigned long ksplice_rel32_target(const struct ksplice_walk *w,
+					  unsigned int end)
+{
+	const u8 *field = w->run + w->j + end - DISP32_SIZE;
+
+	return w->runaddr + w->j + end + (long)(s32)get_unaligned((const u32 *)field);
+}
+
+/*
+ * A return site, "jmp __x86_return_thunk" in the object.  apply_returns()
+ * leaves a jmp to the return thunk of the chosen mitigation, or writes
+ * "ret" and fills the rest with int3.
+ */
+static bool ksplice_site_return(struct ksplice_walk *w, unsigned int len)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	unsigned int n;
+
+	if (len != JMP32_INSN_SIZE || pre[0] != JMP32_INSN_OPCODE)
+		return false;
+	if (run[0] == JMP32_INSN_OPCODE)
+		return ksplice_is_return_thunk(w, ksplice_rel32_target(w, len));
+	if (run[0] != RET_INSN_OPCODE)
+		return false;
+	for (n = 1; n < len; n++)
+		if (run[n] != INT3_INSN_OPCODE)
+			return false;
+	return true;
+}
+
+/*
+ * What apply_retpolines() writes for a retpoline site of @len bytes whose
+ * instruction is @pre (call, jmp or jcc to __x86_indirect_thunk_<@reg>),
+ * with or without its LFENCE.  Returns false when it would not fit, in
+ * which case the kernel leaves the site alone.
+ */
+static bool ksplice_retpoline_form(const u8 *pre, unsigned int len, u8 reg,
+				   bool lfence, u8 *out)
+{
+	unsigned int i = 0, nops, off = pre[0] == KSPLICE_CS_PREFIX;
+	bool jump = pre[off] == JMP32_INSN_OPCODE;
+
+	if (pre[off] == KSPLICE_JCC32_ESCAPE) {
+		/* jcc becomes "jncc over the indirect jmp" */
+		out[i++] = KSPLICE_JCC8_OPCODE | ((pre[off + 1] & KSPLICE_JCC_CC) ^ 1);
+		out[i++] = len - JMP8_INSN_SIZE;
+		jump = true;
+	}
+	if (lfence) {
+		memcpy(out + i, ksplice_lfence, sizeof(ksplice_lfence));
+		i += sizeof(ksplice_lfence);
+	}
+	if (i + 3 > KSPLICE_SITE_MAX)
+		return false;
+	if (reg >= 8)
+		out[i++] = KSPLICE_REX_B;
+	out[i++] = KSPLICE_INDIRECT;
+	out[i++] = (jump ? KSPLICE_MODRM_JMP_REG : KSPLICE_MODRM_CALL_REG) | (reg & 7);
+	if (i > len)
+		return false;
+	if (jump && i < len)
+		out[i++] = INT3_INSN_OPCODE;
+	/* one NOP stays 0x90; optimize_nops() merges longer runs */
+	nops = len - i;
+	if (nops == 1)
+		out[i] = BYTES_NOP1;
+	else if (nops >= ARRAY_SIZE(ksplice_nops))
+		return false;
+	else if (nops)
+		memcpy(out + i, ksplice_nops[nops], nops);
+	return true;
+}
+
+/*
+ * A retpoline site: unchanged (the relocation field must then hold the
+ * thunk), or the "[lfence;] call/jmp *%reg" apply_retpolines() writes.
+ */
+static int ksplice_site_retpoline(struct ksplice_walk *w,
+				  const struct ksplice_codesite *cs)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	u8 form[KSPLICE_SITE_MAX];
+	unsigned int len = cs->len;
+
+	if (len > KSPLICE_SITE_MAX || cs->reg >= 16)
+		return false;
+	if (ksplice_retpoline_form(pre, len, cs->reg, false, form) &&
+	    !memcmp(form, run, len))
+		return true;
+	if (ksplice_retpoline_form(pre, len, cs->reg, true, form) &&
+	    !memcmp(form, run, len))
+		return true;
+	return -1;
+}
+
+/*
+ * An inline static call site.  __static_call_transform() writes a call
+ * to the current function, its 5-byte NOP, or the "xorl %eax, %eax" of
+ * __static_call_return0 at a call; a jmp to the function, or "ret" and
+ * int3s, at a tail call; a jcc with the same condition at a jcc.
+ */
+static bool ksplice_site_static_call(struct ksplice_walk *w, unsigned int len)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	unsigned int n;
+
+	switch (pre[0]) {
+	case CALL_INSN_OPCODE:
+		if (len != CALL_INSN_SIZE)
+			return false;
+		if (ksplice_is_ftrace_nop(run) ||
+		    !memcmp(run, ksplice_xor5rax, len))
+			return true;
+		return run[0] == CALL_INSN_OPCODE &&
+		       ksplice_is_function(w, ksplice_rel32_target(w, len));
+	case JMP32_INSN_OPCODE:
+		if (len != JMP32_INSN_SIZE)
+			return false;
+		if (run[0] == JMP32_INSN_OPCODE)
+			return ksplice_is_function(w, ksplice_rel32_target(w, len));
+		if (run[0] != RET_INSN_OPCODE)
+			return false;
+		for (n = 1; n < len; n++)
+			if (run[n] != INT3_INSN_OPCODE)
+				return false;
+		return true;
+	case KSPLICE_JCC32_ESCAPE:
+		return len == KSPLICE_JCC32_SIZE && run[0] == pre[0] &&
+		       run[1] == pre[1] &&
+		       ksplice_is_function(w, ksplice_rel32_target(w, len));
+	default:
+		return false;
+	}
+}
+
+/*
+ * A jump label: the jump label code writes a jmp to the entry's target
+ * or a NOP, of the length already there (2 or 5 bytes).
+ */
+static bool ksplice_site_jump_label(struct ksplice_walk *w,
+				    const struct ksplice_codesite *cs)
+{
+	const u8 *run = w->run + w->j;
+	unsigned long base = (unsigned long)w->pre;
+	unsigned long target;
+
+	/* the target's running address, if nothing between moved */
+	target = w->runaddr + cs->section_addr + cs->target - base + w->j - w->i;
+	if (cs->len == JMP32_INSN_SIZE) {
+		if (ksplice_is_ftrace_nop(run))
+			return true;
+		return run[0] == JMP32_INSN_OPCODE &&
+		       ksplice_rel32_target(w, JMP32_INSN_SIZE) == target;
+	}
+	if (cs->len != JMP8_INSN_SIZE)
+		return false;
+	if (!memcmp(run, ksplice_nop2, JMP8_INSN_SIZE))
+		return true;
+	return run[0] == JMP8_INSN_OPCODE &&
+	       w->runaddr + w->j + JMP8_INSN_SIZE + (long)(s8)run[1] == target;
+}
+
+/*
+ * A code site at the current position.  Returns 1 when the running bytes
+ * are one of the encodings the kernel can have written there (both copies
+ * are then stepped over, with the relocations inside the site), 0 when
+ * they are not, and -1 when the site is to be compared like other code:
+ * a retpoline site the kernel left alone (its thunk is then checked as a
+ * relocation), or a jump label that jumps out of its section.
+ */
+static int ksplice_walk_codesite(struct ksplice_walk *w,
+				 const struct ksplice_codesite *cs)
+{
+	unsigned long base = (unsigned long)w->pre, end;
+	unsigned int len = cs->len;
+	int ok;
+
+	if (!len || len > KSPLICE_SITE_MAX || w->i + len > w->size ||
+	    w->j + len > w->runlen)
+		return 0;
+	switch (cs->kind) {
+	case KSPLICE_SITE_RETURN:
+		ok = ksplice_site_return(w, len);
+		break;
+	case KSPLICE_SITE_RETPOLINE:
+		ok = ksplice_site_retpoline(w, cs);
+		break;
+	case KSPLICE_SITE_STATIC_CALL:
+		ok = ksplice_site_static_call(w, len);
+		break;
+	case KSPLICE_SITE_JUMP_LABEL:
+		ok = cs->target < 0 ? -1 : ksplice_site_jump_label(w, cs);
+		break;
+	default:
+		ok = 0;
+	}
+	if (ok != 1)
+		return ok;
+	/* the relocation fields inside hold nothing to read any more */
+	end = base + w->i + len;
+	while (w->k < w->kend && w->h->by_site[w->k].addr < end)
+		w->k++;
+	w->i += len;
+	w->j += len;
+	return 1;
 }
 
 /* Walk one function; returns true when the running bytes match. */
@@ -319,6 +598,18 @@ static bool ksplice_walk(struct ksplice_walk *w, unsigned long *bad)
 		unsigned long at = ULONG_MAX;
 		unsigned int idx = 0;
 
+		/* a site a relaxed jump stepped over is compared strictly */
+		while (w->c < w->cend && h->by_code[w->c].addr - base < w->i)
+			w->c++;
+		if (w->c < w->cend && h->by_code[w->c].addr - base == w->i) {
+			int ok = ksplice_walk_codesite(w, &h->codesite_tab[h->by_code[w->c].reloc]);
+
+			w->c++;
+			if (!ok)
+				goto fail;
+			if (ok > 0)
+				continue;
+		}
 		if (w->k < w->kend) {
 			idx = h->by_site[w->k].reloc;
 			r = &h->reloc_tab[idx];
@@ -383,6 +674,9 @@ static bool ksplice_try(struct ksplice_module *h, unsigned int f,
 		return false;
 	w.k = ksplice_first_site(h, s->thismod_addr);
 	w.kend = ksplice_first_site(h, s->thismod_addr + s->size);
+	w.c = ksplice_first_in(h->by_code, h->nr_codesites, s->thismod_addr);
+	w.cend = ksplice_first_in(h->by_code, h->nr_codesites,
+				  s->thismod_addr + s->size);
 	for (k = w.k; k < w.kend; k++)
 		vals[h->by_site[k].reloc].have = false;
 	if (ksplice_walk(&w, &bad)) {
@@ -578,11 +872,13 @@ void ksplice_runpre_free(struct ksplice_module *h)
 	kfree(h->match);
 	kfree(h->runval);
 	kfree(h->by_site);
+	kfree(h->by_code);
 	kfree(h->symbuf);
 	h->symbuf = NULL;
 	h->match = NULL;
 	h->runval = NULL;
 	h->by_site = NULL;
+	h->by_code = NULL;
 	h->matched = 0;
 }
 

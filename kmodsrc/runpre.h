@@ -13,10 +13,13 @@
 
 #include "ksplice.h"
 
-/* A relocation site of the helper's code, for walking a function in order. */
+/*
+ * A relocation site or a code site (struct ksplice_codesite) of the
+ * helper's code, for walking a function in order.
+ */
 struct ksplice_site {
 	unsigned long addr;		/* section_addr + offset */
-	unsigned int reloc;		/* index into the reloc table */
+	unsigned int reloc;		/* index into the reloc or code-site table */
 };
 
 /* Run-pre matching result for one helper function (helper side). */

@@ -57,6 +57,25 @@ class RelocRecord:
 
 
 @dataclass(frozen=True)
+class SiteRecord:
+    """A spot of helper code that the kernel rewrites at boot, from the pre object's tables.
+
+    ``kind`` is one of :data:`ksplice_tasks.obj.objmanip.SITE_KINDS`; the
+    instruction is ``length`` bytes at ``offset`` in output section
+    ``section``.  ``reg`` is the register of a retpoline site (0-15), and
+    ``target`` the offset in ``section`` a jump label jumps to (-1 when it
+    jumps elsewhere).
+    """
+
+    section: str
+    offset: int
+    kind: str
+    length: int
+    reg: int = 0
+    target: int = -1
+
+
+@dataclass(frozen=True)
 class SizeRecord:
     """A function's name, size (bytes) and section, for the sizes table."""
 
@@ -108,6 +127,7 @@ class ObjectRecords:
     helper_relocs: list[RelocRecord] = field(default_factory=list)
     primary_sizes: list[SizeRecord] = field(default_factory=list)
     helper_sizes: list[SizeRecord] = field(default_factory=list)
+    helper_sites: list[SiteRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

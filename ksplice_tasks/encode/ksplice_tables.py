@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ksplice_tasks.artifacts import RelocRecord
+from ksplice_tasks.artifacts import RelocRecord, SiteRecord
 from ksplice_tasks.names import check_id
 from ksplice_tasks.symbolmap import parse_system_map as parse_system_map
 
@@ -109,6 +109,18 @@ FLAGS: dict[str, tuple[int, str]] = {
     "KSPLICE_RELOC_PCREL": (0x1, "value is S + A - P (P = address of the field)"),
     "KSPLICE_RELOC_SIGNED": (0x2, "a field narrower than 8 bytes holds a signed value"),
     "KSPLICE_PATCH_FENTRY": (0x1, "the old function starts with call __fentry__ on disk"),
+    "KSPLICE_SITE_RETURN": (0x1, "kind: jmp __x86_return_thunk (.return_sites)"),
+    "KSPLICE_SITE_RETPOLINE": (0x2, "kind: call/jmp/jcc __x86_indirect_thunk_<reg>"),
+    "KSPLICE_SITE_STATIC_CALL": (0x3, "kind: call/jmp/jcc __SCT__<name> (.static_call_sites)"),
+    "KSPLICE_SITE_JUMP_LABEL": (0x4, "kind: jmp or NOP of a static branch (__jump_table)"),
+}
+
+# SiteInput.kind -> the KSPLICE_SITE_* value the kernel side switches on.
+SITE_KIND_VALUES: dict[str, int] = {
+    "return": FLAGS["KSPLICE_SITE_RETURN"][0],
+    "retpoline": FLAGS["KSPLICE_SITE_RETPOLINE"][0],
+    "static_call": FLAGS["KSPLICE_SITE_STATIC_CALL"][0],
+    "jump_label": FLAGS["KSPLICE_SITE_JUMP_LABEL"][0],
 }
 
 RELOC = Struct("ksplice_reloc", "ksplice_relocs",
@@ -152,7 +164,18 @@ IMPORT = Struct("ksplice_import", "ksplice_imports",
                     Field("flags", "u32", "reserved, 0"),
                 ))
 
-STRUCTS: tuple[Struct, ...] = (RELOC, SIZE, PATCH, IMPORT)
+CODESITE = Struct("ksplice_codesite", "ksplice_codesites",
+                  "An instruction of the helper's code the kernel rewrites at boot.", (
+                      Field("section_addr", "ptr", "start of its section in this module"),
+                      Field("offset", "u64", "instruction offset within the section"),
+                      Field("target", "s64", "jump label: target offset in the section, or -1"),
+                      Field("kind", "u8", "KSPLICE_SITE_*"),
+                      Field("len", "u8", "instruction bytes in this module"),
+                      Field("reg", "u8", "retpoline: the register (0 = rax ... 15 = r15)"),
+                      Field("flags", "u8", "reserved, 0"),
+                  ))
+
+STRUCTS: tuple[Struct, ...] = (RELOC, SIZE, PATCH, IMPORT, CODESITE)
 
 # -- input records -------------------------------------------------------------
 
@@ -209,6 +232,29 @@ class ImportInput:
 
 
 @dataclass(frozen=True)
+class SiteInput:
+    """A boot-rewritten instruction of the helper's code; ``anchor`` starts its section.
+
+    ``kind`` is a key of :data:`SITE_KIND_VALUES`; see
+    :class:`~ksplice_tasks.artifacts.SiteRecord` for the other fields.
+    """
+
+    anchor: str
+    offset: int
+    kind: str
+    length: int
+    reg: int = 0
+    target: int = -1
+
+
+def sites_from_records(records: Iterable[SiteRecord], anchor_suffix: str = "_global"
+                       ) -> list[SiteInput]:
+    """Table inputs from helper site records; anchors as in :func:`relocs_from_records`."""
+    return [SiteInput(s.section + anchor_suffix, s.offset, s.kind, s.length, s.reg, s.target)
+            for s in records]
+
+
+@dataclass(frozen=True)
 class ModuleTables:
     """Everything one module (primary or helper) carries; empty tables are fine."""
 
@@ -216,6 +262,7 @@ class ModuleTables:
     sizes: Sequence[SizeInput] = ()
     patches: Sequence[PatchInput] = ()
     imports: Sequence[ImportInput] = ()
+    sites: Sequence[SiteInput] = ()
 
 
 # -- System.map ------------------------------------------------------------------
@@ -384,19 +431,28 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
             c = candidates(smap, rec.name)
             yield ({"name": map_name(rec.name), "candidates": em_cands(c),
                     "nr_candidates": len(c)}, rec.name)
+        elif struct is CODESITE and isinstance(rec, SiteInput):
+            if rec.kind not in SITE_KIND_VALUES or not 0 < rec.length < 16 or not (
+                    0 <= rec.reg < 16):
+                raise ValueError(f"site {rec.anchor}+{rec.offset:#x}: kind {rec.kind!r}, "
+                                 f"length {rec.length}, reg {rec.reg}")
+            yield ({"section_addr": rec.anchor, "offset": rec.offset, "target": rec.target,
+                    "kind": SITE_KIND_VALUES[rec.kind], "len": rec.length, "reg": rec.reg},
+                   f"{rec.kind} {rec.anchor}+{rec.offset:#x}")
         else:
             raise TypeError(f"{type(rec).__name__} record in a {struct.name} table")
 
 
 def render_asm(tables: ModuleTables, system_map: SystemMap) -> str:
-    """Assembly for all four tables of one module (empty ones are just a terminator).
+    """Assembly for all five tables of one module (empty ones are just a terminator).
 
     Assemble with ``gcc -c -x assembler`` and ``ld -r`` the object with the
     collection object that defines the anchors and pointers.
     """
     parts = ["/* Generated by ksplice_tasks.encode.ksplice_tables: .ksplice.* tables. */", ""]
     for struct, recs in ((RELOC, tables.relocs), (SIZE, tables.sizes),
-                         (PATCH, tables.patches), (IMPORT, tables.imports)):
+                         (PATCH, tables.patches), (IMPORT, tables.imports),
+                         (CODESITE, tables.sites)):
         parts.append(render_table(struct, list(recs), system_map))
     return "\n".join(parts)
 

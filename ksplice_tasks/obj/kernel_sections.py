@@ -302,10 +302,20 @@ CARRIED_TABLES = frozenset(r.name for r in SECTIONS
 PER_FUNCTION_TABLES = frozenset(r.name for r in SECTIONS
                                 if r.kind == Kind.TABLE and r.carried and r.per_function)
 
-# Relocations the module loader must resolve itself: ftrace finds its call sites
-# in a module through them (kernel/trace/ftrace.c ftrace_module_init()), and
-# turns them into NOPs when the module loads.
-LOADER_SYMBOLS = frozenset({"__fentry__"})
+# Relocations the module loader must resolve itself, because it rewrites the
+# instruction they sit in before the ksplice core could resolve anything:
+# ftrace finds its call sites in a module through them (kernel/trace/ftrace.c
+# ftrace_module_init()) and turns them into NOPs; module_finalize() (through
+# apply_retpolines() and apply_returns() of arch/x86/kernel/alternative.c)
+# decodes each .retpoline_sites/.return_sites instruction's target and
+# rewrites it for the CPU's mitigation only when that target is the thunk
+# (it warns and leaves it otherwise).  All of them are exported in 6.1
+# (arch/x86/lib/retpoline.S EXPORT_THUNK, EXPORT_SYMBOL(__x86_return_thunk)),
+# so the loader can resolve them.
+RETPOLINE_THUNKS = tuple(f"__x86_indirect_thunk_{r}" for r in (
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))
+LOADER_SYMBOLS = frozenset({"__fentry__", "__x86_return_thunk", *RETPOLINE_THUNKS})
 
 # Sections whose code the running kernel frees after boot (or never keeps):
 # nothing to match or patch there.  include/asm-generic/vmlinux.lds.h INIT_TEXT

@@ -5,6 +5,9 @@
   that point outside what is kept are stripped and returned as records.
 * :func:`keep_helper` - all pre text, every relocation stripped and returned,
   for run-pre matching against the running kernel.
+* :func:`helper_sites` - the spots of that text the kernel rewrites at boot
+  (return thunks, retpolines, inline static calls, jump labels), from the
+  pre object's own tables.
 * :func:`globalize` - global ``<name>_global`` aliases of the kept symbols.
 * :func:`sizelist` - name and size of every function.
 * :func:`rmsyms` - strip relocations against given symbols from a built .ko.
@@ -22,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ksplice_tasks.artifacts import RelocRecord, SizeRecord
+from ksplice_tasks.artifacts import RelocRecord, SiteRecord, SizeRecord
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.obj.elfread import (
     SHF_GROUP,
@@ -50,7 +53,9 @@ from ksplice_tasks.obj.elfwrite import write_object
 from ksplice_tasks.obj.kernel_sections import (
     CARRIED_TABLES,
     PER_FUNCTION_TABLES,
+    RETPOLINE_THUNKS,
     Kind,
+    Role,
     TableEntry,
     TableLayoutError,
     is_special,
@@ -398,6 +403,97 @@ def keep_helper(obj: ElfObject, tag: str, suffix: str = "_pre") -> tuple[ElfObje
     return out, records
 
 
+# Tables whose sites run-pre matching checks against the encodings the
+# kernel's own patching can write there (kmodsrc/runpre.c), by kind.
+SITE_TABLES: dict[str, str] = {
+    ".return_sites": "return",
+    ".retpoline_sites": "retpoline",
+    ".static_call_sites": "static_call",
+    "__jump_table": "jump_label",
+}
+SITE_KINDS = tuple(SITE_TABLES.values())
+
+RETPOLINE_THUNK = "__x86_indirect_thunk_"
+
+_NOP5 = bytes.fromhex("0f1f440000")  # <asm/nops.h> BYTES_NOP5
+_NOP2 = bytes.fromhex("6690")  # BYTES_NOP2
+
+
+def _branch_length(code: bytes, off: int) -> int:
+    """Bytes of the rel32 call/jmp/jcc at ``off`` (with a CS prefix), or 0 if it is none."""
+    b = code[off:off + 2]
+    if b[:1] in (b"\xe8", b"\xe9"):
+        return 5
+    if b in (b"\x2e\xe8", b"\x2e\xe9") or (b[:1] == b"\x0f" and len(b) == 2
+                                           and b[1] & 0xF0 == 0x80):
+        return 6
+    return 0
+
+
+def _jump_label_length(code: bytes, off: int) -> int:
+    """Bytes of the jmp or NOP at a jump label (5 or 2, arch/x86/kernel/jump_label.c), or 0."""
+    if code[off:off + 5] == _NOP5 or code[off:off + 1] == b"\xe9":
+        return 5
+    if code[off:off + 2] == _NOP2 or code[off:off + 1] == b"\xeb":
+        return 2
+    return 0
+
+
+def _thunk_reg(obj: ElfObject, relocs: Sequence[Reloc], lo: int, hi: int) -> int | None:
+    """The register of the retpoline thunk a relocation in ``[lo, hi)`` names, or None."""
+    for r in relocs:
+        if lo <= r.offset < hi:
+            name = obj.symbols[r.sym].name
+            if name.startswith(RETPOLINE_THUNK):
+                # arch/x86/include/asm/GEN-for-each-reg.h: numbered like the registers
+                return RETPOLINE_THUNKS.index(name) if name in RETPOLINE_THUNKS else None
+    return None
+
+
+def helper_sites(obj: ElfObject, tag: str, suffix: str = "_pre") -> list[SiteRecord]:
+    """The sites of :data:`SITE_TABLES` in the code :func:`keep_helper` keeps.
+
+    Each is the instruction an entry's code field names, with its length
+    read from the object's bytes.  An entry whose instruction is not of a
+    form that table allows (and so could not be checked by its rules) is left
+    out: run-pre matching then compares those bytes strictly.  Raises
+    TableLayoutError as :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does.
+    """
+    keep = {i for i, s in obj.sections.items()
+            if s.is_exec and s.is_alloc and not is_special(s.name)}
+    out: list[SiteRecord] = []
+    for sec in obj.sections.values():
+        kind = SITE_TABLES.get(sec.name)
+        if kind is None:
+            continue
+        for e in table_entries(obj, sec):
+            site = e.site(obj, Role.CODE)
+            if site is None or site.shndx not in keep:
+                continue
+            text = obj.sections[site.shndx]
+            code, off = text.data, site.offset
+            reg, target = 0, -1
+            if kind == "jump_label":
+                length = _jump_label_length(code, off)
+                t = e.site(obj, Role.TARGET)
+                if t is not None and t.shndx == site.shndx:
+                    target = t.offset
+            else:
+                length = _branch_length(code, off)
+                if kind == "retpoline" and length:
+                    found = _thunk_reg(obj, obj.relocs.get(site.shndx, ()), off, off + length)
+                    if found is None:
+                        length = 0
+                    else:
+                        reg = found
+            if not length or off + length > len(code):
+                continue
+            out.append(SiteRecord(uniquify(text.name, tag, suffix), off, kind, length,
+                                  reg, target))
+    out.sort(key=lambda s: (s.section, s.offset))
+    return out
+
+
 def globalize(obj: ElfObject, marker: str) -> tuple[ElfObject, list[str]]:
     """Add a global ``<name>_global`` alias of every symbol whose name ends in ``marker``.
 
@@ -554,7 +650,8 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = [
-    "RelocRecord", "SizeRecord", "ObjmanipError", "keep_primary", "keep_helper", "globalize",
+    "RelocRecord", "SizeRecord", "SiteRecord", "ObjmanipError", "keep_primary", "keep_helper",
+    "helper_sites", "globalize",
     "sizelist", "rmsyms", "restore_relocs", "uniquify", "select_functions", "close_over_rodata",
     "filter_kernel_tables", "strip_relocations", "TableCut",
 ]

@@ -46,6 +46,7 @@ def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.Modul
     relocs: list[RelocRecord] = []
     sizes: list[metadata.SizeInput] = []
     patches: list[metadata.PatchInput] = []
+    sites: list[metadata.SiteInput] = []
     for rec in records:
         if rec.empty:
             continue
@@ -53,12 +54,15 @@ def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.Modul
         sizes += [metadata.SizeInput(kernel_name(z.name, rec.tag, side), z.size,
                                      global_alias(z.name))
                   for z in getattr(rec, f"{role}_sizes") if not is_discarded(z.section)]
+        if role != PRIMARY:
+            sites += metadata.sites_from_records(
+                [z for z in rec.helper_sites if not is_discarded(z.section)], GLOBAL_SUFFIX)
         if role == PRIMARY:
             patches += [metadata.PatchInput(rec.renames.get(f, f),
                                             tagged_name(f, rec.tag, POST, is_global=True))
                         for f in patched_functions(rec)]
     return metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL_SUFFIX),
-                                 sizes=sizes, patches=patches)
+                                 sizes=sizes, patches=patches, sites=sites)
 
 
 def patched_functions(rec: ObjectRecords) -> list[str]:

@@ -81,8 +81,9 @@ def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
         prim = objmanip.restore_relocs(prim, for_loader)
         prim_relocs = [r for r in prim_relocs if r.symbol not in loader_symbols]
         prim, _ = objmanip.globalize(prim, symbol_suffix(tag, POST))
-        helper, helper_relocs = objmanip.keep_helper(read_object(pre), tag_infix(tag),
-                                                     side_suffix(PRE))
+        pre_obj = read_object(pre)
+        helper, helper_relocs = objmanip.keep_helper(pre_obj, tag_infix(tag), side_suffix(PRE))
+        helper_sites = objmanip.helper_sites(pre_obj, tag_infix(tag), side_suffix(PRE))
         helper, _ = objmanip.globalize(helper, symbol_suffix(tag, PRE))
         weak = weak_functions(helper)
         write_object(prim, out.primary)
@@ -94,6 +95,7 @@ def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
             helper_relocs=[r for r in helper_relocs if r.section not in weak.values()],
             primary_sizes=list(objmanip.sizelist(prim)[1]),
             helper_sizes=[r for r in objmanip.sizelist(helper)[1] if r.name not in weak],
+            helper_sites=[z for z in helper_sites if z.section not in weak.values()],
         )
     write_atomic(out.records, artifacts.RECORDS.dumps(record))
     return record

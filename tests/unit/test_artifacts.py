@@ -53,7 +53,8 @@ EXAMPLES: list[tuple[Codec, Any]] = [
         relocs=[md.RelocInput("jiffies", ".text.f", 1, True, -4, 4, ".text.f_global", 2, True)],
         sizes=[md.SizeInput("f", 10, "f____x_post_global")],
         patches=[md.PatchInput("f", "f____x_post_global")],
-        imports=[md.ImportInput("text_poke")])),
+        imports=[md.ImportInput("text_poke")],
+        sites=[md.SiteInput(".text.f_global", 9, "return", 5)])),
 ]
 IDS = [codec.kind for codec, _ in EXAMPLES]
 

@@ -82,7 +82,8 @@ def test_is_special_and_rows():
         assert ks.row(name) is None
     assert ks.row(".altinstr_replacement").kind == Kind.REPLACEMENT
     assert ks.row(".debug_line").prefix
-    assert ks.LOADER_SYMBOLS == {"__fentry__"}
+    assert ks.LOADER_SYMBOLS == {"__fentry__", "__x86_return_thunk", *ks.RETPOLINE_THUNKS}
+    assert len(ks.RETPOLINE_THUNKS) == 16 and ks.RETPOLINE_THUNKS[8] == "__x86_indirect_thunk_r8"
     assert ks.is_discarded(".init.text") and ks.is_discarded(".exit.text")
     assert not ks.is_discarded(".text.init_thing") and not ks.is_discarded(".initcall6.init")
 
