@@ -80,7 +80,8 @@ def main() -> int:
         step = max(1, len(objects) // args.sample)
         sample = objects[::step][: args.sample]
         t0 = time.monotonic()
-        res = subprocess.run(kbuild.make_argv(ksrc, args.jobs, sample, make_vars=s.make_vars),
+        res = subprocess.run([*kbuild.make_argv(ksrc, args.jobs, sample, make_vars=s.make_vars),
+                              "-k"],
                              capture_output=True, text=True, check=False)
         t_sample = time.monotonic() - t0
         built = sum(1 for o in sample if (ksrc / o).is_file())

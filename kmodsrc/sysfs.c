@@ -196,16 +196,32 @@ static ssize_t runpre_show(struct kobject *kobj, struct kobj_attribute *attr,
 			   char *buf)
 {
 	struct ksplice_module *km = to_km(kobj);
-	unsigned int i;
+	unsigned int i, pass, left = 0;
 	int n = 0;
 
 	mutex_lock(&km->lock);
 	if (!km->match)
 		n = sysfs_emit(buf, "not run\n");
-	for (i = 0; km->match && i < km->nr_sizes; i++)
-		n += sysfs_emit_at(buf, n, "%s %s %lx\n", km->size_tab[i].name,
-				   ksplice_match_status_name(km->match[i].status),
-				   km->match[i].addr);
+	/* Functions not found first; a page holds about 80 lines. */
+	for (pass = 0; km->match && pass < 2; pass++) {
+		for (i = 0; i < km->nr_sizes; i++) {
+			bool found = km->match[i].status == KSPLICE_MATCH_FOUND;
+			bool want = pass == 1;
+			const char *name = km->size_tab[i].name;
+
+			if (found != want)
+				continue;
+			if (n + strlen(name) + 48 > PAGE_SIZE) {
+				left++;
+				continue;
+			}
+			n += sysfs_emit_at(buf, n, "%s %s %lx\n", name,
+					   ksplice_match_status_name(km->match[i].status),
+					   km->match[i].addr);
+		}
+	}
+	if (left)
+		n += sysfs_emit_at(buf, n, "+%u more\n", left);
 	mutex_unlock(&km->lock);
 	return n;
 }

@@ -195,13 +195,15 @@ def apply_package(kernel: Kernel, pkg: Package) -> str:
         except OSError:
             cause = kernel.read(primary, "abort_cause")
             if cause == "no_match":  # say which functions run-pre matching failed on
-                for line in format_runpre(read_runpre(kernel, primary)):
+                for line in format_runpre(read_runpre(kernel, helper)):
                     print(line, flush=True)
             raise ApplyError(f"Aborted: {explain(cause)}") from None
     except ApplyError:
         _unload_quietly(kernel, helper)
         _unload_quietly(kernel, primary)
         raise
+    for line in format_runpre(read_runpre(kernel, helper)):
+        print(line, flush=True)
     _unload_quietly(kernel, helper)
     return kernel.read(primary, "stage")
 
@@ -281,11 +283,30 @@ class UpdateView:
 
 
 def view_update(kernel: Kernel, update_id: str) -> UpdateView:
+    """The primary's stage, functions, pause and last abort; where run-pre found each function.
+
+    The helper, which holds run-pre's own results, is unloaded once an update
+    is applied; the primary's ``functions`` file then gives the address of
+    each replaced function, which run-pre matching settled (``name addr ok``).
+    """
     m = module_name(update_id)
-    funcs = tuple(line.split()[0] for line in kernel.read(m, "functions").splitlines()
-                  if line.strip())
+    rows = [line.split() for line in kernel.read(m, "functions").splitlines() if line.strip()]
+    funcs = tuple(r[0] for r in rows)
+    helper = module_name(update_id, helper=True)
+    runpre = read_runpre(kernel, helper) if kernel.loaded(helper) else ()
+    if not runpre:
+        runpre = tuple(RunPre(r[0], "found", int(r[1], 16)) for r in rows
+                       if len(r) >= 2 and _is_hex(r[1]))
     return UpdateView(update_id, kernel.read(m, "stage"), funcs, kernel.read(m, "pause_us"),
-                      kernel.read(m, "abort_cause"), read_runpre(kernel, m))
+                      kernel.read(m, "abort_cause"), runpre)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def format_view(v: UpdateView) -> str:

@@ -50,15 +50,16 @@ def test_the_modules_carry_debians_vermagic(update_tarballs_debian: dict,
 def test_five_updates_load_resolve_and_report_run_pre(update_tarballs_debian: dict,
                                                       kernel_debian: debian_guest.DebianKernel,
                                                       tmp_path: Path) -> None:
-    files, uids, lines = [], {}, []
+    files, uids, lines = [], {}, ["dmesg -n 1"]  # keep printk off the console we parse
     for name in EXPECTED:
         uid, primary, helper = unpack(update_tarballs_debian[name], tmp_path)
         uids[name] = uid
         files += [(f"/lib/ksplice/{uid}.ko", primary), (f"/lib/ksplice/{uid}-helper.ko", helper)]
         # binfmt_misc is a module in Debian's config: load it so its update has a target
         if name == "binfmt-misc-module":
-            lines.append("modprobe binfmt_misc 2>/dev/null || insmod "
-                         f"/host{kernel_debian.modules_dir}/kernel/fs/binfmt_misc.ko")
+            files.append(("/lib/ksplice/binfmt_misc.ko",
+                          kernel_debian.modules_dir / "kernel/fs/binfmt_misc.ko"))
+            lines.append("insmod /lib/ksplice/binfmt_misc.ko")
         lines += [f"insmod /lib/ksplice/{uid}.ko", f"insmod /lib/ksplice/{uid}-helper.ko"]
         for mod in (names.sysfs_module(uid, names.PRIMARY),
                     names.sysfs_module(uid, names.HELPER)):
@@ -66,8 +67,10 @@ def test_five_updates_load_resolve_and_report_run_pre(update_tarballs_debian: di
             lines += [f'echo "COUNT {mod} {c} $(cat {d}/{c})"' for c in COUNTS]
         primary_mod = names.sysfs_module(uid, names.PRIMARY)
         lines += [f"echo apply > /sys/module/{primary_mod}/ksplice/stage 2>/dev/null",
-                  f'echo "STAGE {name} $(cat /sys/module/{primary_mod}/ksplice/stage)"',
-                  f"sed 's/^/RUNPRE {name} /' /sys/module/{primary_mod}/ksplice/runpre",
+                  f'echo "STAGE {name} $(cat /sys/module/{primary_mod}/ksplice/stage) '
+                  f'$(cat /sys/module/{primary_mod}/ksplice/abort_cause)"',
+                  f"sed 's/^/RUNPRE {name} /' "
+                  f"/sys/module/{names.sysfs_module(uid, names.HELPER)}/ksplice/runpre",
                   f"rmmod {names.sysfs_module(uid, names.HELPER)}",
                   f"echo reverse > /sys/module/{primary_mod}/ksplice/stage 2>/dev/null",
                   f"rmmod {primary_mod}"]
@@ -75,23 +78,27 @@ def test_five_updates_load_resolve_and_report_run_pre(update_tarballs_debian: di
     res = kernel_debian.boot("\n".join(lines) + "\n", hostfs=True, files=files, timeout=300)
     assert res.ok, res.output[-4000:]
     out = res.guest_output
+    (cache_root() / "debian-updates-guest.log").write_text(res.output)
     counts: dict[str, dict[str, int]] = {}
     for mod, what, n in re.findall(r"^COUNT (\S+) (\w+) (\d+)$", out, re.M):
         counts.setdefault(mod, {})[what] = int(n)
     assert len(counts) == 2 * len(uids), out[-3000:]
     for mod, c in counts.items():
+        assert sorted(c) == sorted(COUNTS), (mod, c, out[:1500])
         assert c["relocs"] == c["resolved"] + c["ambiguous"] + c["missing"], (mod, c)
     report: dict[str, dict] = {}
     for name in EXPECTED:
-        stage = re.search(rf"^STAGE {name} (\w+)$", out, re.M)
+        stage = re.search(rf"^STAGE {name} (\w+) (\w+)$", out, re.M)
+        assert stage, f"{name}: no stage\n{out[-3000:]}"
         funcs = re.findall(rf"^RUNPRE {name} (\S+) (\w+) ([0-9a-f]+)$", out, re.M)
         assert funcs, f"{name}: no run-pre results\n{out[-3000:]}"
-        report[name] = {"stage": stage.group(1) if stage else None,
+        report[name] = {"stage": stage.group(1), "abort_cause": stage.group(2),
                         "runpre": {f: s for f, s, _a in funcs}}
     out_file = cache_root() / "debian-runpre-report.json"
     out_file.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     for name, r in report.items():
-        print(f"{name}: {r['stage']}: " + ", ".join(f"{f} {s}" for f, s in r["runpre"].items()))
+        print(f"{name}: {r['stage']} ({r['abort_cause']}): "
+              + ", ".join(f"{f} {s}" for f, s in r["runpre"].items()))
     # The bundled example's function must match on Debian's kernel (issue 9's bar).
     assert report["loadavg-string"]["runpre"] == {"loadavg_proc_show": "found"}, report
     assert "lsmod" not in out
