@@ -212,6 +212,11 @@ def build_pre_targeted(s: Settings) -> dict:
     its patch touches. UserError when ``make prepare`` fails, or when there is
     no Module.symvers to build the update modules against.
     """
+    if not (s.orig / "Module.symvers").is_file() and not (s.ksrc / "Module.symvers").is_file():
+        raise UserError(
+            "a targeted prebuild needs ORIG_CONFIG/Module.symvers (the running kernel's "
+            "exported symbols and CRCs; on Debian /usr/src/linux-headers-$(uname -r)/"
+            "Module.symvers), or build the whole kernel with --prebuild --full")
     started = time.monotonic()
     log = s.layout.log("pre-build")
     argv = kbuild.make_argv(s.ksrc, s.jobs, ["prepare", "modules_prepare"],
@@ -223,11 +228,6 @@ def build_pre_targeted(s: Settings) -> dict:
         raise UserError(f"make prepare failed in {s.ksrc}; see {log}:\n"
                         + kbuild.error_excerpt(log))
     kmod.install_symvers(s)
-    if not (s.ksrc / "Module.symvers").is_file():
-        raise UserError(
-            "a targeted prebuild needs ORIG_CONFIG/Module.symvers (the running kernel's "
-            "exported symbols and CRCs; on Debian /usr/src/linux-headers-$(uname -r)/"
-            "Module.symvers), or build the whole kernel with --prebuild --full")
     units = inventory(s)
     print(f"pre build (targeted): {len(units)} objects in the config's inventory; "
           "scanning includes", flush=True)

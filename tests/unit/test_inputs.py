@@ -198,3 +198,30 @@ def test_kallsyms_is_used_and_said_with_v(world: Path, capsys: pytest.CaptureFix
     (world / "orig" / "System.map").unlink()
     s = resolve(world / "linux", orig=world / "orig")
     assert s.map_file == world / "orig" / "kallsyms"
+
+
+def test_a_targeted_prebuild_without_module_symvers_is_refused_before_make(
+        tmp_path: Path) -> None:
+    """No Module.symvers anywhere: one line, and make prepare never touched the tree."""
+    from ksplice_tasks.stages import prebuild
+
+    ksrc = make_fake_kernel_tree(tmp_path / "linux")
+    s = resolve(ksrc, orig=make_orig(tmp_path / "orig"))
+    assert prebuild.pre_mode(s) == prebuild.TARGETED
+    before = tree_digest(ksrc)
+    with pytest.raises(UserError, match=r"needs ORIG_CONFIG/Module\.symvers") as e:
+        prebuild.build_pre(s)
+    assert "\n" not in str(e.value)
+    assert tree_digest(ksrc) == before
+
+
+def test_the_prebuild_mode(tmp_path: Path) -> None:
+    """Targeted for a never-built tree; full when asked or when the tree holds a vmlinux."""
+    from ksplice_tasks.stages import prebuild
+
+    ksrc = make_fake_kernel_tree(tmp_path / "linux")
+    orig = make_orig(tmp_path / "orig")
+    assert prebuild.pre_mode(resolve(ksrc, orig=orig)) == prebuild.TARGETED
+    assert prebuild.pre_mode(resolve(ksrc, orig=orig, full=True)) == prebuild.FULL
+    (ksrc / "vmlinux.o").write_bytes(b"")
+    assert prebuild.pre_mode(resolve(ksrc, orig=orig)) == prebuild.FULL
