@@ -169,6 +169,10 @@ class TestKernel:
             data = sec.data()[off:off + sym["st_size"]]
         return data.split(b"\n", 1)[0].decode()
 
+    def is_running(self, proc_version: str) -> bool:
+        """True when ``proc_version`` (a /proc/version line) is this kernel's banner."""
+        return self.banner().strip() in proc_version
+
     def boot(self, script: str, **kwargs) -> qemu.BootResult:
         kwargs.setdefault("cpus", self.cpus)
         return qemu.boot(self.bzimage, self.gen_init_cpio, script, **kwargs)

@@ -114,5 +114,5 @@ def test_the_example_applies_and_undoes_on_debians_kernel(
     uid = names.tarball_id(tarball.name)
     script = demo.GUEST_SCRIPT.format(python=sys.executable, tarball=tarball, uid=uid)
     boot = kernel_debian.boot(script, hostfs=True, timeout=300)
-    demo.check_story(boot, "")
+    demo.check_story(boot, kernel_debian)
     assert "run-pre: loadavg_proc_show: found at 0x" in boot.guest_output, boot.guest_output
