@@ -202,8 +202,6 @@ def apply_package(kernel: Kernel, pkg: Package) -> str:
         _unload_quietly(kernel, helper)
         _unload_quietly(kernel, primary)
         raise
-    for line in format_runpre(read_runpre(kernel, helper)):
-        print(line, flush=True)
     _unload_quietly(kernel, helper)
     return kernel.read(primary, "stage")
 

@@ -139,8 +139,7 @@ def test_extract_refuses_links_and_junk(tmp_path: Path) -> None:
 def test_apply_loads_applies_and_unloads_helper(tmp_path: Path, capsys, root_user) -> None:
     k = FakeKernel(tmp_path / "sys")
     code, out, _ = run(apply._apply, [str(make_tarball(tmp_path / "u.tar.gz"))], k, capsys)
-    assert code == 0
-    assert out == "run-pre: loadavg_proc_show: found at 0xffffffff81234560\nDone!\n"
+    assert code == 0 and out == "Done!\n"  # run-pre's results: ksplice-view
     assert k.log == [f"load ksplice_{ID}", f"load ksplice_{ID}_helper",
                      f"write ksplice_{ID} stage apply", f"unload ksplice_{ID}_helper"]
     assert k.update_ids() == [ID]
