@@ -18,7 +18,7 @@ from helpers import REPO, Prebuilt, create, tarball_from
 from ksplice_tasks import artifacts
 from ksplice_tasks.stages import postbuild, prebuild
 from ksplice_tasks.stages.inputs import resolve
-from ksplice_tasks.tree import deps, snapshot
+from ksplice_tasks.tree import cmdfile, deps, snapshot
 
 CASES = Path(os.environ.get("KSPLICE_CASES", REPO.parent / "shared" / "cases"))
 EXAMPLE = REPO / "ksplice_tasks" / "data" / "example-loadavg.patch"
@@ -63,8 +63,6 @@ def test_the_inventory_is_what_the_full_build_compiled(targeted_lp: Prebuilt,
 
 def kernel_objects(tree: Path, orig: Path) -> dict[str, str]:
     """object -> source for every object a full build compiled from C or assembler."""
-    from ksplice_tasks.tree import cmdfile
-
     out = {}
     for _rel, entry in snapshot.walk(tree, [orig]):
         if cmdfile.is_object_cmd(entry.name):
