@@ -39,6 +39,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A private temp directory beside ``path``, renamed to ``path`` when the block ends.
+
+    The directory twin of :func:`atomic_path`: it is filled under the temp
+    name (mode 0700 meanwhile), given the umask's mode, and renamed over
+    ``path``, which must be absent or an empty directory (rename(2)). On
+    any exception the temp directory is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes; OSError when it cannot be read."""
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -49,7 +49,14 @@ from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import DebianTarget
 from ksplice_tasks.commands import run
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import cache_root, copy_atomic, extract_tarball, locked, write_atomic
+from ksplice_tasks.files import (
+    atomic_dir,
+    cache_root,
+    copy_atomic,
+    extract_tarball,
+    locked,
+    write_atomic,
+)
 
 DEFAULT_FLAVOUR = "amd64"
 RECORD_NAME = "debian-target.json"
@@ -312,16 +319,10 @@ def unpack(deb: Path, dest: Path, out: TextIO = sys.stdout) -> Path:
     """``dpkg-deb -x`` of ``deb`` into ``dest`` (a private temp dir renamed when whole)."""
     if dest.is_dir():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     say(out, f"unpack {deb.name}")
     t0 = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         run(["dpkg-deb", "-x", deb, tmp], what="dpkg-deb -x")
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(out, f"unpacked {deb.name} in {time.monotonic() - t0:.1f} s")
     return dest
 
@@ -479,9 +480,7 @@ def prepare_target(release: str | None, directory: Path, *, flavour: str = DEFAU
             write_atomic(directory / RECORD_NAME, artifacts.DEBIAN_TARGET.dumps(record))
         say(out, f"target {record.release} ({pkgs.version}) ready in {directory}")
         return record
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:   # renamed over an empty DIR (checked above)
         say(out, f"copy the source tree to {directory / 'linux'}")
         t0 = time.monotonic()
         copy_tree(cached.source, tmp / "linux")
@@ -489,15 +488,6 @@ def prepare_target(release: str | None, directory: Path, *, flavour: str = DEFAU
         write_orig_config(tmp / record.orig_config, cached, record.release)
         os.symlink(cached.image, tmp / "image")
         write_atomic(tmp / RECORD_NAME, artifacts.DEBIAN_TARGET.dumps(record))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)   # mkdtemp's 0700 is for while it is half-written
-        if directory.is_dir():
-            directory.rmdir()   # empty, checked above
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(out, f"target {record.release} ({pkgs.version}) ready in {directory}")
     return record
 

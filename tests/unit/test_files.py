@@ -45,3 +45,25 @@ def test_write_if_changed(tmp_path: Path) -> None:
     assert dest.stat().st_mtime == 5
     files.write_if_changed(dest, b"other\n")
     assert dest.read_text() == "other\n"
+
+
+def test_atomic_dir_appears_whole_over_an_empty_directory(tmp_path: Path) -> None:
+    dest = tmp_path / "target"
+    dest.mkdir()
+    with files.atomic_dir(dest) as tmp:
+        assert tmp.parent == tmp_path and tmp != dest
+        (tmp / "f").write_text("x")
+        assert not (dest / "f").exists()
+    assert (dest / "f").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "target"
+    with pytest.raises(RuntimeError), files.atomic_dir(dest) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
