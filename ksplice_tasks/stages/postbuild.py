@@ -88,38 +88,63 @@ _SKIP = re.compile(r"(^|/)(\.tmp_|vmlinux\.o$|built-in|.*\.mod\.o$|.*\.lto\.o$)"
 
 
 def build_post(s: Settings) -> PostBuild:
-    """Rebuild after the patch; on failure reset the post tree and say what broke."""
+    """Rebuild after the patch; on failure reset the post tree and say what broke.
+
+    On a targeted prebuild the pre objects the patch can change are built
+    first (:func:`targeted_objects`); otherwise the pre tree holds them all.
+    """
     rec = patching.load_record(s)
     if rec is None:
         raise UserError("the post tree holds no patch; run the post_patch step first")
-    touched = sorted(rec.files)
+    try:
+        result = _build_post(s, sorted(rec.files))
+    except UserError:
+        patching.reset_post(s)
+        raise
+    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(result))
+    print(f"post build: {len(result.changed)} changed object(s): {', '.join(result.changed)}",
+          flush=True)
+    return result
+
+
+def _build_post(s: Settings, touched: Sequence[str]) -> PostBuild:
     stamp = prebuild.load_stamp(s)
+    pre_seconds = 0.0
     if stamp is not None and stamp.mode == prebuild.TARGETED:
-        return build_targeted(s, touched)
-    targets = affected_objects(s.postdir, touched)
-    mode = "objects" if targets is not None else "full"
-    if targets == []:
-        patching.reset_post(s)
-        raise UserError("No changes detected: the patch touches no file that this "
-                        f"configuration compiles ({', '.join(touched)})")
-    argv = kbuild.make_argv(s.postdir, s.jobs, targets or [], make_vars=s.make_vars)
-    log = s.layout.log("post-build")
-    res = kbuild.run_make(argv, log, kbuild.Progress("post build", total=len(targets or [])
-                                                    or None), verbose=s.verbose)
-    if res.returncode != 0:
-        patching.reset_post(s)
+        mode = "targeted"
+        targets: list[str] | None = targeted_objects(s, touched)
+        print(f"targeted build: {len(targets)} object(s) the patch can change", flush=True)
+        pre = build_objects(s, s.ksrc, targets, "pre objects")
+        pre_seconds = pre.seconds
+        print(f"pre objects: {pre.objects} compiled, {len(targets) - pre.objects} reused "
+              "from earlier creates", flush=True)
+        for rel in targets:  # an earlier patch's post object must not look up to date
+            for path in (s.postdir / rel, cmdfile.cmd_path(s.postdir, rel)):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+    else:
+        targets = affected_objects(s.postdir, touched)
+        mode = "objects" if targets is not None else "full"
+        if targets == []:
+            raise nothing_compiled(touched)
+    try:
+        post = build_objects(s, s.postdir, targets or [], "post build")
+    except UserError as e:
         raise UserError("Aborting: Applying the patch appears to break the kernel build:\n"
-                        + kbuild.error_excerpt(log))
+                        + str(e).split("\n", 1)[-1]) from None
     candidates = targets if targets is not None else [
         r for r in rebuilt_objects(s.ksrc, s.postdir) if not _SKIP.search(r)]
     changed = changed_objects(s.ksrc, s.postdir, candidates)
     if not changed:
-        patching.reset_post(s)
         raise UserError("Aborting: No changes detected")
-    result = PostBuild(mode, targets or [], changed, round(res.seconds, 2), res.returncode)
-    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(result))
-    print(f"post build: {len(changed)} changed object(s): {', '.join(changed)}", flush=True)
-    return result
+    return PostBuild(mode, targets or [], changed, round(pre_seconds + post.seconds, 2),
+                     post.returncode)
+
+
+def nothing_compiled(touched: Sequence[str]) -> UserError:
+    """The refusal of a patch whose files this configuration compiles into no object."""
+    return UserError("No changes detected: the patch touches no file that this "
+                     f"configuration compiles ({', '.join(touched)})")
 
 
 def load_result(s: Settings) -> PostBuild | None:
@@ -143,14 +168,13 @@ def targeted_objects(s: Settings, touched: Sequence[str]) -> list[str]:
                         f"build the whole tree first with `ksplice-create --prebuild --full "
                         f"--config={s.orig} {s.ksrc}`")
     if not objects:
-        raise UserError("No changes detected: the patch touches no file that this "
-                        f"configuration compiles ({', '.join(touched)})")
+        raise nothing_compiled(touched)
     return objects
 
 
 def build_objects(s: Settings, tree: Path, objects: Sequence[str],
                   phase: str) -> kbuild.MakeResult:
-    """``make`` exactly these objects in ``tree`` with the section flags.
+    """``make`` exactly these objects in ``tree`` with the section flags (none: everything).
 
     Returns make's result (``seconds``, ``objects`` compiled: those already
     up to date are not).
@@ -159,45 +183,9 @@ def build_objects(s: Settings, tree: Path, objects: Sequence[str],
     """
     argv = kbuild.make_argv(tree, s.jobs, objects, make_vars=s.make_vars)
     log = s.layout.log(phase.replace(" ", "-"))
-    res = kbuild.run_make(argv, log, kbuild.Progress(phase, total=len(objects)),
+    res = kbuild.run_make(argv, log, kbuild.Progress(phase, total=len(objects) or None),
                           verbose=s.verbose)
     if res.returncode != 0:
         raise UserError(f"{phase} failed: make exited {res.returncode}; see {log}:\n"
                         + kbuild.error_excerpt(log))
     return res
-
-
-def build_targeted(s: Settings, touched: Sequence[str]) -> PostBuild:
-    """A create on a targeted prebuild: the touched pre objects, then the post objects.
-
-    The pre objects are built in the pre tree, where they stay: make rebuilds
-    none of them for a later patch to the same files. In the post tree, any
-    object left by an earlier patch is removed first, so make cannot take it
-    for up to date.
-    """
-    try:
-        objects = targeted_objects(s, touched)
-        print(f"targeted build: {len(objects)} object(s) the patch can change", flush=True)
-        pre = build_objects(s, s.ksrc, objects, "pre objects")
-        print(f"pre objects: {pre.objects} compiled, {len(objects) - pre.objects} reused "
-              "from earlier creates", flush=True)
-        for rel in objects:
-            for path in (s.postdir / rel, cmdfile.cmd_path(s.postdir, rel)):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-        try:
-            post = build_objects(s, s.postdir, objects, "post build")
-        except UserError as e:
-            raise UserError("Aborting: Applying the patch appears to break the kernel build:\n"
-                            + str(e).split("\n", 1)[-1]) from None
-        changed = changed_objects(s.ksrc, s.postdir, objects)
-        if not changed:
-            raise UserError("Aborting: No changes detected")
-    except UserError:
-        patching.reset_post(s)
-        raise
-    result = PostBuild("targeted", list(objects), changed,
-                       round(pre.seconds + post.seconds, 2), 0)
-    write_atomic(s.layout.create.post_build, artifacts.POST_BUILD.dumps(result))
-    print(f"post build: {len(changed)} changed object(s): {', '.join(changed)}", flush=True)
-    return result
