@@ -186,21 +186,35 @@ def build_pre_full(s: Settings) -> dict:
     if not (s.ksrc / "scripts/mod/modpost").is_file():
         raise UserError(f"the pre build did not get far enough to build modpost; see {log}:\n"
                         + kbuild.error_excerpt(log))
+    write_stamp(s, returncode=res.returncode, objects_compiled=res.objects,
+                objects_total=count_objects(s.ksrc, s.excluded), seconds=res.seconds,
+                mode=FULL)
+    return {"returncode": res.returncode, "objects": res.objects}
+
+
+def write_stamp(s: Settings, *, returncode: int, objects_compiled: int, objects_total: int,
+                seconds: float, mode: str, index_format: int = 0) -> PreBuildStamp:
+    """Record a finished pre build: the files it read or wrote, their fingerprint, its figures.
+
+    ``pre-inputs.json`` lists the files (:func:`build_inputs`); the stamp's
+    fingerprint covers them, so a rerun with none changed skips the build.
+    """
     inputs = build_inputs(s.ksrc, s.excluded)
     write_atomic(s.layout.pre_inputs, json.dumps(inputs))
     stamp = PreBuildStamp(
         ksrc=str(s.ksrc),
         inputs=len(inputs),
         fingerprint=snapshot.files_fingerprint(s.ksrc, inputs),
-        returncode=res.returncode,
-        objects_compiled=res.objects,
-        objects_total=count_objects(s.ksrc, s.excluded),
-        seconds=round(res.seconds, 1),
+        returncode=returncode,
+        objects_compiled=objects_compiled,
+        objects_total=objects_total,
+        seconds=round(seconds, 1),
         finished=time.time(),
-        mode=FULL,
+        mode=mode,
+        index_format=index_format,
     )
     write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
-    return {"returncode": res.returncode, "objects": res.objects}
+    return stamp
 
 
 def build_pre_targeted(s: Settings) -> dict:
@@ -234,22 +248,9 @@ def build_pre_targeted(s: Settings) -> dict:
     scan = deps.scan_includes(s.ksrc, (*s.excluded, *deps.scan_exclusions(s.ksrc, units)))
     write_atomic(s.layout.inventory, artifacts.INVENTORY.dumps(deps.inventory_record(units)))
     write_atomic(s.layout.includes, artifacts.INCLUDES.dumps(deps.index_record(scan)))
-    inputs = build_inputs(s.ksrc, s.excluded)
-    write_atomic(s.layout.pre_inputs, json.dumps(inputs))
     seconds = time.monotonic() - started
-    stamp = PreBuildStamp(
-        ksrc=str(s.ksrc),
-        inputs=len(inputs),
-        fingerprint=snapshot.files_fingerprint(s.ksrc, inputs),
-        returncode=0,
-        objects_compiled=0,
-        objects_total=len(units),
-        seconds=round(seconds, 1),
-        finished=time.time(),
-        mode=TARGETED,
-        index_format=INDEX_FORMAT,
-    )
-    write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))
+    write_stamp(s, returncode=0, objects_compiled=0, objects_total=len(units), seconds=seconds,
+                mode=TARGETED, index_format=INDEX_FORMAT)
     print(f"pre build (targeted): done in {seconds:.0f} s; {len(scan.files)} files scanned",
           flush=True)
     return {"returncode": 0, "objects": 0}
