@@ -86,6 +86,13 @@ def targeted_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
 
 
 @pytest.fixture(scope="session")
+def hostile_lp(kernel_lp: testkernel.TestKernel) -> Prebuilt:
+    """A targeted prebuild of its own for tests/hostile: kills, races and hostile
+    patches there never touch the trees other tests share."""
+    return prebuild(kernel_lp, "hostile", full=False)
+
+
+@pytest.fixture(scope="session")
 def update_tarballs_lp(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The five updates built against the lp kernel."""
     return create_all(prebuilt_lp, tmp_path_factory)
