@@ -233,6 +233,43 @@ def load(path: Path, config_text: str | None = None) -> dict[str, list[int]]:
     return parse_system_map(text)
 
 
+# The linker script's bounds of the image (arch/x86/kernel/vmlinux.lds.S), in address
+# order. Every System.map lists them; /proc/kallsyms keeps _end (a B symbol) only with
+# CONFIG_KALLSYMS_ALL, but always the text bounds (scripts/kallsyms.c keeps symbols of
+# the _stext.._etext range, both ends included).
+IMAGE_BOUNDS = ("_text", "_etext", "_end")
+KALLSYMS_BOUNDS = ("_text", "_etext")
+
+
+def check_complete(symbols: SymbolMap, where: str, required: Iterable[str] = (),
+                   bounds: Sequence[str] = IMAGE_BOUNDS) -> None:
+    """A whole map of one kernel image: UserError (one line, naming ``where``) otherwise.
+
+    Needs the image ``bounds`` (:data:`IMAGE_BOUNDS` for a System.map,
+    :data:`KALLSYMS_BOUNDS` for a kallsyms) once each and in address order (an
+    empty file, or one cut short, loses ``_end`` first: System.map is sorted
+    by address, ``nm -n``), and each name of ``required`` (the update's KASLR
+    anchor) exactly once.
+    """
+    if not symbols:
+        raise UserError(f"{where} lists no symbols: it is empty or not a symbol map")
+    addrs = []
+    for name in bounds:
+        found = symbols.get(name, ())
+        if len(found) != 1:
+            raise UserError(f"{where} lists {name} {len(found)} times, need exactly once: "
+                            "it is cut short or not the map of a kernel image")
+        addrs.append(found[0])
+    if addrs != sorted(addrs):
+        raise UserError(f"{where}: {', '.join(bounds)} are not in address order: "
+                        "it is not the map of one kernel image")
+    for name in required:
+        found = symbols.get(name, ())
+        if len(found) != 1:
+            raise UserError(f"{where} lists {name} {len(found)} times, need exactly once "
+                            "(the update finds the kernel's KASLR offset from it)")
+
+
 def map_bytes(path: Path) -> bytes:
     """What an update id hashes for a symbol file: a System.map's bytes, or for a
     kallsyms its normalised map (:func:`render_map`), the same on every boot."""

@@ -51,12 +51,18 @@ def make_fake_kernel_tree(root: Path) -> Path:
     return root
 
 
+# The least System.map input validation takes as whole: the image bounds and the anchor.
+FAKE_SYSTEM_MAP = ("ffffffff81000000 T _stext\nffffffff81000000 T _text\n"
+                   "ffffffff81000180 T _printk\nffffffff81e00000 T _etext\n"
+                   "ffffffff82000000 B _end\n")
+
+
 def make_orig(root: Path, config: bool = True, sysmap: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if config:
         (root / ".config").write_text("CONFIG_64BIT=y\n")
     if sysmap:
-        (root / "System.map").write_text("ffffffff81000000 T _stext\n")
+        (root / "System.map").write_text(FAKE_SYSTEM_MAP)
     return root
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ksplice_tasks import symbolmap
+from ksplice_tasks.encode.ksplice_tables import DEFAULT_ANCHOR
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.stages.layout import STATE_DIRNAME as STATE_DIRNAME
 from ksplice_tasks.stages.layout import StateLayout, state_layout
@@ -181,7 +182,9 @@ def check_target_files(ksrc: Path, orig: Path, *, verbose: bool = False) -> Path
     System.map, else kallsyms; with -v says which). One-line UserError when:
     neither is usable (a stub System.map, no file); the tree's Makefile version
     is not the one the .config's header names; ``kernel.release`` is malformed;
-    a kallsyms is unreadable as this config's kernel; or ``Module.symvers``
+    a kallsyms is unreadable as this config's kernel; the map is not whole
+    (:func:`ksplice_tasks.symbolmap.check_complete`: empty, cut short, no KASLR
+    anchor); or ``Module.symvers``
     does not export what the map's ``__ksymtab_*`` say
     (:func:`check_symvers`). Reads files only; runs before any build, for
     prebuild and create alike.
@@ -199,12 +202,17 @@ def check_target_files(ksrc: Path, orig: Path, *, verbose: bool = False) -> Path
             chosen.name == symbolmap.SYSTEM_MAP and other.is_file()) else ""
         print(f"ksplice: target symbols from {chosen}{also}", flush=True)
     read_release(orig)
-    check_symvers(orig, chosen, config_text)
+    symbols = symbolmap.load(chosen, config_text)
+    bounds = (symbolmap.KALLSYMS_BOUNDS if chosen.name == symbolmap.KALLSYMS
+              else symbolmap.IMAGE_BOUNDS)
+    symbolmap.check_complete(symbols, str(chosen), (DEFAULT_ANCHOR,), bounds)
+    check_symvers(orig, chosen, symbols)
     return chosen
 
 
-def check_symvers(orig: Path, symbol_file: Path, config_text: str | None = None) -> int:
-    """ORIG_CONFIG/Module.symvers against the symbol map; the number of exports compared.
+def check_symvers(orig: Path, symbol_file: Path, symbols: symbolmap.SymbolMap) -> int:
+    """ORIG_CONFIG/Module.symvers against ``symbols``, the map read from ``symbol_file``;
+    the number of exports compared.
 
     0 when there is no Module.symvers or the map lists no ``__ksymtab_*``.
     UserError naming the first differing symbol and both files.
@@ -213,7 +221,6 @@ def check_symvers(orig: Path, symbol_file: Path, config_text: str | None = None)
     if not path.is_file():
         return 0
     exports = symbolmap.parse_symvers(path.read_text(errors="replace"), str(path))
-    symbols = symbolmap.load(symbol_file, config_text)
     return symbolmap.check_symvers_matches_map(exports, symbols, str(path), str(symbol_file))
 
 

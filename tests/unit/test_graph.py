@@ -96,12 +96,12 @@ def fake_prebuilt(root: Path, *, system_map: str | None = None, **opts: object) 
     (ksrc / "fs").mkdir()
     (ksrc / "fs" / "a.c").write_text("int a(void) { return 1; }\n")
     orig = make_orig(root / "orig")
-    if system_map is not None:
-        (orig / "System.map").write_text(system_map)
     patch = root / "fix.patch"
     patch.write_text("--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n"
                      "-int a(void) { return 1; }\n+int a(void) { return 2; }\n")
     s = resolve(ksrc, orig=orig, patch=None if "diffext" in opts else patch, **opts)
+    if system_map is not None:  # after validation: a map it would refuse reaches a task
+        (orig / "System.map").write_text(system_map)
     snapshot.make_post_tree(ksrc, s.postdir)
     stamp = artifacts.PreBuildStamp(str(ksrc), 0, "", 0, 0, 0, 0.0, 0.0)
     write_atomic(s.layout.pre_stamp, artifacts.PRE_BUILD.dumps(stamp))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import make_fake_kernel_tree, make_orig, run_create, run_doit
+from helpers import FAKE_SYSTEM_MAP, make_fake_kernel_tree, make_orig, run_create, run_doit
 
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.stages.inputs import POST_MARKER, resolve
@@ -180,8 +180,8 @@ def test_source_version_differs_from_config(world: Path) -> None:
 
 def test_symvers_of_another_kernel(world: Path) -> None:
     (world / "orig" / ".config").write_text(HEADER + "CONFIG_64BIT=y\n")
-    (world / "orig" / "System.map").write_text("ffffffff81000000 T _text\n"
-                                               "ffffffff81800000 r __ksymtab_printk\n")
+    (world / "orig" / "System.map").write_text(FAKE_SYSTEM_MAP
+                                               + "ffffffff81800000 r __ksymtab_printk\n")
     (world / "orig" / "Module.symvers").write_text(
         "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tmsleep\tvmlinux\tEXPORT_SYMBOL\t\n")
     refused(world, prebuild_args(world),
@@ -191,7 +191,9 @@ def test_symvers_of_another_kernel(world: Path) -> None:
 
 
 def test_kallsyms_is_used_and_said_with_v(world: Path, capsys: pytest.CaptureFixture) -> None:
-    (world / "orig" / "kallsyms").write_text("ffffffff83000000 T _text\n")
+    (world / "orig" / "kallsyms").write_text("ffffffff83000000 T _text\n"
+                                             "ffffffff83000180 T _printk\n"
+                                             "ffffffff83e00000 T _etext\n")
     s = resolve(world / "linux", orig=world / "orig", verbose=True)
     assert s.map_file == world / "orig" / "System.map"  # both: System.map wins, -v says so
     assert "System.map (kallsyms is there too, unused)" in capsys.readouterr().out
@@ -225,3 +227,26 @@ def test_the_prebuild_mode(tmp_path: Path) -> None:
     assert prebuild.pre_mode(resolve(ksrc, orig=orig, full=True)) == prebuild.FULL
     (ksrc / "vmlinux.o").write_bytes(b"")
     assert prebuild.pre_mode(resolve(ksrc, orig=orig)) == prebuild.FULL
+
+
+# A symbol map that is not whole is an input error, refused before any task runs
+# (issue 11: an empty one, one cut to its first lines, one without the anchor
+# reached the modcommon task as a ValueError).
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "System.map lists no symbols: it is empty or not a symbol map"),
+    ("garbage\n\x00\x01\n", "System.map lists no symbols"),
+    (FAKE_SYSTEM_MAP.split("ffffffff81e00000")[0],
+     "System.map lists _etext 0 times, need exactly once: it is cut short"),
+    (FAKE_SYSTEM_MAP.replace("T _printk", "T printk"),
+     "System.map lists _printk 0 times, need exactly once (the update finds the kernel's "
+     "KASLR offset from it)"),
+    (FAKE_SYSTEM_MAP + "ffffffff81000200 t _printk\n", "System.map lists _printk 2 times"),
+    (FAKE_SYSTEM_MAP.replace("ffffffff82000000 B _end", "ffffffff80000000 B _end"),
+     "System.map: _text, _etext, _end are not in address order"),
+])
+def test_a_map_that_is_not_whole_is_refused_before_any_task(world: Path, text: str,
+                                                            message: str) -> None:
+    (world / "orig" / "System.map").write_text(text)
+    create = [f"--patch={world / 'linux' / 'Makefile'}", *prebuild_args(world)[1:]]
+    for args in (prebuild_args(world), create):
+        refused(world, args, message)
