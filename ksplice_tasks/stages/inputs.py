@@ -159,6 +159,8 @@ def resolve(
     if diffext is not None:
         patch_opts = ("-p0",)  # the seed: --patch-opt is ignored with --diffext
     out_p = Path(outdir).expanduser().resolve() if outdir else Path.cwd()
+    if patch_p is not None or diffext is not None:
+        check_output_dir(out_p)
     return Settings(
         ksrc=ksrc_p,
         orig=orig_p,
@@ -173,6 +175,17 @@ def resolve(
         full=full,
         symbol_map=symbol_map,
     )
+
+
+def check_output_dir(out: Path) -> None:
+    """Where the tarball goes must be a writable directory: UserError (one line) before
+    any build, not an OSError after it. A full disk is still only seen at the write."""
+    if not out.exists():
+        raise UserError(f"the output directory {out} does not exist")
+    if not out.is_dir():
+        raise UserError(f"the output directory {out} is not a directory")
+    if not os.access(out, os.W_OK | os.X_OK):  # also False on a read-only mount, for root
+        raise UserError(f"the output directory {out} is not writable")
 
 
 def check_target_files(ksrc: Path, orig: Path, *, verbose: bool = False) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ksplice_tasks import artifacts, symbolmap
+from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import atomic_path
 from ksplice_tasks.names import ID_CHARS, module_files, package_dir, tarball_name
 from ksplice_tasks.stages.inputs import Settings
@@ -123,14 +124,22 @@ def write_tarball(outdir: Path, work: CreateLayout, patch: Path, kmodsrc: Sequen
     The changed objects come from ``work.post_build``; ``kmodsrc`` names the
     module sources to add to ``debug/``. Prints where the tarball went and
     returns its path. Raises ArtifactError (ValueError) if a record is bad,
-    OSError if a file is missing or ``outdir`` is not writable.
+    OSError if an input file is missing, UserError (one line, naming the
+    tarball) when ``outdir`` cannot take it (read-only, full); nothing is left
+    there then (:func:`ksplice_tasks.files.atomic_path`).
     """
     mods = artifacts.MODULES.read(work.modules)
     built = artifacts.POST_BUILD.read(work.post_build)
     primary, helper = (work.kmod / n for n in module_files(mods.update_id))
     out = outdir / tarball_name(mods.update_id)
-    pack(out, mods.update_id, patch, primary, helper,
-         debug_files(work, built.changed, kmodsrc))
+    try:
+        pack(out, mods.update_id, patch, primary, helper,
+             debug_files(work, built.changed, kmodsrc))
+    except OSError as e:
+        if e.filename is not None and not str(e.filename).startswith(str(outdir)):
+            raise  # a missing input: not the output directory's fault
+        raise UserError(f"cannot write the update tarball {out}: "
+                        f"{e.strerror or type(e).__name__}") from e
     where = f" (in {out.parent})" if out.parent != Path.cwd() else ""
     print(f"Ksplice update tarball written to {out.name}{where}", flush=True)
     return out

@@ -212,12 +212,15 @@ def apply_patch(s: Settings, patch: Path) -> PatchResult:
     if dry.returncode != 0:
         rejected = [ln for ln in dry.stdout.splitlines() if "FAILED" in ln or "rej" in ln
                     or "can't find" in ln.lower() or "malformed" in ln.lower()]
-        detail = "\n".join(rejected or dry.stdout.splitlines()[-8:] or [dry.stderr.strip()])
-        raise UserError(f"the patch does not apply to KERNEL_SOURCE:\n{detail}")
+        detail = "; ".join(ln.strip() for ln in (
+            rejected or dry.stdout.splitlines()[-3:] or dry.stderr.splitlines()[-3:])
+            if ln.strip())
+        raise UserError(f"the patch does not apply to KERNEL_SOURCE: {detail}")
     real = _run_patch(s, patch, dry=False)
     if real.returncode != 0:
         reset_post(s)
-        raise UserError(f"patch failed after a clean dry run:\n{real.stdout[-2000:]}")
+        tail = "; ".join(ln.strip() for ln in real.stdout.splitlines()[-3:] if ln.strip())
+        raise UserError(f"patch failed after a clean dry run: {tail}")
     files = {rel: sha256_file(s.postdir / rel) for rel in rels}
     uid = package.settings_id(s, patch)
     # A fresh apply always rewrites the record (applied_ns), so the post build reruns.

@@ -130,8 +130,8 @@ def _build_post(s: Settings, touched: Sequence[str]) -> PostBuild:
     try:
         post = build_objects(s, s.postdir, targets or [], "post build")
     except UserError as e:
-        raise UserError("Aborting: Applying the patch appears to break the kernel build:\n"
-                        + str(e).split("\n", 1)[-1]) from None
+        raise UserError("Aborting: Applying the patch appears to break the kernel build: "
+                        + str(e).split(": ", 1)[-1]) from None
     candidates = targets if targets is not None else [
         r for r in rebuilt_objects(s.ksrc, s.postdir) if not _SKIP.search(r)]
     changed = changed_objects(s.ksrc, s.postdir, candidates)
@@ -186,6 +186,6 @@ def build_objects(s: Settings, tree: Path, objects: Sequence[str],
     res = kbuild.run_make(argv, log, kbuild.Progress(phase, total=len(objects) or None),
                           verbose=s.verbose)
     if res.returncode != 0:
-        raise UserError(f"{phase} failed: make exited {res.returncode}; see {log}:\n"
-                        + kbuild.error_excerpt(log))
+        raise UserError(f"{phase} failed: {kbuild.error_excerpt(log) or 'make failed'} "
+                        f"(make exited {res.returncode}; log: {log})")
     return res

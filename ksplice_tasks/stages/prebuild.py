@@ -184,8 +184,8 @@ def build_pre_full(s: Settings) -> dict:
         print(f"pre build: make exited {res.returncode}; tolerated as the seed does "
               f"(section flags can break the vmlinux link); log: {log}", flush=True)
     if not (s.ksrc / "scripts/mod/modpost").is_file():
-        raise UserError(f"the pre build did not get far enough to build modpost; see {log}:\n"
-                        + kbuild.error_excerpt(log))
+        raise UserError(f"the pre build did not get far enough to build modpost: "
+                        f"{kbuild.error_excerpt(log) or 'make failed'} (log: {log})")
     write_stamp(s, returncode=res.returncode, objects_compiled=res.objects,
                 objects_total=count_objects(s.ksrc, s.excluded), seconds=res.seconds,
                 mode=FULL)
@@ -239,8 +239,8 @@ def build_pre_targeted(s: Settings) -> dict:
           flush=True)
     res = kbuild.run_make(argv, log, kbuild.Progress("pre build"), verbose=s.verbose)
     if res.returncode != 0:
-        raise UserError(f"make prepare failed in {s.ksrc}; see {log}:\n"
-                        + kbuild.error_excerpt(log))
+        raise UserError(f"make prepare failed in {s.ksrc}: "
+                        f"{kbuild.error_excerpt(log) or 'make failed'} (log: {log})")
     kmod.install_symvers(s)
     units = inventory(s)
     print(f"pre build (targeted): {len(units)} objects in the config's inventory; "

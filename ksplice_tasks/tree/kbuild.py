@@ -131,13 +131,21 @@ def run_make(
 
 
 _ERROR_LINE = re.compile(r"(\berror\b|\*\*\*)", re.I)
+_COMPILER_ERROR = re.compile(r"\berror:", re.I)
 
 
-def error_excerpt(log: Path, limit: int = 12) -> str:
-    """The compiler's and make's error lines from a build log, for a one-screen message."""
+def error_excerpt(log: Path) -> str:
+    """One line for a failed build's log: its first compiler error (gcc/ld ``error:``),
+    else make's first ``***`` line (the innermost target), else the log's last line;
+    with how many more error lines the log holds. "" when the log is unreadable or empty.
+    """
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
+    lines = [ln for ln in lines if ln]
     hits = [ln for ln in lines if _ERROR_LINE.search(ln) and "warning" not in ln.lower()]
-    return "\n".join((hits or lines)[-limit:])
+    compiler = [ln for ln in hits if _COMPILER_ERROR.search(ln)]
+    first = compiler[0] if compiler else (hits[0] if hits else (lines[-1] if lines else ""))
+    more = len(hits) - 1 if first in hits else 0
+    return first + (f" (+{more} more error lines)" if more > 0 else "")

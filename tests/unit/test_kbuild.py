@@ -57,5 +57,9 @@ def test_error_excerpt_prefers_error_lines(tmp_path: Path) -> None:
     log = tmp_path / "b.log"
     log.write_text("  CC a.o\nfs/x.c:3:1: error: expected ';'\nwarning: meh\n"
                    "make[2]: *** [x] Error 1\n  CC b.o\n")
-    assert kbuild.error_excerpt(log).splitlines() == [
-        "fs/x.c:3:1: error: expected ';'", "make[2]: *** [x] Error 1"]
+    assert kbuild.error_excerpt(log) == "fs/x.c:3:1: error: expected ';' (+1 more error lines)"
+    log.write_text("  CC a.o\nmake[2]: *** [x] Error 1\nmake: *** [all] Error 2\n")
+    assert kbuild.error_excerpt(log) == "make[2]: *** [x] Error 1 (+1 more error lines)"
+    log.write_text("  LD vmlinux\nKilled\n")
+    assert kbuild.error_excerpt(log) == "Killed"
+    assert kbuild.error_excerpt(tmp_path / "none.log") == ""
