@@ -109,6 +109,10 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 ET_REL = 1
 ELFCLASS64, ELFDATA2LSB = 2, 1
+# The largest sh_addralign accepted: a 2 MiB x86-64 large page.  Kernel objects
+# use at most PAGE_SIZE; a larger power of two is legal ELF, but a writer would
+# pad the output by up to that much per section.
+MAX_ALIGN = 1 << 21
 
 
 class ElfFormatError(Exception):
@@ -406,6 +410,10 @@ def check_layout(buf: bytes) -> Layout:
     names = shdrs[shstrndx]
     if names.type != SHT_STRTAB:
         raise ElfFormatError(f"{what} {shstrndx} is not SHT_STRTAB (sh_type {names.type})")
+    if names.offset + names.size > size:
+        raise ElfFormatError(f"section {shstrndx} (the section name table): sh_offset "
+                             f"{names.offset:#x} + sh_size {names.size:#x} is past EOF "
+                             f"({size} bytes)")
     for i, h in enumerate(shdrs):
         _check_section(buf, shdrs, i, h, names)
     return Layout(shdrs, shstrndx)
@@ -415,15 +423,19 @@ def _check_section(buf: bytes, shdrs: list[SectionHeader], i: int, h: SectionHea
                    names: SectionHeader) -> None:
     """One section header's fields against the file size and the table (see check_layout)."""
     size, shnum = len(buf), len(shdrs)
-    where = f"section {i}"
+    if h.name >= names.size or buf.find(b"\0", names.offset + h.name,
+                                        names.offset + names.size) < 0:
+        raise ElfFormatError(f"section {i}: sh_name {h.name:#x} is outside the section name "
+                             f"table ({names.size} bytes)")
+    where = f"section {i} ({_cstr(buf, names.offset + h.name)})"
     if h.type not in (SHT_NOBITS, SHT_NULL) and h.offset + h.size > size:
         raise ElfFormatError(f"{where}: sh_offset {h.offset:#x} + sh_size {h.size:#x} is past "
                              f"EOF ({size} bytes)")
-    if h.name >= names.size or buf.find(b"\0", names.offset + h.name,
-                                        names.offset + names.size) < 0:
-        raise ElfFormatError(f"{where}: sh_name {h.name:#x} is outside the section name table "
-                             f"({names.size} bytes)")
-    where = f"section {i} ({_cstr(buf, names.offset + h.name)})"
+    if h.addralign & (h.addralign - 1) or h.addralign > MAX_ALIGN:
+        raise ElfFormatError(f"{where}: sh_addralign {h.addralign:#x} is not a power of two "
+                             f"up to {MAX_ALIGN:#x}")
+    if h.type == SHT_NULL and i:
+        raise ElfFormatError(f"{where}: sh_type SHT_NULL (an inactive header) after section 0")
     if h.type == SHT_REL:
         raise ElfFormatError(f"{where}: SHT_REL sections are not supported")
     if h.type == SHT_SYMTAB_SHNDX:
@@ -539,13 +551,20 @@ def _read_object(path: str, buf: bytes, layout: Layout) -> ElfObject:
 def _check_symbols(symbols: list[Symbol], sections: dict[int, Section],
                    shdrs: list[SectionHeader]) -> None:
     """Each symbol's ``st_shndx`` is SHN_UNDEF, SHN_ABS, SHN_COMMON or a section in
-    ``sections``; raise ElfFormatError naming the first that is not."""
+    ``sections``, and a symbol in a section lies inside it (``st_value +
+    st_size <= sh_size``); raise ElfFormatError naming the first that is not."""
     for n, s in enumerate(symbols):
-        if s.shndx in sections or s.shndx in (SHN_UNDEF, SHN_ABS, SHN_COMMON):
+        sec = sections.get(s.shndx)
+        if sec is not None and s.value + s.size <= sec.size:
             continue
+        if sec is None and s.shndx in (SHN_UNDEF, SHN_ABS, SHN_COMMON):
+            continue
+        label = f"symbol {n} ({s.name})" if s.name else f"symbol {n}"
+        if sec is not None:
+            raise ElfFormatError(f"{label}: st_value {s.value:#x} + st_size {s.size:#x} is past "
+                                 f"the end of {sec.name} ({sec.size:#x} bytes)")
         what = ("is not a section index" if s.shndx >= len(shdrs)
                 else "is not a section with contents")
-        label = f"symbol {n} ({s.name})" if s.name else f"symbol {n}"
         raise ElfFormatError(f"{label}: st_shndx {s.shndx:#x} {what} "
                              f"(e_shnum {len(shdrs)})")
 
