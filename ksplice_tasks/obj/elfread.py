@@ -10,6 +10,12 @@ Sections are identified by their *index*: names repeat in kernel objects
 group-using objects, and so on).  The model is what :mod:`elfwrite` writes back,
 so every field a writer needs is kept: relocation sections keep their name and
 flags (:class:`RelaSection`), so a read-write round trip keeps them too.
+
+Objects are untrusted input: before pyelftools sees a file, :func:`check_layout`
+checks every header field it will use against the file size, and
+:func:`read_object` checks the symbol and relocation entries.  Whatever is
+wrong, a truncated file or one absurd field, is one ElfFormatError line naming
+the file and the field (tests/hostile/test_malformed_objects.py fuzzes this).
 """
 
 from __future__ import annotations
@@ -427,53 +433,48 @@ def _check_section(buf: bytes, shdrs: list[SectionHeader], i: int, h: SectionHea
                                         names.offset + names.size) < 0:
         raise ElfFormatError(f"section {i}: sh_name {h.name:#x} is outside the section name "
                              f"table ({names.size} bytes)")
-    where = f"section {i} ({_cstr(buf, names.offset + h.name)})"
+
+    def bad(what: str) -> ElfFormatError:  # decodes the name on the error path only
+        return ElfFormatError(f"section {i} ({_cstr(buf, names.offset + h.name)}): {what}")
+
     if h.type not in (SHT_NOBITS, SHT_NULL) and h.offset + h.size > size:
-        raise ElfFormatError(f"{where}: sh_offset {h.offset:#x} + sh_size {h.size:#x} is past "
-                             f"EOF ({size} bytes)")
+        raise bad(f"sh_offset {h.offset:#x} + sh_size {h.size:#x} is past EOF ({size} bytes)")
     if h.addralign & (h.addralign - 1) or h.addralign > MAX_ALIGN:
-        raise ElfFormatError(f"{where}: sh_addralign {h.addralign:#x} is not a power of two "
-                             f"up to {MAX_ALIGN:#x}")
+        raise bad(f"sh_addralign {h.addralign:#x} is not a power of two up to {MAX_ALIGN:#x}")
     if h.type == SHT_NULL and i:
-        raise ElfFormatError(f"{where}: sh_type SHT_NULL (an inactive header) after section 0")
+        raise bad("sh_type SHT_NULL (an inactive header) after section 0")
     if h.type == SHT_REL:
-        raise ElfFormatError(f"{where}: SHT_REL sections are not supported")
+        raise bad("SHT_REL sections are not supported")
     if h.type == SHT_SYMTAB_SHNDX:
-        raise ElfFormatError(f"{where}: extended section indices are not supported")
+        raise bad("extended section indices are not supported")
     if h.link >= shnum:
-        raise ElfFormatError(f"{where}: sh_link {h.link} is not a section index "
-                             f"(e_shnum {shnum})")
+        raise bad(f"sh_link {h.link} is not a section index (e_shnum {shnum})")
     if h.flags & SHF_INFO_LINK and h.info >= shnum:
-        raise ElfFormatError(f"{where}: sh_info {h.info} is not a section index "
-                             f"(e_shnum {shnum})")
-    if h.type in (SHT_SYMTAB, SHT_RELA):
-        if h.entsize != 24 or h.size % 24:
-            raise ElfFormatError(f"{where}: sh_entsize {h.entsize} / sh_size {h.size} is not "
-                                 "a whole number of 24-byte entries")
+        raise bad(f"sh_info {h.info} is not a section index (e_shnum {shnum})")
+    entry = {SHT_SYMTAB: _SYM.size, SHT_RELA: _RELA.size}.get(h.type)
+    if entry is not None and (h.entsize != entry or h.size % entry):
+        raise bad(f"sh_entsize {h.entsize} / sh_size {h.size} is not a whole number of "
+                  f"{entry}-byte entries")
     if h.type == SHT_SYMTAB:
         if shdrs[h.link].type != SHT_STRTAB:
-            raise ElfFormatError(f"{where}: sh_link {h.link} is not SHT_STRTAB")
-        if h.info > h.size // 24:
-            raise ElfFormatError(f"{where}: sh_info {h.info} is past its {h.size // 24} "
-                                 "symbols")
+            raise bad(f"sh_link {h.link} is not SHT_STRTAB")
+        if h.info > h.size // _SYM.size:
+            raise bad(f"sh_info {h.info} is past its {h.size // _SYM.size} symbols")
     elif h.type == SHT_RELA:
         if not 0 < h.info < shnum:
-            raise ElfFormatError(f"{where}: sh_info {h.info} is not a section index "
-                                 f"(e_shnum {shnum})")
+            raise bad(f"sh_info {h.info} is not a section index (e_shnum {shnum})")
         if shdrs[h.link].type != SHT_SYMTAB:
-            raise ElfFormatError(f"{where}: sh_link {h.link} is not the symbol table")
+            raise bad(f"sh_link {h.link} is not the symbol table")
     elif h.type == SHT_GROUP:
         if h.size < 4 or h.size % 4:
-            raise ElfFormatError(f"{where}: sh_size {h.size} is not a flag word and 4-byte "
-                                 "member indices")
+            raise bad(f"sh_size {h.size} is not a flag word and 4-byte member indices")
         if shdrs[h.link].type != SHT_SYMTAB:
-            raise ElfFormatError(f"{where}: sh_link {h.link} is not the symbol table")
-        if h.info >= shdrs[h.link].size // 24:
-            raise ElfFormatError(f"{where}: sh_info {h.info} (signature) is not a symbol index")
+            raise bad(f"sh_link {h.link} is not the symbol table")
+        if h.info >= shdrs[h.link].size // _SYM.size:
+            raise bad(f"sh_info {h.info} (signature) is not a symbol index")
         for (m,) in struct.iter_unpack("<I", buf[h.offset + 4:h.offset + h.size]):
             if not 0 < m < shnum:
-                raise ElfFormatError(f"{where}: member {m} is not a section index "
-                                     f"(e_shnum {shnum})")
+                raise bad(f"member {m} is not a section index (e_shnum {shnum})")
 
 
 def read_object(path: str | Path) -> ElfObject:
