@@ -613,12 +613,12 @@ def undefined_symbols(path: str | Path) -> set[str]:
             if symtab is None:
                 return set()
             strtab = elf.get_section(symtab["sh_link"]).data()
-            data = symtab.data()
-        except ElfFormatError:
-            raise
+            symbols = parse_symbols(symtab.data(), strtab)
+        except ElfFormatError as exc:
+            raise ElfFormatError(f"{path}: {exc}") from None
         except Exception as exc:  # pyelftools raises several types
             raise ElfFormatError(f"{path}: not an ELF file ({exc})") from None
-    return {s.name for s in parse_symbols(data, strtab) if s.shndx == SHN_UNDEF and s.name}
+    return {s.name for s in symbols if s.shndx == SHN_UNDEF and s.name}
 
 
 def gcc_comment_count(obj: ElfObject) -> int:

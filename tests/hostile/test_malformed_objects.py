@@ -49,7 +49,9 @@ from ksplice_tasks.obj.elfread import (
     ElfFormatError,
     ElfObject,
     read_object,
+    undefined_symbols,
 )
+from ksplice_tasks.obj.elfwrite import object_bytes
 from ksplice_tasks.obj.objdiff import diff_views
 from ksplice_tasks.obj.view import ObjectView
 
@@ -308,8 +310,9 @@ def fuzz(sources: list[Path], count: int, seed: int, tmp: Path) -> Counter:
 
     Every outcome must be the reader's one-line ElfFormatError naming the
     file, or an accepted object that is well formed (a cut that is accepted
-    must read exactly as the whole file) and that objdiff either diffs against
-    the original or refuses with a one-line error.  Returns outcome counts.
+    must read exactly as the whole file), that objdiff either diffs against
+    the original or refuses with a one-line error, and that the writer writes
+    or refuses the same way.  Returns outcome counts.
     """
     rng = random.Random(seed)
     whole = {p: (p.read_bytes(), read_object(p)) for p in sources}
@@ -333,10 +336,11 @@ def fuzz(sources: list[Path], count: int, seed: int, tmp: Path) -> Counter:
             assert _model(obj) == _model(original), f"a cut {src.name} read differently"
         try:
             diff_views(views[src], ObjectView(obj))
+            object_bytes(obj)  # the writer, too, gets only what it can write
             seen["accepted"] += 1
         except (ElfFormatError, UserError) as exc:
             assert "\n" not in str(exc).strip(), (what, str(exc))
-            seen["diff refused"] += 1
+            seen["diff or write refused"] += 1
     return seen
 
 
@@ -358,3 +362,11 @@ def test_fuzz_real_kernel_object(kernel_lp, tmp_path: Path) -> None:
     seen = fuzz([src], 600, seed=7, tmp=tmp_path)
     print(f"fuzz kernel/sys.o: {dict(seen)}")
     assert seen["refused"] > 60 and seen["accepted"] > 60, seen
+
+
+def test_undefined_symbols_bad_st_name(objects: dict[str, Path], tmp_path: Path) -> None:
+    """The kmod stage's symbol reader gives the same one-line error, naming the file."""
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(set_sym(objects["switch_table"].read_bytes(), 5, "st_name", 1 << 20))
+    with pytest.raises(ElfFormatError, match=rf"^{bad}: symbol 5: st_name 0x100000 is outside"):
+        undefined_symbols(bad)
