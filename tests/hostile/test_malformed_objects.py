@@ -30,6 +30,7 @@ from elfbytes import (
     SHT_RELA,
     SHT_SYMTAB,
     SYM_FIELDS,
+    ehdr,
     entry_at,
     put,
     section,
@@ -116,7 +117,7 @@ CASES: dict[str, tuple[str, Callable[[bytes], bytes], str]] = {
     "cut_after_elf_header": ("switch_table", lambda d: d[:64], "e_shoff"),
     "cut_in_section_data": ("switch_table", lambda d: d[:len(d) // 3], "e_shoff"),
     "cut_in_section_headers": (
-        "switch_table", lambda d: d[:set_ehdr_value(d, "e_shoff") + 100], "e_shnum"),
+        "switch_table", lambda d: d[:ehdr(d, "e_shoff") + 100], "e_shnum"),
     "cut_last_byte": ("switch_table", lambda d: d[:-1], "past EOF"),
     "e_ident_class32": ("switch_table", lambda d: put(d, 4, "B", 1), "EI_CLASS 1"),
     "e_machine_i386": ("switch_table", lambda d: set_ehdr(d, "e_machine", 3), "e_machine 3"),
@@ -190,11 +191,6 @@ CASES: dict[str, tuple[str, Callable[[bytes], bytes], str]] = {
         "switch_table", lambda d: set_rela(d, ".rela.text.sw", 0, "r_offset", 0x100000),
         "r_offset"),
 }
-
-
-def set_ehdr_value(d: bytes, field: str) -> int:
-    at, fmt = EHDR_FIELDS[field]
-    return struct.unpack_from("<" + fmt, d, at)[0]
 
 
 def _sym_named(d: bytes, name: str) -> int:
