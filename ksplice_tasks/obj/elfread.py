@@ -10,17 +10,26 @@ Sections are identified by their *index*: names repeat in kernel objects
 group-using objects, and so on).  The model is what :mod:`elfwrite` writes back,
 so every field a writer needs is kept: relocation sections keep their name and
 flags (:class:`RelaSection`), so a read-write round trip keeps them too.
+
+Objects are untrusted input: before pyelftools sees a file, :func:`check_layout`
+checks every header field it will use against the file size, and
+:func:`read_object` checks the symbol and relocation entries.  Whatever is
+wrong, a truncated file or one absurd field, is one ElfFormatError line naming
+the file and the field (tests/hostile/test_malformed_objects.py fuzzes this).
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_SH_TYPE_AMD64
 
@@ -101,10 +110,42 @@ _UNKNOWN_RELOC = RelocType("?", 0, False, False)
 _SH_TYPE_NUM = {k: v for k, v in ENUM_SH_TYPE_AMD64.items() if isinstance(v, int)}
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
+# Elf64_Ehdr and Elf64_Shdr (gABI "ELF Header", "Sections"), little-endian.
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+ET_REL = 1
+ELFCLASS64, ELFDATA2LSB = 2, 1
+# The largest sh_addralign accepted: a 2 MiB x86-64 large page.  Kernel objects
+# use at most PAGE_SIZE; a larger power of two is legal ELF, but a writer would
+# pad the output by up to that much per section.
+MAX_ALIGN = 1 << 21
 
 
 class ElfFormatError(Exception):
     """The input is not an object this tool understands (not x86-64 ET_REL)."""
+
+
+class SectionHeader(NamedTuple):
+    """One raw Elf64_Shdr as it is in the file (gABI "Sections"), after :func:`check_layout`."""
+
+    name: int
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+
+class Layout(NamedTuple):
+    """The section header table of a checked object: headers by index, and the
+    index of the section name table (``e_shstrndx`` or its SHN_XINDEX escape)."""
+
+    sections: list[SectionHeader]
+    shstrndx: int
 
 
 @dataclass
@@ -300,10 +341,19 @@ def _cstr(table: bytes, off: int) -> str:
 
 
 def parse_symbols(data: bytes, strtab: bytes) -> list[Symbol]:
-    """Decode an SHT_SYMTAB payload."""
+    """Decode an SHT_SYMTAB payload (24-byte Elf64_Sym entries).
+
+    Raises ElfFormatError for an ``st_name`` outside ``strtab`` or with no NUL
+    after it in ``strtab``.
+    """
     out = []
-    for name, info, other, shndx, value, size in _SYM.iter_unpack(data):
-        out.append(Symbol(_cstr(strtab, name), value, size, info & 0xF, info >> 4, other, shndx))
+    for n, (name, info, other, shndx, value, size) in enumerate(_SYM.iter_unpack(data)):
+        try:
+            text = _cstr(strtab, name)
+        except ValueError:
+            raise ElfFormatError(f"symbol {n}: st_name {name:#x} is outside the string table "
+                                 f"({len(strtab)} bytes)") from None
+        out.append(Symbol(text, value, size, info & 0xF, info >> 4, other, shndx))
     return out
 
 
@@ -315,30 +365,146 @@ def parse_relas(data: bytes) -> list[Reloc]:
     return rel
 
 
+def check_layout(buf: bytes) -> Layout:
+    """Check the ELF header and every section header of ``buf`` against its size.
+
+    ``buf`` is a whole file.  Checked (gABI "ELF Header", "Sections", "Section
+    Groups"; x86-64 psABI): the magic, ELFCLASS64, ELFDATA2LSB, EM_X86_64,
+    ET_REL; ``e_shoff``/``e_shentsize``/``e_shnum`` (or section 0's
+    ``sh_size`` when ``e_shnum`` is 0) give a table inside the file;
+    ``e_shstrndx`` (or section 0's ``sh_link`` for SHN_XINDEX) names an
+    SHT_STRTAB; per section: ``sh_name`` inside the name table, file bytes
+    (``sh_offset + sh_size``) inside the file unless SHT_NOBITS, ``sh_link``
+    a section index, and for SHT_SYMTAB/SHT_RELA/SHT_GROUP the entry size,
+    the linked table and ``sh_info`` (target section or symbol index).
+    Returns the raw headers; raises ElfFormatError naming the field (the
+    message does not name the file: :func:`read_object` adds it).
+    """
+    size = len(buf)
+    if size < 4 or buf[:4] != b"\x7fELF":
+        raise ElfFormatError("not an ELF file (no \\x7fELF magic)")
+    if size < _EHDR.size:
+        raise ElfFormatError(f"truncated: the ELF header needs {_EHDR.size} bytes, the file "
+                             f"has {size}")
+    (ident, e_type, e_machine, _version, _entry, _phoff, e_shoff, _flags, _ehsize, _phentsize,
+     _phnum, e_shentsize, e_shnum, e_shstrndx) = _EHDR.unpack_from(buf)
+    if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB or e_machine != EM_X86_64:
+        raise ElfFormatError("only little-endian x86-64 objects are supported (EI_CLASS "
+                             f"{ident[4]}, EI_DATA {ident[5]}, e_machine {e_machine})")
+    if e_type != ET_REL:
+        raise ElfFormatError(f"not a relocatable object (e_type {e_type})")
+    if e_shoff == 0:
+        raise ElfFormatError("no section header table (e_shoff 0)")
+    if e_shentsize != _SHDR.size:
+        raise ElfFormatError(f"e_shentsize {e_shentsize} is not {_SHDR.size}")
+    if e_shoff + _SHDR.size > size:
+        raise ElfFormatError(f"e_shoff {e_shoff:#x} is past EOF ({size} bytes)")
+    sec0 = SectionHeader(*_SHDR.unpack_from(buf, e_shoff))
+    shnum = e_shnum if e_shnum else sec0.size
+    what = "e_shnum" if e_shnum else "e_shnum 0 (SHN_UNDEF) and section 0's sh_size"
+    if shnum == 0 or e_shoff + shnum * _SHDR.size > size:
+        raise ElfFormatError(f"section header table ({what} {shnum} at e_shoff {e_shoff:#x}) "
+                             f"runs past EOF ({size} bytes)")
+    if sec0.type != SHT_NULL:
+        raise ElfFormatError(f"section 0 is not SHT_NULL (sh_type {sec0.type})")
+    shstrndx = e_shstrndx if e_shstrndx != SHN_XINDEX else sec0.link
+    what = "e_shstrndx" if e_shstrndx != SHN_XINDEX else "section 0's sh_link (SHN_XINDEX)"
+    if not 0 < shstrndx < shnum:
+        raise ElfFormatError(f"{what} {shstrndx} is not a section index (e_shnum {shnum})")
+    shdrs = [SectionHeader(*h) for h in _SHDR.iter_unpack(
+        buf[e_shoff:e_shoff + shnum * _SHDR.size])]
+    names = shdrs[shstrndx]
+    if names.type != SHT_STRTAB:
+        raise ElfFormatError(f"{what} {shstrndx} is not SHT_STRTAB (sh_type {names.type})")
+    if names.offset + names.size > size:
+        raise ElfFormatError(f"section {shstrndx} (the section name table): sh_offset "
+                             f"{names.offset:#x} + sh_size {names.size:#x} is past EOF "
+                             f"({size} bytes)")
+    for i, h in enumerate(shdrs):
+        _check_section(buf, shdrs, i, h, names)
+    return Layout(shdrs, shstrndx)
+
+
+def _check_section(buf: bytes, shdrs: list[SectionHeader], i: int, h: SectionHeader,
+                   names: SectionHeader) -> None:
+    """One section header's fields against the file size and the table (see check_layout)."""
+    size, shnum = len(buf), len(shdrs)
+    if h.name >= names.size or buf.find(b"\0", names.offset + h.name,
+                                        names.offset + names.size) < 0:
+        raise ElfFormatError(f"section {i}: sh_name {h.name:#x} is outside the section name "
+                             f"table ({names.size} bytes)")
+
+    def bad(what: str) -> ElfFormatError:  # decodes the name on the error path only
+        return ElfFormatError(f"section {i} ({_cstr(buf, names.offset + h.name)}): {what}")
+
+    if h.type not in (SHT_NOBITS, SHT_NULL) and h.offset + h.size > size:
+        raise bad(f"sh_offset {h.offset:#x} + sh_size {h.size:#x} is past EOF ({size} bytes)")
+    if h.addralign & (h.addralign - 1) or h.addralign > MAX_ALIGN:
+        raise bad(f"sh_addralign {h.addralign:#x} is not a power of two up to {MAX_ALIGN:#x}")
+    if h.type == SHT_NULL and i:
+        raise bad("sh_type SHT_NULL (an inactive header) after section 0")
+    if h.type == SHT_REL:
+        raise bad("SHT_REL sections are not supported")
+    if h.type == SHT_SYMTAB_SHNDX:
+        raise bad("extended section indices are not supported")
+    if h.link >= shnum:
+        raise bad(f"sh_link {h.link} is not a section index (e_shnum {shnum})")
+    if h.flags & SHF_INFO_LINK and h.info >= shnum:
+        raise bad(f"sh_info {h.info} is not a section index (e_shnum {shnum})")
+    entry = {SHT_SYMTAB: _SYM.size, SHT_RELA: _RELA.size}.get(h.type)
+    if entry is not None and (h.entsize != entry or h.size % entry):
+        raise bad(f"sh_entsize {h.entsize} / sh_size {h.size} is not a whole number of "
+                  f"{entry}-byte entries")
+    if h.type == SHT_SYMTAB:
+        if shdrs[h.link].type != SHT_STRTAB:
+            raise bad(f"sh_link {h.link} is not SHT_STRTAB")
+        if h.info > h.size // _SYM.size:
+            raise bad(f"sh_info {h.info} is past its {h.size // _SYM.size} symbols")
+    elif h.type == SHT_RELA:
+        if not 0 < h.info < shnum:
+            raise bad(f"sh_info {h.info} is not a section index (e_shnum {shnum})")
+        if shdrs[h.link].type != SHT_SYMTAB:
+            raise bad(f"sh_link {h.link} is not the symbol table")
+    elif h.type == SHT_GROUP:
+        if h.size < 4 or h.size % 4:
+            raise bad(f"sh_size {h.size} is not a flag word and 4-byte member indices")
+        if shdrs[h.link].type != SHT_SYMTAB:
+            raise bad(f"sh_link {h.link} is not the symbol table")
+        if h.info >= shdrs[h.link].size // _SYM.size:
+            raise bad(f"sh_info {h.info} (signature) is not a symbol index")
+        for (m,) in struct.iter_unpack("<I", buf[h.offset + 4:h.offset + h.size]):
+            if not 0 < m < shnum:
+                raise bad(f"member {m} is not a section index (e_shnum {shnum})")
+
+
 def read_object(path: str | Path) -> ElfObject:
     """Parse an x86-64 relocatable object; raise ElfFormatError on anything else.
 
-    pyelftools' own parse errors (a truncated file, a header field pointing
-    past the end) are reported as ElfFormatError too, naming the file.
+    Every header field is checked before use (:func:`check_layout`; symbols:
+    ``st_name`` inside the string table, ``st_shndx`` a section with contents
+    or SHN_UNDEF/SHN_ABS/SHN_COMMON; relocations: ``r_sym`` a symbol index,
+    ``r_offset`` plus the field size inside the target section).  Every
+    failure, pyelftools' own parse errors included, is one ElfFormatError
+    line naming the file and the field.  OSError when the file cannot be read.
     """
     path = str(path)
+    buf = Path(path).read_bytes()
     try:
-        return _read_object(path)
-    except (ELFError, struct.error) as exc:
-        raise ElfFormatError(f"{path}: malformed ELF object ({exc})") from None
+        return _read_object(path, buf, check_layout(buf))
+    except ElfFormatError as exc:
+        raise ElfFormatError(f"{path}: {exc}") from None
+    except (ELFError, struct.error, UnicodeDecodeError, ValueError, LookupError,
+            OverflowError, zlib.error, ConstructError) as exc:
+        # pyelftools on a header check_layout let through (e.g. a compressed section).
+        raise ElfFormatError(f"{path}: malformed ELF object ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())})") from None
 
 
-def _read_object(path: str) -> ElfObject:
-    with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except Exception as exc:  # pyelftools raises several types
-            raise ElfFormatError(f"{path}: not an ELF file ({exc})") from None
+def _read_object(path: str, buf: bytes, layout: Layout) -> ElfObject:
+    shdrs = layout.sections
+    with io.BytesIO(buf) as f:
+        elf = ELFFile(f)
         hdr = elf.header
-        if elf.elfclass != 64 or not elf.little_endian or hdr["e_machine"] != "EM_X86_64":
-            raise ElfFormatError(f"{path}: only little-endian x86-64 objects are supported")
-        if hdr["e_type"] != "ET_REL":
-            raise ElfFormatError(f"{path}: not a relocatable object (e_type {hdr['e_type']})")
         header = {
             "e_flags": hdr["e_flags"],
             "osabi": _osabi(hdr["e_ident"]["EI_OSABI"]),
@@ -356,29 +522,66 @@ def _read_object(path: str) -> ElfObject:
                              h["sh_info"], h["sh_addralign"], h["sh_entsize"], data)
         symtabs = [s for s in raw.values() if s.type == SHT_SYMTAB]
         if len(symtabs) != 1:
-            raise ElfFormatError(f"{path}: expected one symbol table, found {len(symtabs)}")
+            raise ElfFormatError(f"expected one symbol table, found {len(symtabs)}")
         symtab = symtabs[0]
-        if any(s.type == SHT_SYMTAB_SHNDX for s in raw.values()):
-            raise ElfFormatError(f"{path}: extended section indices are not supported")
         symbols = parse_symbols(symtab.data, raw[symtab.link].data)
-        skip = {symtab.index, symtab.link, elf["e_shstrndx"]}
-        relocs: dict[int, list[Reloc]] = {}
-        rela: dict[int, RelaSection] = {}
-        for s in raw.values():
-            if s.type == SHT_REL:
-                raise ElfFormatError(f"{path}: SHT_REL sections are not supported")
-            if s.type == SHT_RELA:
-                if s.link != symtab.index:
-                    raise ElfFormatError(f"{path}: {s.name} uses another symbol table")
-                # The first one of a target is keyed by the target, a further one by itself.
-                key = s.info if s.info not in rela else s.index
-                relocs[key] = parse_relas(s.data)
-                rela[key] = RelaSection(s.name, s.flags, s.info)
-                skip.add(s.index)
+        skip = {symtab.index, symtab.link, layout.shstrndx}
+        skip.update(i for i, s in raw.items() if s.type in (SHT_RELA, SHT_REL))
         for i, s in raw.items():
             if i not in skip:
                 sections[i] = s
+        _check_symbols(symbols, sections, shdrs)
+        relocs: dict[int, list[Reloc]] = {}
+        rela: dict[int, RelaSection] = {}
+        for s in raw.values():
+            if s.type == SHT_RELA:
+                if s.link != symtab.index:
+                    raise ElfFormatError(f"{s.name} uses another symbol table")
+                target = sections.get(s.info)
+                if target is None:
+                    raise ElfFormatError(f"{s.name}: sh_info {s.info} is not a section with "
+                                         "contents")
+                # The first one of a target is keyed by the target, a further one by itself.
+                key = s.info if s.info not in rela else s.index
+                relocs[key] = parse_relas(s.data)
+                _check_relocs(s.name, relocs[key], target, len(symbols))
+                rela[key] = RelaSection(s.name, s.flags, s.info)
         return ElfObject(path, header, sections, symbols, relocs, rela)
+
+
+def _check_symbols(symbols: list[Symbol], sections: dict[int, Section],
+                   shdrs: list[SectionHeader]) -> None:
+    """Each symbol's ``st_shndx`` is SHN_UNDEF, SHN_ABS, SHN_COMMON or a section in
+    ``sections``, and a symbol in a section lies inside it (``st_value +
+    st_size <= sh_size``); raise ElfFormatError naming the first that is not."""
+    for n, s in enumerate(symbols):
+        sec = sections.get(s.shndx)
+        if sec is not None and s.value + s.size <= sec.size:
+            continue
+        if sec is None and s.shndx in (SHN_UNDEF, SHN_ABS, SHN_COMMON):
+            continue
+        label = f"symbol {n} ({s.name})" if s.name else f"symbol {n}"
+        if sec is not None:
+            raise ElfFormatError(f"{label}: st_value {s.value:#x} + st_size {s.size:#x} is past "
+                                 f"the end of {sec.name} ({sec.size:#x} bytes)")
+        what = ("is not a section index" if s.shndx >= len(shdrs)
+                else "is not a section with contents")
+        raise ElfFormatError(f"{label}: st_shndx {s.shndx:#x} {what} "
+                             f"(e_shnum {len(shdrs)})")
+
+
+def _check_relocs(name: str, relocs: list[Reloc], target: Section, nsyms: int) -> None:
+    """Each entry of relocation section ``name`` (sorted by offset) names a symbol
+    (``r_sym < nsyms``) and patches bytes inside ``target``; raise ElfFormatError."""
+    for r in relocs:
+        if r.sym >= nsyms:
+            raise ElfFormatError(f"{name}: r_sym {r.sym} at r_offset {r.offset:#x} is not a "
+                                 f"symbol index ({nsyms} symbols)")
+    if relocs and relocs[-1].offset + 8 > target.size:  # else every field fits
+        for r in relocs:
+            if r.offset + r.size > target.size:
+                raise ElfFormatError(f"{name}: r_offset {r.offset:#x} + {r.size} is past "
+                                     f"the end of {target.name} ({target.size:#x} bytes)")
 
 
 def _osabi(v: object) -> int:
@@ -410,12 +613,12 @@ def undefined_symbols(path: str | Path) -> set[str]:
             if symtab is None:
                 return set()
             strtab = elf.get_section(symtab["sh_link"]).data()
-            data = symtab.data()
-        except ElfFormatError:
-            raise
+            symbols = parse_symbols(symtab.data(), strtab)
+        except ElfFormatError as exc:
+            raise ElfFormatError(f"{path}: {exc}") from None
         except Exception as exc:  # pyelftools raises several types
             raise ElfFormatError(f"{path}: not an ELF file ({exc})") from None
-    return {s.name for s in parse_symbols(data, strtab) if s.shndx == SHN_UNDEF and s.name}
+    return {s.name for s in symbols if s.shndx == SHN_UNDEF and s.name}
 
 
 def gcc_comment_count(obj: ElfObject) -> int:

@@ -608,8 +608,18 @@ def format_text(d: ObjDiff) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _error_line(exc: Exception) -> str:
+    """One line for a command-line error: a refusal's or a malformed object's own
+    message, an OSError's, else the exception's type and message (a bug: ``-v``)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ObjdiffRefusal, ElfFormatError, OSError)):
+        return text
+    return f"{type(exc).__name__}: {text} (-v shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ksplice-objdiff PRE.o POST.o [--json]``."""
+    """``ksplice-objdiff PRE.o POST.o [--json] [-v]``; exit status 1 with one line on stderr
+    for a refusal, a malformed object or any other error (``-v``: the traceback)."""
     ap = argparse.ArgumentParser(prog="ksplice-objdiff",
                                  description="Report the functions a patch changed.")
     ap.add_argument("pre")
@@ -618,15 +628,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="with --json: all fields")
     ap.add_argument("--patch", help="unified diff, to tell __LINE__ shifts exactly")
     ap.add_argument("--source", help="with --patch: the object's source file (e.g. fs/x.c)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="on an error, show the traceback too")
     args = ap.parse_args(argv)
     try:
         lmap = None
         if args.patch and args.source:
             lmap = line_map_from_patch(Path(args.patch).read_text(errors="replace"), args.source)
         d = diff_objects(args.pre, args.post, lmap)
-    except (ObjdiffRefusal, ElfFormatError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"ksplice-objdiff: error: {msg}", file=sys.stderr)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"ksplice-objdiff: error: {_error_line(exc)}", file=sys.stderr)
         return 1
     if args.json:
         out = asdict(d) if args.full else d.summary()

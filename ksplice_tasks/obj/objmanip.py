@@ -603,8 +603,19 @@ def restore_relocs(obj: ElfObject, records: Iterable[RelocRecord]) -> ElfObject:
 
 # -- console command ----------------------------------------------------------
 
+def _error_line(exc: Exception) -> str:
+    """One line for a command-line error: a refusal's or a malformed object's own
+    message, an OSError's, else the exception's type and message (a bug: ``-v``)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ObjmanipError, ElfFormatError, OSError)):
+        return text
+    return f"{type(exc).__name__}: {text} (-v shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ksplice-objmanip IN OUT MODE ...``: run one pass, print its records as JSON lines."""
+    """``ksplice-objmanip [-v] IN OUT MODE ...``: run one pass, print its records as JSON
+    lines; exit status 1 with one line on stderr for a refusal, a malformed object or any
+    other error (``-v``: the traceback)."""
     ap = argparse.ArgumentParser(prog="ksplice-objmanip",
                                  description="Run one ksplice object pass (for debugging).")
     ap.add_argument("input")
@@ -622,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("sizelist")
     p = sub.add_parser("rmsyms")
     p.add_argument("symbols", nargs="+")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="on an error, show the traceback too")
     args = ap.parse_args(argv)
     try:
         obj = read_object(args.input)
@@ -637,8 +650,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, recs = rmsyms(obj, args.symbols)
         if args.output != "-":
             write_object(out, Path(args.output))
-    except (ObjmanipError, ElfFormatError, OSError) as exc:
-        print(f"ksplice-objmanip: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"ksplice-objmanip: error: {_error_line(exc)}", file=sys.stderr)
         return 1
     for rec in recs:
         print(json.dumps(rec if isinstance(rec, str) else asdict(rec)))
