@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from ksplice_tasks import names
 from ksplice_tasks.testing import testkernel
+from ksplice_tasks.tree import snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,6 +77,72 @@ class Prebuilt:
 
 
 PATCHES = REPO / "tests" / "patches"
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _entries(root: Path, exclude: list[Path]) -> dict[str, os.stat_result]:
+    return {rel: e.stat(follow_symlinks=False) for rel, e in snapshot.walk(root, exclude)}
+
+
+def post_tree_diff(pb: Prebuilt) -> list[str]:
+    """Paths where the post tree is not the snapshot make_post_tree would make of KERNEL_SOURCE now.
+
+    Independent of reset_post's own bookkeeping: the snapshot rule is applied
+    to the trees as they are. Each row is ``"<what>: <path>"``:
+
+    - ``extra``: in the post tree only (the post marker excepted);
+    - ``missing``: in KERNEL_SOURCE only;
+    - ``kind``: a file in one, a directory or symlink in the other;
+    - ``symlink``: a different link target;
+    - ``not linked``: an object, or a file older than the first build, that is
+      not the pre tree's own inode (a write through it, or a replacement);
+    - ``content``/``mode``: a build product (copied, dependency files with the
+      tree path relocated) whose bytes or mode differ from KERNEL_SOURCE's.
+
+    Sorted by path; ``[]`` means the post tree is exactly the snapshot.
+    """
+    post, ksrc = pb.postdir, pb.ksrc
+    exclude = [p for p in (pb.orig, post) if p == ksrc or ksrc in p.parents]
+    since = json.loads((post / snapshot.POST_MARKER).read_text())["build_start"]
+    old_root, new_root = os.fsencode(ksrc) + b"/", os.fsencode(post) + b"/"
+    pre_entries, post_entries = _entries(ksrc, exclude), _entries(post, [])
+    post_entries.pop(snapshot.POST_MARKER, None)
+    out = []
+    for rel in sorted(pre_entries.keys() | post_entries.keys()):
+        a, b = pre_entries.get(rel), post_entries.get(rel)
+        if a is None:
+            out.append(f"extra: {rel}")
+            continue
+        if b is None:
+            if _kind(a) != "other":
+                out.append(f"missing: {rel}")
+            continue
+        kind = _kind(a)
+        if kind != _kind(b):
+            out.append(f"kind: {rel}")
+        elif kind == "symlink":
+            if os.readlink(ksrc / rel) != os.readlink(post / rel):
+                out.append(f"symlink: {rel}")
+        elif kind == "file":
+            if snapshot.may_link(os.path.basename(rel), a.st_mtime, since):
+                if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):
+                    out.append(f"not linked: {rel}")
+                continue
+            want = (ksrc / rel).read_bytes()
+            if snapshot.is_dependency_file(rel):
+                want = want.replace(old_root, new_root)
+            if (post / rel).read_bytes() != want:
+                out.append(f"content: {rel}")
+            elif a.st_mode != b.st_mode:
+                out.append(f"mode: {rel}")
+    return out
 
 
 def create(pb: Prebuilt, patch: Path, outdir: Path, *args: str) -> subprocess.CompletedProcess:
