@@ -21,9 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_create(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """ksplice-create exactly as a user runs it, in a child process."""
+    """ksplice-create exactly as a user runs it, in a child process.
+
+    The child imports this checkout's ksplice_tasks (PYTHONPATH), not whichever
+    one the virtualenv has installed.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "ksplice_tasks.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=env)
 
 
 def run_doit(workdir: Path, *args: str, path_prefix: Path | None = None
