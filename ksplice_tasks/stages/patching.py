@@ -111,8 +111,6 @@ _REFUSED = (
     ("rename to ", "renames a file (git 'rename to')"),
     ("copy from ", "copies a file (git 'copy from')"),
     ("copy to ", "copies a file (git 'copy to')"),
-    ("similarity index ", "renames or copies a file (git 'similarity index')"),
-    ("dissimilarity index ", "rewrites a file (git 'dissimilarity index')"),
     ("old mode ", "changes a file's mode (git 'old mode')"),
     ("new mode ", "changes a file's mode (git 'new mode')"),
     ("GIT binary patch", "is a binary patch (git 'GIT binary patch')"),
