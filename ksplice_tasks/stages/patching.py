@@ -354,12 +354,14 @@ def apply_patch(s: Settings, patch: Path) -> PatchResult:
     if dry.returncode != 0:
         rejected = [ln for ln in dry.stdout.splitlines() if "FAILED" in ln or "rej" in ln
                     or "can't find" in ln.lower() or "malformed" in ln.lower()]
-        detail = "\n".join(rejected or dry.stdout.splitlines()[-8:] or [dry.stderr.strip()])
-        raise UserError(f"the patch does not apply to KERNEL_SOURCE:\n{detail}")
+        detail = "; ".join(ln.strip() for ln in (rejected or dry.stdout.splitlines()[-8:]
+                                                   or dry.stderr.splitlines()) if ln.strip())
+        raise UserError(f"the patch does not apply to KERNEL_SOURCE: {detail}")
     real = _run_patch(s, patch, dry=False)
     if real.returncode != 0:
         reset_post(s)
-        raise UserError(f"patch failed after a clean dry run:\n{real.stdout[-2000:]}")
+        last = "; ".join(ln.strip() for ln in real.stdout.splitlines()[-4:] if ln.strip())
+        raise UserError(f"patch failed after a clean dry run: {last}")
     try:
         files = patched_files(s, rels)
     except UserError:
