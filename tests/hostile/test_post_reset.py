@@ -10,11 +10,13 @@ snapshot of KERNEL_SOURCE.
 
 from __future__ import annotations
 
+import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import PATCHES, Prebuilt, create, post_tree_diff
+from helpers import PATCHES, Prebuilt, create, post_tree_diff, tarball_from
 
 from ksplice_tasks.tree import snapshot
 
@@ -83,3 +85,43 @@ def test_what_an_earlier_make_left_goes(hostile_lp: Prebuilt, tmp_path: Path) ->
     os.symlink("nowhere", post / "scripts" / "junk-dir" / "link")
     assert len(post_tree_diff(hostile_lp)) >= 8
     refused_create(hostile_lp, PATCHES / "bad-no-change.patch", tmp_path, BAD["bad-no-change"])
+
+
+MAKEFILE_COMMENT = """--- a/fs/proc/Makefile
++++ b/fs/proc/Makefile
+@@ -2,6 +2,7 @@
+ #
+ # Makefile for the Linux proc filesystem routines.
+ #
++# ksplice: a comment only, which makes the post build a full make
+
+ obj-y   += proc.o
+
+"""
+
+
+def test_a_full_make_counts_only_the_image_and_modules(prebuilt_lp: Prebuilt,
+                                                      tmp_path: Path) -> None:
+    """Issue 11 kind 3: a .c change plus a Makefile comment relinks vmlinux and remakes
+    init/version-timestamp.o and arch/x86/boot/*.o; the update holds loadavg's change only.
+
+    The shared full tree is left as the snapshot: a refused create afterwards
+    resets everything the full make wrote (vmlinux, boot objects, .cmd files).
+    """
+    patch = tmp_path / "loadavg-and-makefile.patch"
+    patch.write_text((PATCHES / "loadavg-string.patch").read_text() + MAKEFILE_COMMENT)
+    before = snapshot.tree_digest(prebuilt_lp.ksrc, [prebuilt_lp.orig])
+    res = create(prebuilt_lp, patch, tmp_path / "good")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    with tarfile.open(tarball_from(res.stdout, tmp_path / "good")) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/debug/post-build.json"))
+        post_build = json.load(tar.extractfile(member))  # type: ignore[arg-type]
+    assert post_build["mode"] == "full" and post_build["changed"] == ["fs/proc/loadavg.o"]
+    left = {d.split(": ", 1)[1] for d in post_tree_diff(prebuilt_lp)}
+    assert {"vmlinux", "fs/proc/Makefile", "fs/proc/loadavg.o"} <= left, sorted(left)[:50]
+    stale = tmp_path / "stale.patch"
+    stale.write_text((PATCHES / "loadavg-string.patch").read_text()
+                     .replace('-\tseq_printf(m, "%lu.%02lu', '-\tseq_printf(m, "%lu.%03lu'))
+    refused_create(prebuilt_lp, stale, tmp_path, "the patch does not apply")
+    assert snapshot.tree_digest(prebuilt_lp.ksrc, [prebuilt_lp.orig]) == before
