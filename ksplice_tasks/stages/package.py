@@ -20,7 +20,7 @@ from ksplice_tasks import artifacts, symbolmap
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import atomic_path
 from ksplice_tasks.names import ID_CHARS, module_files, package_dir, tarball_name
-from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.stages.inputs import Settings, check_output_dir
 from ksplice_tasks.stages.layout import CreateLayout
 
 ID_VERSION = b"ksplice-py update id 1\0"
@@ -128,6 +128,7 @@ def write_tarball(outdir: Path, work: CreateLayout, patch: Path, kmodsrc: Sequen
     tarball) when ``outdir`` cannot take it (read-only, full); nothing is left
     there then (:func:`ksplice_tasks.files.atomic_path`).
     """
+    check_output_dir(outdir)  # again: it may have gone since validation
     mods = artifacts.MODULES.read(work.modules)
     built = artifacts.POST_BUILD.read(work.post_build)
     primary, helper = (work.kmod / n for n in module_files(mods.update_id))

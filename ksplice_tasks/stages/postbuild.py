@@ -87,6 +87,22 @@ def rebuilt_objects(pre: Path, post: Path) -> list[str]:
 _SKIP = re.compile(r"(^|/)(\.tmp_|vmlinux\.o$|built-in|.*\.mod\.o$|.*\.lto\.o$)")
 
 
+def full_build_candidates(pre: Path, post: Path) -> list[str]:
+    """After a full make: the rebuilt objects (:func:`rebuilt_objects`) that the patched
+    kernel's image or modules link (:func:`kbuild.linked_objects` of the post tree).
+
+    A relink also rebuilds objects that reach the image only as data or not
+    at all (``init/version-timestamp.o``, ``arch/x86/boot/*.o``, the vDSO's
+    own objects); those never count as changed. A tree that was never linked
+    falls back to skipping link products by name.
+    """
+    rebuilt = rebuilt_objects(pre, post)
+    linked = kbuild.linked_objects(post)
+    if linked is None:
+        return [r for r in rebuilt if not _SKIP.search(r)]
+    return [r for r in rebuilt if r in linked]
+
+
 def build_post(s: Settings) -> PostBuild:
     """Rebuild after the patch; on failure reset the post tree and say what broke.
 
@@ -132,8 +148,8 @@ def _build_post(s: Settings, touched: Sequence[str]) -> PostBuild:
     except UserError as e:
         raise UserError("Aborting: Applying the patch appears to break the kernel build: "
                         + str(e).split(": ", 1)[-1]) from None
-    candidates = targets if targets is not None else [
-        r for r in rebuilt_objects(s.ksrc, s.postdir) if not _SKIP.search(r)]
+    candidates = (targets if targets is not None
+                  else full_build_candidates(s.ksrc, s.postdir))
     changed = changed_objects(s.ksrc, s.postdir, candidates)
     if not changed:
         raise UserError("Aborting: No changes detected")

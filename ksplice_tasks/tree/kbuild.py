@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ksplice_tasks.commands import echo
+from ksplice_tasks.errors import UserError
 
 SECTION_FLAGS = "-ffunction-sections -fdata-sections"
 
@@ -149,3 +151,56 @@ def error_excerpt(log: Path) -> str:
     first = compiler[0] if compiler else (hits[0] if hits else (lines[-1] if lines else ""))
     more = len(hits) - 1 if first in hits else 0
     return first + (f" (+{more} more error lines)" if more > 0 else "")
+
+
+# The archives Kbuild links vmlinux from, best first: vmlinux.a (6.1 on) holds
+# every built-in object and library member; the top built-in.a holds the built-in ones.
+IMAGE_ARCHIVES = ("vmlinux.a", "built-in.a")
+
+
+def archive_members(archive: Path) -> list[str]:
+    """The member names of an ar archive, relative to its directory, normalised.
+
+    Kbuild's archives are thin: ``ar t`` names each member by its path, which
+    it prints relative to the directory it runs in (so it runs in the
+    archive's). UserError when ar cannot read it.
+    """
+    res = subprocess.run(["ar", "t", archive.name], cwd=archive.parent, capture_output=True,
+                         text=True, errors="surrogateescape", check=False)
+    if res.returncode != 0:
+        raise UserError(f"cannot list the objects of {archive}: {res.stderr.strip()}")
+    return [posixpath.normpath(m) for m in res.stdout.splitlines() if m]
+
+
+def module_objects(tree: Path) -> set[str] | None:
+    """Every object linked into a module: each ``modules.order`` module's ``.mod`` file lists
+    them (tree-relative). None when the tree has no modules.order (modules never built)."""
+    try:
+        order = (tree / "modules.order").read_text().split()
+    except FileNotFoundError:
+        return None
+    out: set[str] = set()
+    for mod in order:
+        stem = mod.removesuffix(".ko").removesuffix(".o")
+        try:
+            words = (tree / f"{stem}.mod").read_text().split()
+        except FileNotFoundError:
+            raise UserError(f"{tree}/modules.order names {mod}, which has no {stem}.mod: "
+                            "the modules build did not finish") from None
+        out.update(w for w in words if w.endswith(".o"))
+    return out
+
+
+def linked_objects(tree: Path) -> set[str] | None:
+    """The objects of the kernel image and its modules, from Kbuild's own link inputs.
+
+    The image's come from the first of :data:`IMAGE_ARCHIVES` in the tree,
+    the modules' from :func:`module_objects`. Objects a build compiles but
+    links into neither (boot stubs, ``init/version-timestamp.o``, the vDSO's
+    and real-mode code's own objects, which reach the image only as data) are
+    not in the set. None when the tree has no image archive (never linked).
+    """
+    archive = next((tree / a for a in IMAGE_ARCHIVES if (tree / a).is_file()), None)
+    if archive is None:
+        return None
+    return set(archive_members(archive)) | (module_objects(tree) or set())

@@ -110,6 +110,7 @@ class SnapshotStats:
     dirs: int
     copied_bytes: int
     seconds: float
+    can_link: bool = True
 
 
 def is_dependency_file(name: str) -> bool:
@@ -131,39 +132,181 @@ def copy_relocated(src: str, dest: str, old_root: bytes, new_root: bytes) -> Non
     shutil.copystat(src, dest)
 
 
+class _Roots:
+    """The pre and post trees' absolute paths, as bytes, for relocating dependency files."""
+
+    def __init__(self, src_root: Path, final_root: Path) -> None:
+        self.old = os.fsencode(src_root) + b"/"
+        self.new = os.fsencode(final_root) + b"/"
+
+
+def _place(src: str, dest: str, st: os.stat_result, since: float | None, can_link: bool,
+           roots: _Roots) -> str | None:
+    """Put one pre-tree entry at dest as the snapshot has it.
+
+    Returns what it made: "dir", "symlink", "linked", "copied", or None for
+    an entry the snapshot leaves out (a device, fifo or socket). OSError
+    EXDEV when ``can_link`` and dest is on another file system.
+    """
+    if stat.S_ISDIR(st.st_mode):
+        os.mkdir(dest)
+        return "dir"
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dest)
+        return "symlink"
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    name = os.path.basename(src)
+    if can_link and may_link(name, st.st_mtime, since):
+        os.link(src, dest)
+        return "linked"
+    if is_dependency_file(name):
+        copy_relocated(src, dest, roots.old, roots.new)
+    else:
+        shutil.copy2(src, dest)
+    return "copied"
+
+
 def _populate(src_root: Path, dest_root: Path, exclude: Sequence[Path], since: float | None,
               can_link: bool, final_root: Path) -> SnapshotStats:
     t0 = time.monotonic()
-    old_root, new_root = os.fsencode(src_root) + b"/", os.fsencode(final_root) + b"/"
-    linked = copied = symlinks = dirs = copied_bytes = 0
+    roots = _Roots(src_root, final_root)
+    counts = {"linked": 0, "copied": 0, "symlink": 0, "dir": 0}
+    copied_bytes = 0
     for rel, entry in walk(src_root, exclude):
         dest = os.path.join(dest_root, rel)
-        if entry.is_dir(follow_symlinks=False):
-            os.mkdir(dest)
-            dirs += 1
-        elif entry.is_symlink():
-            os.symlink(os.readlink(entry.path), dest)
-            symlinks += 1
-        else:
-            st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if can_link and may_link(entry.name, st.st_mtime, since):
-                try:
-                    os.link(entry.path, dest)
-                    linked += 1
-                    continue
-                except OSError as e:
-                    if e.errno != errno.EXDEV:
-                        raise
-                    can_link = False
-            if is_dependency_file(entry.name):
-                copy_relocated(entry.path, dest, old_root, new_root)
-            else:
-                shutil.copy2(entry.path, dest)
-            copied += 1
+        st = entry.stat(follow_symlinks=False)
+        try:
+            made = _place(entry.path, dest, st, since, can_link, roots)
+        except OSError as e:
+            if e.errno != errno.EXDEV or not can_link:
+                raise
+            can_link = False
+            made = _place(entry.path, dest, st, since, can_link, roots)
+        if made is not None:
+            counts[made] += 1
+        if made == "copied":
             copied_bytes += st.st_size
-    return SnapshotStats(linked, copied, symlinks, dirs, copied_bytes, time.monotonic() - t0)
+    return SnapshotStats(counts["linked"], counts["copied"], counts["symlink"], counts["dir"],
+                         copied_bytes, time.monotonic() - t0, can_link)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _stats(root: Path, exclude: Sequence[Path]) -> dict[str, os.stat_result]:
+    return {rel: entry.stat(follow_symlinks=False) for rel, entry in walk(root, exclude)}
+
+
+@dataclass(frozen=True)
+class SnapshotRule:
+    """How make_post_tree made a post tree: from which tree, which files it linked.
+
+    ``since``: the pre tree's first build (epoch seconds; None: never built);
+    ``can_link``: False when the post tree is on another file system (all copies).
+    """
+
+    ksrc: Path
+    since: float | None
+    can_link: bool
+
+
+def snapshot_rule(postdir: Path) -> SnapshotRule:
+    """The rule from the post tree's marker file; OSError/ValueError when it has none
+    or an unreadable one."""
+    marker = json.loads((postdir / POST_MARKER).read_text())
+    try:
+        can_link = marker.get("can_link", marker.get("linked", 0) > 0)
+        return SnapshotRule(Path(marker["ksrc"]), marker["build_start"], bool(can_link))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{postdir / POST_MARKER}: not a post-tree marker ({e!r})") from None
+
+
+def _same(rel: str, a: os.stat_result, b: os.stat_result, rule: SnapshotRule,
+          ksrc: Path, postdir: Path) -> bool:
+    """Whether the post entry b is still what the snapshot made of the pre entry a."""
+    kind = _kind(a.st_mode)
+    if kind != _kind(b.st_mode):
+        return False
+    if kind == "dir":
+        return True
+    if kind == "symlink":
+        return os.readlink(ksrc / rel) == os.readlink(postdir / rel)
+    if rule.can_link and may_link(os.path.basename(rel), a.st_mtime, rule.since):
+        return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+    # A copy keeps the pre file's mtime (copy2/copystat); any later write sets a new one.
+    return (a.st_mtime_ns == b.st_mtime_ns and a.st_mode == b.st_mode
+            and (a.st_size == b.st_size or is_dependency_file(rel)))
+
+
+def post_differences(ksrc: Path, postdir: Path,
+                     exclude: Sequence[Path] = ()) -> list[tuple[str, str]]:
+    """Where the post tree is no longer the snapshot of ksrc as ksrc is now.
+
+    One stat per entry of both trees (about 0.8 s for a built 6.1 tree of
+    88,000 entries). Returns ``(relative path, what)`` sorted by path, parents
+    before children; ``what`` is "extra" (only in the post tree), "missing"
+    (only in ksrc) or "changed" (another inode, content, kind or mode).
+    OSError/ValueError when the post tree has no marker.
+    """
+    rule = snapshot_rule(postdir)
+    exclude = (*exclude, postdir)
+    pre, post = _stats(ksrc, exclude), _stats(postdir, ())
+    post.pop(POST_MARKER, None)
+    out = []
+    for rel in sorted(pre.keys() | post.keys()):
+        a, b = pre.get(rel), post.get(rel)
+        if a is None:
+            out.append((rel, "extra"))
+        elif b is None:
+            if _kind(a.st_mode) != "other":
+                out.append((rel, "missing"))
+        elif _kind(a.st_mode) != "other" and not _same(rel, a, b, rule, ksrc, postdir):
+            out.append((rel, "changed"))
+        elif _kind(a.st_mode) == "other" and _kind(b.st_mode) != "other":
+            out.append((rel, "extra"))
+    return out
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def restore_post(ksrc: Path, postdir: Path, differences: Sequence[tuple[str, str]]) -> int:
+    """Make each differing entry (:func:`post_differences`) the snapshot's again.
+
+    An extra entry is removed (a directory with all below it); a missing or
+    changed one is put back as make_post_tree would (hard link or copy).
+    Never writes through a link into ksrc. Returns how many entries it fixed.
+    """
+    rule = snapshot_rule(postdir)
+    roots = _Roots(ksrc, postdir)
+    fixed = 0
+    for rel, what in differences:
+        dest = os.path.join(postdir, rel)
+        _remove(dest)
+        if what != "extra":
+            src = os.path.join(ksrc, rel)
+            try:
+                st = os.lstat(src)
+            except FileNotFoundError:
+                continue  # gone from ksrc meanwhile: removing it from the post tree was right
+            _place(src, dest, st, rule.since, rule.can_link, roots)
+        fixed += 1
+    return fixed
+
+
+def sync_post(ksrc: Path, postdir: Path, exclude: Sequence[Path] = ()) -> int:
+    """Bring the post tree back to exactly the snapshot of ksrc; how many entries it fixed."""
+    return restore_post(ksrc, postdir, post_differences(ksrc, postdir, exclude))
 
 
 def make_post_tree(

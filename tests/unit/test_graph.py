@@ -204,9 +204,12 @@ def test_an_encoder_value_error_is_one_line_and_resets(tmp_path: Path, capsys) -
 
 
 def test_an_os_error_fails_the_task_through_doit(tmp_path: Path, capsys) -> None:
-    """`doit tarball` with OUTDIR under a file: the reporter's one line, rc 1, post tree reset."""
-    (tmp_path / "a-file").write_text("not a directory\n")
-    s = fake_prebuilt(tmp_path, outdir=tmp_path / "a-file" / "out")
+    """`doit tarball` with OUTDIR made a file after validation: the reporter's one line,
+    rc 1, post tree reset."""
+    (tmp_path / "out").mkdir()
+    s = fake_prebuilt(tmp_path, outdir=tmp_path / "out")
+    (tmp_path / "out").rmdir()
+    (tmp_path / "out").write_text("not a directory\n")
     patched(s)
     work = s.layout.create
     uid = patching.load_record(s).update_id
@@ -222,8 +225,8 @@ def test_an_os_error_fails_the_task_through_doit(tmp_path: Path, capsys) -> None
     out = capsys.readouterr()
     assert rc != 0
     errors = [ln for ln in out.err.splitlines() if ln.strip()]
-    assert errors == [f"ksplice: error: tarball failed: Not a directory: {tmp_path}/a-file/out "
-                      "(-v or VERBOSE=1 shows the traceback)"], out.err
+    assert errors == [f"ksplice: error: the output directory {tmp_path}/out is not a "
+                      "directory"], out.err
     assert_reset(s)
 
 

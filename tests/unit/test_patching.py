@@ -46,8 +46,10 @@ def test_bad_paths(old: str, new: str, level: int, message: str) -> None:
 
 
 def test_no_unified_headers() -> None:
-    with pytest.raises(UserError, match="names no files"):
+    with pytest.raises(UserError, match="is a context diff at line 1"):
         patching.patch_files("*** a/x\n--- b/x\n")
+    with pytest.raises(UserError, match="names no files"):
+        patching.patch_files("just text\n")
 
 
 def test_strip_level_and_allowed_options() -> None:

@@ -73,3 +73,29 @@ def test_pack_layout(tmp_path: Path) -> None:
             "ksplice-abcd1234", "ksplice-abcd1234/debug",
             "ksplice-abcd1234/debug/collect/x.json", "ksplice-abcd1234/h.ko",
             "ksplice-abcd1234/p.ko", "ksplice-abcd1234/patch"]
+
+
+def test_full_build_counts_only_objects_the_image_or_modules_link(tmp_path: Path) -> None:
+    """A relink rebuilds boot stubs and version stamps: never candidates (issue 11 kind 3)."""
+    import os
+    import subprocess
+
+    pre, post = tmp_path / "pre", tmp_path / "post"
+    objs = ["fs/proc/loadavg.o", "init/version-timestamp.o", "arch/x86/boot/main.o",
+            "arch/x86/entry/vdso/vclock_gettime.o", "fs/binfmt_misc.o", "kernel/fork.o"]
+    for rel in objs:
+        (pre / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pre / rel).write_bytes(b"pre")
+        (post / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(pre / rel, post / rel)
+    for rel in objs[:5]:  # the relink rebuilt all but kernel/fork.o
+        (post / rel).unlink()
+        (post / rel).write_bytes(b"post")
+    # never linked (no vmlinux.a): only link products are known, by name
+    assert sorted(postbuild.full_build_candidates(pre, post)) == sorted(objs[:5])
+    subprocess.run(["ar", "cDPrST", "vmlinux.a", "fs/proc/loadavg.o", "kernel/fork.o"],
+                   cwd=post, check=True)
+    (post / "modules.order").write_text("fs/binfmt_misc.ko\n")
+    (post / "fs/binfmt_misc.mod").write_text("fs/binfmt_misc.o\n")
+    assert sorted(postbuild.full_build_candidates(pre, post)) == ["fs/binfmt_misc.o",
+                                                                  "fs/proc/loadavg.o"]
