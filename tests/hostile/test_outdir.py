@@ -43,13 +43,14 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _check(res: subprocess.CompletedProcess, prefix: str, outdir: Path, what: str,
            pb: Prebuilt) -> None:
+    """``what``: how the one error line ends."""
     output = res.stdout + res.stderr
     assert res.returncode == 1, output[-2000:]
     assert "Traceback" not in output
     errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1, output[-2000:]
     assert errors[0].startswith(f"{prefix}: error: ")
-    assert f"cannot write the update tarball {outdir}/ksplice-" in errors[0], errors[0]
+    assert str(outdir) in errors[0], errors[0]
     assert errors[0].endswith(what), errors[0]
     assert "==> tarball" in res.stdout  # it was met at the write, after the build
     assert os.listdir(outdir) == [] or os.listdir(outdir) == ["lost+found"]
@@ -59,14 +60,14 @@ def _check(res: subprocess.CompletedProcess, prefix: str, outdir: Path, what: st
 def test_a_full_output_directory(hostile_lp: Prebuilt, small_fs: Path) -> None:
     res = run_create(f"--patch={EXAMPLE}", f"--config={hostile_lp.orig}", str(hostile_lp.ksrc),
                      cwd=small_fs)
-    _check(res, "ksplice-create", small_fs, "No space left on device", hostile_lp)
+    _check(res, "ksplice-create", small_fs, ".tar.gz: No space left on device", hostile_lp)
 
 
 def test_a_full_output_directory_through_doit(hostile_lp: Prebuilt, small_fs: Path,
                                               tmp_path: Path) -> None:
     res = run_doit(tmp_path / "work", "create_update", f"KSRC={hostile_lp.ksrc}",
                    f"ORIG={hostile_lp.orig}", f"PATCH={EXAMPLE}", f"OUTDIR={small_fs}")
-    _check(res, "ksplice", small_fs, "No space left on device", hostile_lp)
+    _check(res, "ksplice", small_fs, ".tar.gz: No space left on device", hostile_lp)
 
 
 def test_an_output_directory_that_turns_read_only(hostile_lp: Prebuilt, small_fs: Path,
@@ -84,4 +85,5 @@ def test_an_output_directory_that_turns_read_only(hostile_lp: Prebuilt, small_fs
     res = run_doit(tmp_path / "work", "create_update", f"KSRC={hostile_lp.ksrc}",
                    f"ORIG={hostile_lp.orig}", f"PATCH={EXAMPLE}", f"OUTDIR={small_fs}",
                    path_prefix=hook)
-    _check(res, "ksplice", small_fs, "Read-only file system", hostile_lp)
+    _check(res, "ksplice", small_fs, f"the output directory {small_fs} is not writable",
+           hostile_lp)
