@@ -5,6 +5,7 @@
 
     .ksplice/
       doit-db.json                 doit's dependency file
+      lock                         flock of the running prebuild or create (its pid)
       pre-build.json, pre-inputs.json    the last pre build (stamp, input list)
       logs/<name>.log              build logs
       create/                      one create run's work (:class:`CreateLayout`)
@@ -170,6 +171,11 @@ class StateLayout:
     def includes(self) -> Path:
         """A targeted prebuild's include index (:data:`ksplice_tasks.artifacts.INCLUDES`)."""
         return self.root / "includes.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the one prebuild or create running on this ORIG_CONFIG."""
+        return self.root / "lock"
 
     @property
     def logs(self) -> Path:

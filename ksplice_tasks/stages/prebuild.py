@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PreBuildStamp
-from ksplice_tasks.commands import echo, run
+from ksplice_tasks.commands import echo, run, spawn
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import file_sha256, write_atomic
 from ksplice_tasks.stages import kmod
@@ -267,9 +267,8 @@ def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
     # make -n exits 2 at the vmlinux link (vmlinux.a was never made): expected.
     with tempfile.TemporaryDirectory(prefix="ksplice-dryrun-", dir=s.layout.root) as tmp:
         out = Path(tmp) / "make-n.txt"
-        with open(out, "wb") as f:
-            res = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, check=False)
+        with open(out, "wb") as f, spawn(argv, stdout=f, stderr=subprocess.PIPE) as res:
+            _, stderr = res.communicate()
         text = out.read_text(errors="replace")
     units = deps.parse_dry_run(text, str(s.ksrc))
     # make -n lists only objects out of date: add those built before (a rerun).
@@ -279,7 +278,7 @@ def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
             if cmd.command and cmd.object and cmd.object not in units:
                 units.update(deps.parse_dry_run(cmd.command, str(s.ksrc)))
     if not units:
-        tail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise UserError(f"make -n listed no object to build in {s.ksrc} "
                         f"(exit {res.returncode}): {' / '.join(tail)}")
     return units

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ksplice_tasks.commands import echo
+from ksplice_tasks.commands import echo, spawn
 
 SECTION_FLAGS = "-ffunction-sections -fdata-sections"
 
@@ -103,29 +103,26 @@ def run_make(
     verbose: bool = False,
     env: dict[str, str] | None = None,
 ) -> MakeResult:
-    """Run make, keeping its full output in `log` and showing progress (or all of it with -v)."""
+    """Run make, keeping its full output in `log` and showing progress (or all of it with -v).
+
+    make runs in a watched process group of its own (:func:`ksplice_tasks.commands.spawn`):
+    an interrupt, a failure here or this process's death ends make and its compilers.
+    """
     if verbose:
         echo(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     progress.start()
-    with open(log, "w", encoding="utf-8", errors="replace") as logf:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=env,
-        )
+    with open(log, "w", encoding="utf-8", errors="replace") as logf, spawn(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             logf.write(line)
             if verbose:
                 progress.out.write(line)
             progress.feed(line)
-        rc = proc.wait()
+    rc = proc.returncode
     progress.report(final=True)
     return MakeResult(rc, progress.done, time.monotonic() - t0, log)
 
