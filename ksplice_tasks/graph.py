@@ -321,6 +321,9 @@ def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
     """Check that a prebuild exists and a patch is given; nothing is run or written."""
     if isinstance(s, UserError):
         return s
+    unfinished = prebuild.unfinished_message(s)
+    if unfinished is not None:
+        return UserError(unfinished)
     if not s.layout.pre_stamp.is_file() or not (s.postdir / POST_MARKER).is_file():
         return UserError(
             f"No prebuild for {s.ksrc}: run `ksplice-create --prebuild --config={s.orig} "

@@ -7,6 +7,7 @@
       doit-db.json                 doit's dependency file
       lock                         flock of the running prebuild or create (its pid)
       pre-build.json, pre-inputs.json    the last pre build (stamp, input list)
+      pre-build.unfinished.json    a pre build that has not finished (killed, failed)
       logs/<name>.log              build logs
       create/                      one create run's work (:class:`CreateLayout`)
         diffext.patch              the patch --diffext made
@@ -151,6 +152,11 @@ class StateLayout:
     def pre_stamp(self) -> Path:
         """The pre build's stamp (:data:`ksplice_tasks.artifacts.PRE_BUILD`)."""
         return self.root / "pre-build.json"
+
+    @property
+    def pre_unfinished(self) -> Path:
+        """A pre build that started and has not finished: why, and what it has not built."""
+        return self.root / "pre-build.unfinished.json"
 
     @property
     def pre_inputs(self) -> Path:

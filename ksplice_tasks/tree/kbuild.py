@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ksplice_tasks.commands import echo, spawn
+from ksplice_tasks.commands import echo, run_process, spawn
 
 SECTION_FLAGS = "-ffunction-sections -fdata-sections"
 
@@ -125,6 +125,35 @@ def run_make(
     rc = proc.returncode
     progress.report(final=True)
     return MakeResult(rc, progress.done, time.monotonic() - t0, log)
+
+
+# make -n prints each Kbuild recipe with its quiet line: echo '  CC [M]  fs/foo.o';
+_QUIET_ECHO = re.compile(r"echo '  (?P<tag>[A-Z][A-Z0-9_]*(?: \[M\])?)\s+(?P<target>[^\s']+)'")
+
+
+def parse_outstanding(text: str) -> list[tuple[str, str]]:
+    """(tag, target) of every Kbuild step a ``make -n`` listing would still run, in order.
+
+    ``tag`` is Kbuild's quiet-mode word (``CC``, ``CC [M]``, ``HOSTCC``,
+    ``LD``, ``UPD``...), ``target`` the file it makes; each pair once.
+    """
+    out: dict[tuple[str, str], None] = {}
+    for m in _QUIET_ECHO.finditer(text):
+        out.setdefault((m.group("tag"), m.group("target")), None)
+    return list(out)
+
+
+def dry_run(argv: Sequence[str], env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What the make command ``argv`` (a ``make_argv`` list) would still do: ``make -n``.
+
+    Returns :func:`parse_outstanding`'s pairs; empty when everything is up to
+    date. GNU make -n runs only the recursive ``$(MAKE)`` lines, which is
+    how Kbuild descends; make's exit status is ignored (a failing link step
+    still lists what precedes it). OSError when make cannot be run.
+    """
+    cmd = [argv[0], "-n", *argv[1:]]
+    res = run_process(cmd, env=env)
+    return parse_outstanding(res.stdout)
 
 
 _ERROR_LINE = re.compile(r"(\berror\b|\*\*\*)", re.I)
