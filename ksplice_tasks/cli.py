@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -108,10 +107,9 @@ def create_main(argv: Sequence[str] | None = None) -> int:
             namespace = graph.namespace(settings, CreateReporter)
             rc = DoitMain(ModuleTaskLoader(namespace)).run(
                 ["prebuild" if args.prebuild else "create_update"])
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        sys.stderr.write(f"{PROG}: error: interrupted by {signal.Signals(signum).name}\n")
-        return 128 + signum
+    except Interrupted as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 128 + e.signum
     if rc != 0:
         return 1
     if args.apply and not args.prebuild:

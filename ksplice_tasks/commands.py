@@ -175,15 +175,20 @@ def run(
     return proc.stdout
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so cleanups run.
+class Interrupted(SystemExit):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so cleanups run.
 
-    ``signum`` is the signal's number; a front end exits with 128 + signum.
+    ``signum`` is the signal's number. A SystemExit with code 128 + signum:
+    uncaught (doit), the process exits with that code and no traceback;
+    ksplice-create catches it and says which signal it was.
     """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__(128 + signum)
         self.signum = signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}"
 
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
@@ -191,10 +196,10 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
 
 
 def interrupt_on_signals() -> None:
-    """Turn SIGTERM and SIGHUP into :class:`Interrupted` in this (main) thread.
+    """Turn SIGINT (Ctrl-C), SIGTERM and SIGHUP into :class:`Interrupted` in this (main) thread.
 
-    Called by the front ends (ksplice-create, dodo.py): a command's group is
-    then ended and a create task's cleanup runs, as for Ctrl-C.
+    Called by the front ends (ksplice-create, dodo.py): the running command's
+    group is then ended and a create task's cleanup runs.
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)

@@ -92,6 +92,16 @@ def test_group_ends_when_the_block_fails() -> None:
     assert _sleepers(tag) == []  # (zombies may wait a moment for init to reap them)
 
 
+def test_interrupted_exits_quietly() -> None:
+    """A signal in a front end: exit 128 + N, no traceback (doit does not catch it)."""
+    code = ("import os, signal, time; from ksplice_tasks.commands import interrupt_on_signals;"
+            "interrupt_on_signals(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (res.returncode, res.stderr) == (128 + signal.SIGTERM, "")
+    assert str(commands.Interrupted(signal.SIGHUP)) == "interrupted by SIGHUP"
+
+
 def test_run_process_and_run() -> None:
     res = commands.run_process(["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (res.returncode, res.stdout, res.stderr) == (3, "out\n", "err\n")
