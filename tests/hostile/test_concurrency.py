@@ -17,7 +17,6 @@ import procs
 import pytest
 from helpers import PATCHES, Prebuilt, create, run_create, tarball_from
 
-from ksplice_tasks.files import hold_lock
 from ksplice_tasks.stages.layout import state_layout
 from ksplice_tasks.testing import testkernel
 from ksplice_tasks.tree import snapshot
@@ -45,6 +44,8 @@ def state_digest(pb: Prebuilt) -> dict[str, str]:
 def test_busy_refuses_at_once(rrace: Prebuilt, tmp_path: Path) -> None:
     """While ORIG_CONFIG's lock is held, ksplice-create and doit refuse with one line naming
     the lock and its holder's pid, and change nothing in the state directory."""
+    from ksplice_tasks.files import hold_lock  # here: the race test below also runs on old code
+
     lock = state_layout(rrace.orig).lock
     with hold_lock(lock):
         before = state_digest(rrace)
