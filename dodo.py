@@ -15,8 +15,12 @@ from pathlib import Path
 from doit import get_var
 
 from ksplice_tasks import graph
+from ksplice_tasks.commands import interrupt_on_signals
 
-globals().update(graph.namespace(graph.settings_or_error(graph.load_vars(
+interrupt_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: builds ended, post tree reset
+# ORIG_CONFIG's lock, held until doit exits; when busy every task refuses with the reason.
+_SETTINGS, _STATE_LOCK = graph.hold_state_lock(graph.settings_or_error(graph.load_vars(
     {k: get_var(k) for k in graph.VARIABLES},
     Path(__file__).with_name(graph.VARS_FILE),
-))))
+)))
+globals().update(graph.namespace(_SETTINGS))

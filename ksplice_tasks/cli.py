@@ -11,7 +11,9 @@ from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
 from ksplice_tasks import graph
+from ksplice_tasks.commands import Interrupted, interrupt_on_signals
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.files import hold_lock
 from ksplice_tasks.reporter import CreateReporter
 from ksplice_tasks.stages import package
 from ksplice_tasks.stages.inputs import resolve
@@ -59,6 +61,14 @@ def create_parser() -> argparse.ArgumentParser:
 
 
 def create_main(argv: Sequence[str] | None = None) -> int:
+    """ksplice-create: 0 on success, 1 for a refused input or a failed task, 2 for usage.
+
+    One run at a time per ORIG_CONFIG: a second one refuses at once with
+    ``busy: ...`` (:func:`ksplice_tasks.files.hold_lock`). SIGINT, SIGTERM and
+    SIGHUP end the running build's process group, return the post tree to the
+    snapshot and exit with 128 + the signal's number.
+    """
+    interrupt_on_signals()
     args = create_parser().parse_args(argv)
     actions = sum(x is not None and x is not False for x in (args.patch, args.diffext,
                                                              args.prebuild))
@@ -84,12 +94,22 @@ def create_main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
+    try:
+        lock = hold_lock(settings.layout.lock)
+    except UserError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 1
     print("Starting kernel builds (this process might take a long time)...", flush=True)
     if not settings.verbose:
         print(f"For output during this process, run {PROG} with the option -v", flush=True)
-    namespace = graph.namespace(settings, CreateReporter)
-    rc = DoitMain(ModuleTaskLoader(namespace)).run(
-        ["prebuild" if args.prebuild else "create_update"])
+    try:
+        with lock:
+            namespace = graph.namespace(settings, CreateReporter)
+            rc = DoitMain(ModuleTaskLoader(namespace)).run(
+                ["prebuild" if args.prebuild else "create_update"])
+    except Interrupted as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 128 + e.signum
     if rc != 0:
         return 1
     if args.apply and not args.prebuild:

@@ -136,6 +136,34 @@ def locked(name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def hold_lock(path: Path, holder: str = "ksplice-create") -> TextIO:
+    """Take ``path``'s exclusive flock at once, or refuse: the open file holds it.
+
+    The lock lasts until the returned file is closed or this process ends
+    (the kernel drops a dead process's flock, so a crash leaves no stale
+    lock); the file then holds our pid. Children do not inherit it (Python's
+    files are close-on-exec). UserError ``busy: another <holder> holds
+    <path> (pid N)`` when another process has it; nothing is changed then.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="ascii", errors="replace")  # noqa: SIM115 - returned
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(f"busy: another {holder} holds {path} (pid {pid})") from None
+    except BaseException:
+        f.close()
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def extract_tarball(tarball: Path, dest: Path, out: TextIO = sys.stdout) -> Path:
     """Extract the tarball's single top directory to ``dest``, atomically; returns ``dest``.
 

@@ -22,14 +22,14 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from doit import create_after
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import write_atomic
+from ksplice_tasks.files import hold_lock, write_atomic
 from ksplice_tasks.names import ROLES, tarball_name
 from ksplice_tasks.reporter import KspliceReporter
 from ksplice_tasks.stages import kmod, package, patching, postbuild, prebuild
@@ -170,6 +170,24 @@ def settings_or_error(v: Mapping[str, str]) -> Settings | UserError:
         return e
 
 
+def hold_state_lock(s: Settings | UserError) -> tuple[Settings | UserError, TextIO | None]:
+    """Take ORIG_CONFIG's lock (``.ksplice/lock``) for the rest of this process.
+
+    Returns the settings and the open lock file (keep it: closing it, or the
+    process ending, releases the lock). When another prebuild or create holds
+    it, returns its ``busy: ...`` UserError instead of the settings, so every
+    task refuses with it and nothing of that ORIG_CONFIG's state is read or
+    written (not even doit's dep file). Settings that are already an error
+    pass through.
+    """
+    if isinstance(s, UserError):
+        return s, None
+    try:
+        return s, hold_lock(s.layout.lock)
+    except UserError as e:
+        return e, None
+
+
 def doit_config(settings: Settings | UserError, reporter: type = KspliceReporter) -> dict:
     """One dep file per ORIG_CONFIG, so each tree's state stays with that tree."""
     cfg: dict[str, Any] = {
@@ -303,6 +321,9 @@ def plan_create(s: Settings | UserError) -> CreatePlan | UserError:
     """Check that a prebuild exists and a patch is given; nothing is run or written."""
     if isinstance(s, UserError):
         return s
+    unfinished = prebuild.unfinished_message(s)
+    if unfinished is not None:
+        return UserError(unfinished)
     if not s.layout.pre_stamp.is_file() or not (s.postdir / POST_MARKER).is_file():
         return UserError(
             f"No prebuild for {s.ksrc}: run `ksplice-create --prebuild --config={s.orig} "

@@ -5,7 +5,9 @@
 
     .ksplice/
       doit-db.json                 doit's dependency file
+      lock                         flock of the running prebuild or create (its pid)
       pre-build.json, pre-inputs.json    the last pre build (stamp, input list)
+      pre-build.unfinished.json    a pre build that has not finished (killed, failed)
       logs/<name>.log              build logs
       create/                      one create run's work (:class:`CreateLayout`)
         diffext.patch              the patch --diffext made
@@ -152,6 +154,11 @@ class StateLayout:
         return self.root / "pre-build.json"
 
     @property
+    def pre_unfinished(self) -> Path:
+        """A pre build that started and has not finished: why, and what it has not built."""
+        return self.root / "pre-build.unfinished.json"
+
+    @property
     def pre_inputs(self) -> Path:
         """The files the pre build read or wrote, a JSON list of tree-relative paths."""
         return self.root / "pre-inputs.json"
@@ -170,6 +177,11 @@ class StateLayout:
     def includes(self) -> Path:
         """A targeted prebuild's include index (:data:`ksplice_tasks.artifacts.INCLUDES`)."""
         return self.root / "includes.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the one prebuild or create running on this ORIG_CONFIG."""
+        return self.root / "lock"
 
     @property
     def logs(self) -> Path:

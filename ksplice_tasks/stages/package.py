@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def _add_tree(tar: tarfile.TarFile, arcdir: str, root: Path) -> None:
             _add_bytes(tar, f"{arcdir}/{path.relative_to(root)}", path.read_bytes())
 
 
+# Tests only (tests/hostile/test_kill.py): with this variable set to a path,
+# pack creates that file and sleeps up to 60 s with the tarball half written,
+# so a test can kill ksplice-create inside the tarball write.
+HOLD_ENV = "KSPLICE_TEST_HOLD_TARBALL"
+
+
+def _hold_for_tests() -> None:
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        Path(hold).touch()
+        time.sleep(60)
+
+
 def pack(out: Path, uid: str, patch: Path, primary: Path, helper: Path,
          debug: Sequence[tuple[str, Path]]) -> Path:
     """ksplice-<id>/{patch, <primary>, <helper>, debug/...} into ``out``, atomically.
@@ -78,6 +92,7 @@ def pack(out: Path, uid: str, patch: Path, primary: Path, helper: Path,
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
                 tar.addfile(info)
             _add_bytes(tar, f"{top}/patch", patch.read_bytes())
+            _hold_for_tests()
             _add_bytes(tar, f"{top}/{primary.name}", primary.read_bytes())
             _add_bytes(tar, f"{top}/{helper.name}", helper.read_bytes())
             for name, path in debug:

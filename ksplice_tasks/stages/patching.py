@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PatchRecord
-from ksplice_tasks.commands import echo
+from ksplice_tasks.commands import echo, run_process
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import file_sha256, write_atomic, write_if_changed
 from ksplice_tasks.stages import package
@@ -325,8 +325,7 @@ def _run_patch(s: Settings, patch: Path, dry: bool) -> subprocess.CompletedProce
         argv.insert(1, "--dry-run")
     if s.verbose:
         echo(argv)
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          errors="replace", check=False)
+    return run_process(argv)
 
 
 @dataclass(frozen=True)
@@ -409,8 +408,7 @@ def diffext_patch(s: Settings, ext: str) -> str:
         old = s.ksrc / orig
         argv = ["diff", "-u", "--label", orig if old.exists() else "/dev/null",
                 "--label", orig, str(old) if old.exists() else "/dev/null", entry.path]
-        res = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                             check=False)
+        res = run_process(argv)
         if res.returncode > 1:
             raise UserError(f"diff failed for {rel}: {res.stderr.strip()}")
         chunks.append(res.stdout)

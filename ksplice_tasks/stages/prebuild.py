@@ -7,16 +7,19 @@ Each function is a doit action and also a plain function: tests call them direct
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import PreBuildStamp
-from ksplice_tasks.commands import echo, run
+from ksplice_tasks.commands import echo, run, spawn
 from ksplice_tasks.errors import UserError
-from ksplice_tasks.files import file_sha256, write_atomic
+from ksplice_tasks.files import file_sha256, write_atomic, write_json
 from ksplice_tasks.stages import kmod
 from ksplice_tasks.stages.inputs import Settings
 from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
@@ -160,17 +163,123 @@ def pre_mode(s: Settings) -> str:
 
 
 def build_pre(s: Settings) -> dict:
-    """The pre build of the mode :func:`pre_mode` chooses."""
+    """The pre build of the mode :func:`pre_mode` chooses.
+
+    From the moment make starts until the stamp is written, the state
+    directory holds an *unfinished* record (:func:`record_unfinished`): a pre
+    build that is killed, interrupted, runs out of disk or fails never counts
+    as done. The next prebuild redoes it; a create refuses
+    (:func:`unfinished_message`).
+    """
     if pre_mode(s) == TARGETED:
-        return build_pre_targeted(s)
-    return build_pre_full(s)
+        result = build_pre_targeted(s)
+    else:
+        result = build_pre_full(s)
+    s.layout.pre_unfinished.unlink(missing_ok=True)
+    return result
+
+
+INTERRUPTED = "it was interrupted"
+# Targets a full pre build may leave unbuilt and still count as done: those of
+# the vmlinux and module links, which section flags can break (DESIGN.md 3).
+_LINK_STAGE = re.compile(r"(^|/)(\.tmp_|\.vmlinux|vmlinux|version-timestamp\.o$)"
+                         r"|\.mod\.o$|\.ko$|^arch/[^/]+/boot/")
+_OBJECT_TAGS = ("CC", "CC [M]", "AS", "AS [M]")
+
+
+def unbuilt_objects(outstanding: Sequence[tuple[str, str]]) -> list[str]:
+    """The objects a dry run still compiles (Kbuild's ``CC``/``AS`` steps), link stage excluded.
+
+    ``outstanding``: :func:`ksplice_tasks.tree.kbuild.dry_run`'s (tag, target) pairs.
+    """
+    return [target for tag, target in outstanding
+            if tag in _OBJECT_TAGS and target.endswith(".o") and not _LINK_STAGE.search(target)]
+
+
+def unfinished(mode: str, returncode: int,
+               outstanding: Sequence[tuple[str, str]]) -> list[str] | None:
+    """None when a pre build counts as done; else what it has still to build (maybe empty).
+
+    A make that exited 0 is done. A targeted pre build (``make prepare
+    modules_prepare``) must exit 0: everything its dry run still lists is
+    missing. A full pre build killed by a signal (``returncode`` < 0) is never
+    done; one that failed is done only when its dry run would compile no
+    object but those of the vmlinux and module links (the seed's tolerated
+    link failure): then None.
+    """
+    if returncode == 0:
+        return None
+    objects = unbuilt_objects(outstanding)
+    if mode == TARGETED or returncode < 0:
+        return objects or [target for _tag, target in outstanding]
+    return objects or None
+
+
+def make_failure(returncode: int) -> str:
+    """``make was killed by SIGTERM`` / ``make exited 2``."""
+    if returncode < 0:
+        try:
+            return f"make was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"make was killed by signal {-returncode}"
+    return f"make exited {returncode}"
+
+
+def record_unfinished(s: Settings, mode: str, reason: str, missing: Sequence[str] | None) -> None:
+    """Write the unfinished record: ``mode``, ``reason``, ``missing`` (None: not known)."""
+    write_json(s.layout.pre_unfinished, {"mode": mode, "reason": reason,
+                                         "missing": None if missing is None else list(missing)})
+
+
+def listing(names: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 174 more``."""
+    head = ", ".join(names[:shown])
+    return f"{head} and {len(names) - shown} more" if len(names) > shown else head
+
+
+def unfinished_message(s: Settings) -> str | None:
+    """Why the pre tree cannot be used, naming what its pre build did not build; None if it can.
+
+    Read from the unfinished record (:func:`record_unfinished`); an
+    unreadable record counts as an interrupted build.
+    """
+    path = s.layout.pre_unfinished
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        reason, missing = str(rec["reason"]), rec["missing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        reason, missing = INTERRUPTED, None
+    what = f"; not built: {listing(missing)}" if missing else ""
+    return (f"the pre build of {s.ksrc} did not finish ({reason}){what}; run "
+            f"`ksplice-create --prebuild --config={s.orig} {s.ksrc}` to finish it")
+
+
+def check_make(s: Settings, mode: str, argv: Sequence[str], res: kbuild.MakeResult) -> None:
+    """After the pre build's make: UserError naming what is not built, unless it counts as done.
+
+    Runs the dry run (:func:`ksplice_tasks.tree.kbuild.dry_run`) only when
+    make failed, and records the outcome (:func:`record_unfinished`).
+    """
+    if res.returncode == 0:
+        return
+    missing = unfinished(mode, res.returncode, kbuild.dry_run(argv))
+    if missing is None:
+        return
+    record_unfinished(s, mode, make_failure(res.returncode), missing)
+    excerpt = kbuild.error_excerpt(res.log) if res.returncode > 0 else ""
+    raise UserError(unfinished_message(s) + (f"; {excerpt}" if excerpt else "")
+                    + f" (log: {res.log})")
 
 
 def build_pre_full(s: Settings) -> dict:
     """The pre build, with one section per function; a vmlinux that fails to link is tolerated.
 
     Stock 6.1 x86 orphans .text.* sections in vmlinux (DESIGN.md section 3), so
-    the seed never insists on the link; only the objects matter here. The
+    the seed never insists on the link; only the objects matter here. A make
+    that fails is tolerated only when every object is built
+    (:func:`check_make`); a killed make never is. The
     fingerprint of the built tree lets a rerun skip make entirely.
     """
     argv = kbuild.make_argv(s.ksrc, s.jobs, make_vars=s.make_vars)
@@ -179,11 +288,15 @@ def build_pre_full(s: Settings) -> dict:
     fresh = count_objects(s.ksrc, s.excluded) == 0
     progress = kbuild.Progress("pre build", total=previous_object_count(s) if fresh else None)
     log = s.layout.log("pre-build")
+    record_unfinished(s, FULL, INTERRUPTED, None)
     res = kbuild.run_make(argv, log, progress, verbose=s.verbose)
+    check_make(s, FULL, argv, res)
     if res.returncode != 0:
-        print(f"pre build: make exited {res.returncode}; tolerated as the seed does "
-              f"(section flags can break the vmlinux link); log: {log}", flush=True)
+        print(f"pre build: make exited {res.returncode} with every object built; tolerated "
+              f"as the seed does (section flags can break the vmlinux link); log: {log}",
+              flush=True)
     if not (s.ksrc / "scripts/mod/modpost").is_file():
+        record_unfinished(s, FULL, make_failure(res.returncode), ["scripts/mod/modpost"])
         raise UserError(f"the pre build did not get far enough to build modpost: "
                         f"{kbuild.error_excerpt(log) or 'make failed'} (log: {log})")
     write_stamp(s, returncode=res.returncode, objects_compiled=res.objects,
@@ -237,10 +350,9 @@ def build_pre_targeted(s: Settings) -> dict:
                             make_vars=s.make_vars)
     print("pre build (targeted): make prepare modules_prepare; objects are built per patch",
           flush=True)
+    record_unfinished(s, TARGETED, INTERRUPTED, None)
     res = kbuild.run_make(argv, log, kbuild.Progress("pre build"), verbose=s.verbose)
-    if res.returncode != 0:
-        raise UserError(f"make prepare failed in {s.ksrc}: "
-                        f"{kbuild.error_excerpt(log) or 'make failed'} (log: {log})")
+    check_make(s, TARGETED, argv, res)
     kmod.install_symvers(s)
     units = inventory(s)
     print(f"pre build (targeted): {len(units)} objects in the config's inventory; "
@@ -267,9 +379,8 @@ def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
     # make -n exits 2 at the vmlinux link (vmlinux.a was never made): expected.
     with tempfile.TemporaryDirectory(prefix="ksplice-dryrun-", dir=s.layout.root) as tmp:
         out = Path(tmp) / "make-n.txt"
-        with open(out, "wb") as f:
-            res = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, check=False)
+        with open(out, "wb") as f, spawn(argv, stdout=f, stderr=subprocess.PIPE) as res:
+            _, stderr = res.communicate()
         text = out.read_text(errors="replace")
     units = deps.parse_dry_run(text, str(s.ksrc))
     # make -n lists only objects out of date: add those built before (a rerun).
@@ -279,7 +390,7 @@ def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
             if cmd.command and cmd.object and cmd.object not in units:
                 units.update(deps.parse_dry_run(cmd.command, str(s.ksrc)))
     if not units:
-        tail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise UserError(f"make -n listed no object to build in {s.ksrc} "
                         f"(exit {res.returncode}): {' / '.join(tail)}")
     return units
@@ -319,6 +430,8 @@ def build_inputs(tree: Path, exclude: tuple[Path, ...]) -> list[str]:
 
 def pre_tree_unchanged(s: Settings) -> bool:
     """doit uptodate check: nothing the last pre build read or made has changed since."""
+    if s.layout.pre_unfinished.exists():
+        return False
     stamp = load_stamp(s)
     try:
         inputs = json.loads(s.layout.pre_inputs.read_text())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ksplice_tasks.commands import echo
+from ksplice_tasks.commands import echo, run_process, spawn
 from ksplice_tasks.errors import UserError
 
 SECTION_FLAGS = "-ffunction-sections -fdata-sections"
@@ -105,31 +105,57 @@ def run_make(
     verbose: bool = False,
     env: dict[str, str] | None = None,
 ) -> MakeResult:
-    """Run make, keeping its full output in `log` and showing progress (or all of it with -v)."""
+    """Run make, keeping its full output in `log` and showing progress (or all of it with -v).
+
+    make runs in a watched process group of its own (:func:`ksplice_tasks.commands.spawn`):
+    an interrupt, a failure here or this process's death ends make and its compilers.
+    """
     if verbose:
         echo(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     progress.start()
-    with open(log, "w", encoding="utf-8", errors="replace") as logf:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=env,
-        )
+    with open(log, "w", encoding="utf-8", errors="replace") as logf, spawn(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             logf.write(line)
             if verbose:
                 progress.out.write(line)
             progress.feed(line)
-        rc = proc.wait()
+    rc = proc.returncode
     progress.report(final=True)
     return MakeResult(rc, progress.done, time.monotonic() - t0, log)
+
+
+# make -n prints each Kbuild recipe with its quiet line: echo '  CC [M]  fs/foo.o';
+_QUIET_ECHO = re.compile(r"echo '  (?P<tag>[A-Z][A-Z0-9_]*(?: \[M\])?)\s+(?P<target>[^\s']+)'")
+
+
+def parse_outstanding(text: str) -> list[tuple[str, str]]:
+    """(tag, target) of every Kbuild step a ``make -n`` listing would still run, in order.
+
+    ``tag`` is Kbuild's quiet-mode word (``CC``, ``CC [M]``, ``HOSTCC``,
+    ``LD``, ``UPD``...), ``target`` the file it makes; each pair once.
+    """
+    out: dict[tuple[str, str], None] = {}
+    for m in _QUIET_ECHO.finditer(text):
+        out.setdefault((m.group("tag"), m.group("target")), None)
+    return list(out)
+
+
+def dry_run(argv: Sequence[str], env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What the make command ``argv`` (a ``make_argv`` list) would still do: ``make -n``.
+
+    Returns :func:`parse_outstanding`'s pairs; empty when everything is up to
+    date. GNU make -n runs only the recursive ``$(MAKE)`` lines, which is
+    how Kbuild descends; make's exit status is ignored (a failing link step
+    still lists what precedes it). OSError when make cannot be run.
+    """
+    cmd = [argv[0], "-n", *argv[1:]]
+    res = run_process(cmd, env=env)
+    return parse_outstanding(res.stdout)
 
 
 _ERROR_LINE = re.compile(r"(\berror\b|\*\*\*)", re.I)
