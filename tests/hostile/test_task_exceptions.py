@@ -87,6 +87,7 @@ def test_an_interrupt_in_a_task_resets_the_post_tree(hostile_lp: Prebuilt,
     """Ctrl-C (KeyboardInterrupt) in the post build: no traceback, nonzero, reset."""
     res = _run(hostile_lp, tmp_path, "postbuild", "build_post", "KeyboardInterrupt()")
     output = res.stdout + res.stderr
-    assert res.returncode != 0, output[-3000:]
+    assert res.returncode == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+    assert res.stderr.splitlines() == ["ksplice-create: error: interrupted by SIGINT"]
     assert post_tree_diff(hostile_lp) == []
