@@ -260,14 +260,23 @@ def boot(
 
 
 def inject_nmis(monitor: Path, stop: threading.Event, interval_s: float = 0.005,
-                connect_timeout_s: float = 60.0) -> int:
-    """Send qemu's monitor command ``nmi`` (an NMI to every vCPU) every ``interval_s``
-    until ``stop`` is set or qemu closes the socket; returns how many were sent.
+                start_after_s: float = 20.0, connect_timeout_s: float = 60.0) -> int:
+    """Send qemu's monitor command ``nmi`` every ``interval_s`` from ``start_after_s``
+    on until ``stop`` is set or qemu closes the socket; returns how many were sent.
+
+    qemu raises the NMI on every vCPU's LINT1, which Linux leaves unmasked on
+    the boot CPU only, so the guest sees it on CPU 0, like an external NMI on
+    real hardware.
 
     Run it in a thread next to boot(monitor=...): NMIs that arrive at any time,
     which no guest-side trigger gives (a guest CPU sending one is not where
-    the receiving CPU is).  0 when the socket never appeared.
+    the receiving CPU is).  The delay matters: an NMI in the firmware or the
+    early kernel, before Linux's IDT, resets the machine (and -no-reboot ends
+    qemu); a guest script waits for /proc/interrupts' NMI line to move.
+    0 when the socket never appeared.
     """
+    if stop.wait(start_after_s):
+        return 0
     deadline = time.monotonic() + connect_timeout_s
     sent = 0
     while not stop.is_set():
