@@ -124,6 +124,9 @@ struct ksplice_module {
 	u64 stopped_ns;			/* ...and the work inside it */
 	u64 pause_max_ns;
 	unsigned int operations;	/* successful applies and reverses */
+	unsigned int tasks_checked;	/* stacks checked, last stop_machine */
+	unsigned int idle_checked;	/* ...of them per-CPU idle tasks */
+	unsigned long int3_hits;		/* traps sent on to replacements */
 };
 
 /**

@@ -10,9 +10,16 @@
  * CPU checks every task's kernel stack from its saved stack pointer up for
  * a word inside the code being replaced, and when none is found writes a
  * jmp rel32 over each old function, saving the bytes it covers; the other
- * CPUs spin until it is done.  Every CPU then serializes with sync_core()
- * before it can run the new bytes.  A busy check is retried a few times
- * with a pause in between, then the apply aborts as "code busy".
+ * CPUs spin until it is done.  The per-CPU idle tasks are checked too.
+ * A busy check is retried a few times with a pause in between, then the
+ * apply aborts as "code busy".
+ *
+ * stop_machine does not stop NMIs, so each 5-byte site is written the
+ * breakpoint way: an int3 over its first byte, then bytes 1..4, then byte
+ * 0, with every CPU serializing its instruction stream after each step (a
+ * phase handshake with the spinning CPUs).  An NMI that reaches a site
+ * meanwhile traps on the int3, and a die notifier, registered only around
+ * the operation, sends it on to the replacement.  See kmodsrc/README.md.
  *
  * Reverse runs the same check over the replacement and the old code and
  * writes the saved bytes back.  While applied, the primary holds a
@@ -23,10 +30,13 @@
 #include <linux/cpu.h>
 #include <linux/delay.h>
 #include <linux/kallsyms.h>
+#include <linux/kdebug.h>
+#include <linux/kprobes.h>
 #include <linux/kernel.h>
 #include <linux/ktime.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/task.h>
 #include <linux/sched/task_stack.h>
 #include <linux/slab.h>
 #include <linux/stop_machine.h>
@@ -48,12 +58,14 @@ typedef void *(*ksplice_text_poke_fn)(void *addr, const void *opcode,
 				      size_t len);
 typedef int (*ksplice_stop_machine_fn)(cpu_stop_fn_t fn, void *data,
 				       const struct cpumask *cpus);
+typedef struct task_struct *(*ksplice_idle_task_fn)(int cpu);
 
 /* The unexported kernel functions the primary calls, from ksplice_imports. */
 struct ksplice_kernel {
 	ksplice_text_poke_fn text_poke;
 	struct mutex *text_mutex;	/* serializes text_poke() */
 	ksplice_stop_machine_fn stop_machine_cpuslocked;
+	ksplice_idle_task_fn idle_task;	/* a CPU's idle task */
 	ksplice_mod_syms_fn mod_syms;	/* optional: patching loaded modules */
 };
 
@@ -65,6 +77,14 @@ struct ksplice_stop {
 	struct task_struct *caller;	/* the task that asked for the operation */
 	unsigned long caller_sp;	/* its stack pointer on entry to ksplice */
 	atomic_t done;
+	atomic_t phase;			/* bumped by the master: serialize now */
+	atomic_t acks;			/* other CPUs that serialized this phase */
+	unsigned int others;		/* online CPUs but the master */
+	bool poking;			/* int3s may be at the sites */
+	atomic_t int3_hits;		/* traps the die notifier redirected */
+	struct notifier_block nb;	/* DIE_INT3, only during the operation */
+	unsigned int tasks_checked;	/* stacks checked, last stop_machine call */
+	unsigned int idle_checked;	/* ...of them idle tasks */
 	int ret;			/* of the work: 0 or -errno */
 	pid_t busy_pid;
 	char busy_comm[TASK_COMM_LEN];
@@ -100,6 +120,9 @@ static int ksplice_get_imports(struct ksplice_module *km,
 			return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
 		k->stop_machine_cpuslocked = (ksplice_stop_machine_fn)a;
 	}
+	if (ksplice_import(km, "idle_task", &a))
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
+	k->idle_task = (ksplice_idle_task_fn)a;
 	/* Without it, functions of loaded modules are simply not found. */
 	if (!ksplice_import_lookup(km, "module_kallsyms_on_each_symbol", &a))
 		k->mod_syms = (ksplice_mod_syms_fn)a;
@@ -508,20 +531,119 @@ static bool ksplice_task_busy(struct ksplice_stop *s, struct task_struct *t)
 	return ksplice_scan_busy(s, t, stack);
 }
 
+/*
+ * Every task's stack, and every online CPU's idle task, which
+ * for_each_process_thread() does not list (its stack holds the idle loop).
+ * An offline CPU's idle task starts afresh when the CPU comes up again
+ * (and hotplug is held), so it has no frame to return to.
+ */
 static bool ksplice_tasks_busy(struct ksplice_stop *s)
 {
 	struct task_struct *g, *t;
+	unsigned int cpu;
 	bool busy = false;
 
+	s->tasks_checked = 0;
+	s->idle_checked = 0;
 	rcu_read_lock();
 	for_each_process_thread(g, t) {
+		s->tasks_checked++;
 		if (ksplice_task_busy(s, t)) {
 			busy = true;
 			break;
 		}
 	}
+	for_each_online_cpu(cpu) {
+		if (busy)
+			break;
+		t = s->k->idle_task(cpu);
+		if (!t)
+			continue;
+		s->tasks_checked++;
+		s->idle_checked++;
+		busy = ksplice_task_busy(s, t);
+	}
 	rcu_read_unlock();
 	return busy;
+}
+
+/*
+ * The die notifier: an int3 at one of the sites while they are written
+ * (an NMI on any CPU, or an interrupt on the master) continues in the
+ * replacement.  Both the old code and the replacement are loaded and
+ * correct during apply and reverse, so either is a valid place to go; the
+ * half-written site is not.  Runs in NMI context: reads only what stays
+ * fixed during the operation.
+ */
+static int ksplice_int3_notify(struct notifier_block *nb, unsigned long val,
+			       void *data)
+{
+	struct ksplice_stop *s = container_of(nb, struct ksplice_stop, nb);
+	struct die_args *args = data;
+	struct pt_regs *regs = args->regs;
+	unsigned long ip;
+	unsigned int i;
+
+	if (val != DIE_INT3 || !regs || user_mode(regs) || !READ_ONCE(s->poking))
+		return NOTIFY_DONE;
+	ip = regs->ip - INT3_INSN_SIZE;
+	for (i = 0; i < s->km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &s->km->patch_rt[i];
+
+		if (ip == rt->site) {
+			regs->ip = rt->repladdr;
+			atomic_inc(&s->int3_hits);
+			return NOTIFY_STOP;
+		}
+	}
+	return NOTIFY_DONE;
+}
+
+/* A probe on the notifier would trap again inside the trap. */
+NOKPROBE_SYMBOL(ksplice_int3_notify);
+
+/*
+ * Make every online CPU serialize its instruction stream: the master bumps
+ * the phase and serializes, each other CPU (spinning in ksplice_stop_fn)
+ * serializes and acknowledges.  A CPU in an NMI acknowledges only when the
+ * NMI is over, so after this no CPU still runs code it started before.
+ */
+static void ksplice_sync_all(struct ksplice_stop *s)
+{
+	atomic_set(&s->acks, 0);
+	atomic_inc_return_release(&s->phase);
+	sync_core();
+	while (atomic_read_acquire(&s->acks) < s->others)
+		cpu_relax();
+}
+
+/* Write @bytes (JMP32_INSN_SIZE) over every site, int3 first. */
+static void ksplice_write_sites(struct ksplice_stop *s)
+{
+	const u8 int3 = INT3_INSN_OPCODE;
+	struct ksplice_module *km = s->km;
+	unsigned int i;
+
+	WRITE_ONCE(s->poking, true);
+	for (i = 0; i < km->nr_patches; i++)
+		s->k->text_poke((void *)km->patch_rt[i].site, &int3, 1);
+	ksplice_sync_all(s);
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+		const u8 *bytes = s->reverse ? rt->saved : rt->jump;
+
+		s->k->text_poke((void *)rt->site + 1, bytes + 1,
+				JMP32_INSN_SIZE - 1);
+	}
+	ksplice_sync_all(s);
+	for (i = 0; i < km->nr_patches; i++) {
+		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
+		const u8 *bytes = s->reverse ? rt->saved : rt->jump;
+
+		s->k->text_poke((void *)rt->site, bytes, 1);
+	}
+	ksplice_sync_all(s);
+	WRITE_ONCE(s->poking, false);
 }
 
 /*
@@ -543,20 +665,14 @@ static int ksplice_stopped_work(struct ksplice_stop *s)
 		if (memcmp((void *)rt->site, expect, JMP32_INSN_SIZE))
 			return ksplice_fail(km, KSPLICE_ABORT_CODE_CHANGED);
 	}
-	for (i = 0; i < km->nr_patches; i++) {
-		const struct ksplice_patch_rt *rt = &km->patch_rt[i];
-
-		s->k->text_poke((void *)rt->site,
-				s->reverse ? rt->saved : rt->jump,
-				JMP32_INSN_SIZE);
-	}
+	ksplice_write_sites(s);
 	return 0;
 }
 
 /*
  * Runs on every online CPU with interrupts off.  The first online CPU does
- * the work; the others wait for it, so none of them runs code while it is
- * half written, and then every CPU serializes its instruction stream.
+ * the work; the others wait for it, serializing whenever it asks (see
+ * ksplice_sync_all()), and serialize once more before leaving.
  */
 static int ksplice_stop_fn(void *data)
 {
@@ -569,8 +685,18 @@ static int ksplice_stop_fn(void *data)
 		s->cycles = rdtsc_ordered() - t0;
 		atomic_set_release(&s->done, 1);
 	} else {
-		while (!atomic_read_acquire(&s->done))
+		int seen = 0;
+
+		while (!atomic_read_acquire(&s->done)) {
+			int phase = atomic_read_acquire(&s->phase);
+
+			if (phase != seen) {
+				sync_core();
+				seen = phase;
+				atomic_inc_return_release(&s->acks);
+			}
 			cpu_relax();
+		}
 	}
 	sync_core();
 	return 0;
@@ -591,9 +717,11 @@ static int ksplice_stop_once(struct ksplice_stop *s)
 	int ret;
 
 	atomic_set(&s->done, 0);
+	atomic_set(&s->phase, 0);
 	s->ret = 0;
 	cpus_read_lock();
 	mutex_lock(k->text_mutex);
+	s->others = num_online_cpus() - 1;
 	t0 = ktime_get_ns();
 	c0 = rdtsc_ordered();
 #ifdef CONFIG_SMP
@@ -608,6 +736,8 @@ static int ksplice_stop_once(struct ksplice_stop *s)
 	s->km->pause_ns = ksplice_cycles_ns(c1 - c0, t1 - t0);
 	s->km->stopped_ns = ksplice_cycles_ns(s->cycles, 0);
 	s->km->pause_max_ns = max(s->km->pause_max_ns, s->km->pause_ns);
+	s->km->tasks_checked = s->tasks_checked;
+	s->km->idle_checked = s->idle_checked;
 	if (ret)
 		return ksplice_fail(s->km, KSPLICE_ABORT_CODE_BUSY);
 	return s->ret;
@@ -625,6 +755,11 @@ static int ksplice_stop_retry(struct ksplice_module *km,
 	};
 	int ret = 0;
 
+	s.nb.notifier_call = ksplice_int3_notify;
+	s.nb.priority = INT_MAX;
+	ret = register_die_notifier(&s.nb);
+	if (ret)
+		return ksplice_fail(km, KSPLICE_ABORT_NOMEM);
 	for (km->tries = 1; km->tries <= KSPLICE_TRIES; km->tries++) {
 		ret = ksplice_stop_once(&s);
 		if (!ret || km->abort != KSPLICE_ABORT_CODE_BUSY)
@@ -637,6 +772,12 @@ static int ksplice_stop_retry(struct ksplice_module *km,
 			msleep(KSPLICE_RETRY_MS);
 	}
 	km->tries = min(km->tries, (unsigned int)KSPLICE_TRIES);
+	/*
+	 * Waits for every die-notifier call in progress (RCU), so no NMI is
+	 * still in ksplice_int3_notify() when @s goes out of scope.
+	 */
+	unregister_die_notifier(&s.nb);
+	km->int3_hits += atomic_read(&s.int3_hits);
 	return ret;
 }
 

@@ -146,9 +146,10 @@ static ssize_t timing_show(struct kobject *kobj, struct kobj_attribute *attr,
 
 	mutex_lock(&km->lock);
 	n = sysfs_emit(buf,
-		       "pause_ns %llu\nstopped_ns %llu\nmax_pause_ns %llu\ntries %u\noperations %u\n",
+		       "pause_ns %llu\nstopped_ns %llu\nmax_pause_ns %llu\ntries %u\noperations %u\ntasks_checked %u\nidle_checked %u\nint3_hits %lu\n",
 		       km->pause_ns, km->stopped_ns, km->pause_max_ns, km->tries,
-		       km->operations);
+		       km->operations, km->tasks_checked, km->idle_checked,
+		       km->int3_hits);
 	mutex_unlock(&km->lock);
 	return n;
 }

@@ -54,7 +54,7 @@ KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "prima
 # write_tables adds them to the primary's imports table.
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
 PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
-                   "module_kallsyms_on_each_symbol")
+                   "module_kallsyms_on_each_symbol", "idle_task")
 
 # The module file names, as tests and older callers know them.
 module_names = module_files

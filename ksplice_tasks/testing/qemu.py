@@ -12,11 +12,14 @@ qemu whatever the guest does, so a boot never hangs a test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,6 +180,7 @@ def qemu_argv(
     memory_mb: int = 512,
     hostfs: bool = False,
     append: str = "",
+    monitor: Path | None = None,
 ) -> list[str]:
     """TCG only: this machine's /dev/kvm dies with "KVM internal error" (DESIGN.md)."""
     argv = [
@@ -189,7 +193,7 @@ def qemu_argv(
         "-append", f"console=ttyS0 loglevel=4 panic=-1 oops=panic {append}".strip(),
         "-display", "none",
         "-serial", "stdio",
-        "-monitor", "none",
+        "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
         "-no-reboot",
     ]
     if cpus > 1:
@@ -224,11 +228,13 @@ def boot(
     files: Sequence[tuple[str, Path]] = (),
     append: str = "",
     preload: Sequence[Path] = (),
+    monitor: Path | None = None,
 ) -> BootResult:
     """Boot, run `script` with busybox sh as root, and always return within `timeout`.
 
     ``preload``: modules /init loads in order before anything else (see
     make_initramfs); a failed load ends the boot with status PRELOAD_FAILED.
+    ``monitor``: a unix socket path for qemu's human monitor (see inject_nmis).
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise UserError("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
@@ -237,7 +243,7 @@ def boot(
         initrd = make_initramfs(gen_init_cpio, script, Path(tmp) / "initramfs.cpio.gz",
                                 hostfs=hostfs, files=files, preload=preload)
         argv = qemu_argv(bzimage, initrd, cpus=cpus, memory_mb=mem, hostfs=hostfs,
-                         append=append)
+                         append=append, monitor=monitor)
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -251,3 +257,43 @@ def boot(
         seconds = time.monotonic() - t0
     output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
     return BootResult(output, parse_status(output), timed_out, seconds)
+
+
+def inject_nmis(monitor: Path, stop: threading.Event, interval_s: float = 0.005,
+                start_after_s: float = 20.0, connect_timeout_s: float = 60.0) -> int:
+    """Send qemu's monitor command ``nmi`` every ``interval_s`` from ``start_after_s``
+    on until ``stop`` is set or qemu closes the socket; returns how many were sent.
+
+    qemu raises the NMI on every vCPU's LINT1, which Linux leaves unmasked on
+    the boot CPU only, so the guest sees it on CPU 0, like an external NMI on
+    real hardware.
+
+    Run it in a thread next to boot(monitor=...): NMIs that arrive at any time,
+    which no guest-side trigger gives (a guest CPU sending one is not where
+    the receiving CPU is).  The delay matters: an NMI in the firmware or the
+    early kernel, before Linux's IDT, resets the machine (and -no-reboot ends
+    qemu); a guest script waits for /proc/interrupts' NMI line to move.
+    0 when the socket never appeared.
+    """
+    if stop.wait(start_after_s):
+        return 0
+    deadline = time.monotonic() + connect_timeout_s
+    sent = 0
+    while not stop.is_set():
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(monitor))
+                sock.setblocking(False)
+                while not stop.wait(interval_s):
+                    sock.sendall(b"nmi\n")
+                    sent += 1
+                    with contextlib.suppress(BlockingIOError):
+                        sock.recv(65536)
+                return sent
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                return sent
+            stop.wait(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            return sent
+    return sent

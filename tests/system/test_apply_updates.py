@@ -84,6 +84,8 @@ def guest_script(good: str, msleep: str) -> str:
     ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
           " -m ksplice_tasks.target.apply")
     m = f"/sys/module/{names.sysfs_module(good)}/ksplice"
+    busy_mod = names.sysfs_module(msleep)
+    busy = f"/sys/module/{busy_mod}/ksplice"
     return f"""
 cp /m/*.tar.gz /host/run/
 echo junk > /host/run/junk.tar.gz
@@ -121,6 +123,12 @@ insmod /m/sleeper.ko ms={SLEEP_MS}
 mark busy; $KS apply /run/msleep.tar.gz 2>&1; echo "rc=$?"
 mark left_busy; left
 mark dmesg_busy; dmesg | grep -E 'is inside the code|aborted'
+mark busy_raw; mkdir -p /tmp/msl; tar xzf /m/msleep.tar.gz -C /tmp/msl
+insmod /tmp/msl/ksplice-{msleep}/ksplice-{msleep}.ko
+insmod /tmp/msl/ksplice-{msleep}/ksplice-{msleep}-helper.ko
+echo apply > {busy}/stage; echo "rc=$?"; cat {busy}/abort_cause {busy}/patches
+rmmod {busy_mod}_helper; rmmod {busy_mod}
+mark left_busy_raw; left
 while [ "$(cat /sys/module/msleeper/parameters/done)" != 1 ]; do sleep 1; done
 mark unbusy; $KS apply /run/msleep.tar.gz 2>&1; echo "rc=$?"
 mark unbusy_undo; $KS undo {msleep} 2>&1; echo "rc=$?"
@@ -236,6 +244,18 @@ def test_sleeping_kthread_makes_apply_busy_until_it_leaves(guest) -> None:
                        g["dmesg_busy"])
     assert tries == ["1", "2", "3", "4", "5"], g["dmesg_busy"]
     assert exit_code(g["unbusy"]) == 0 and exit_code(g["unbusy_undo"]) == 0
+
+
+def test_a_code_busy_apply_leaves_the_bytes_and_no_module(guest) -> None:
+    """The same refusal through sysfs: the kernel side's own hashes of msleep's bytes,
+    taken before the try and live after it, are equal; both modules unload."""
+    _v, g = guest
+    rc, cause, patches = g["busy_raw"].splitlines()[-3:]  # after sh's "write error"
+    assert (rc, cause) == ("rc=1", "code_busy"), g["busy_raw"]
+    fields = dict(f.split("=", 1) for f in patches.split()[1:])
+    assert patches.split()[0] == "msleep" and fields["before"] != "0" * 16, patches
+    assert fields["before"] == fields["now"], patches
+    assert g["left_busy_raw"] == "end"
 
 
 def pauses(g: dict[str, str]) -> list[float]:
