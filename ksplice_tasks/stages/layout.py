@@ -179,6 +179,12 @@ class StateLayout:
         return self.root / "includes.json"
 
     @property
+    def post_clean(self) -> Path:
+        """Since when the post tree is known to be the snapshot
+        (:func:`ksplice_tasks.tree.snapshot.mark_clean`)."""
+        return self.root / "post-clean.json"
+
+    @property
     def lock(self) -> Path:
         """Held (flock) by the one prebuild or create running on this ORIG_CONFIG."""
         return self.root / "lock"

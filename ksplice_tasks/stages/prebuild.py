@@ -448,4 +448,5 @@ def snapshot_post(s: Settings) -> dict:
     """Hard-link the built pre tree into the post dir (seed: rsync --link-dest)."""
     print(f"post tree: snapshot of {s.ksrc} into {s.postdir}", flush=True)
     stats = snapshot.make_post_tree(s.ksrc, s.postdir, s.excluded, verbose=True)
+    snapshot.mark_clean(s.layout.post_clean, s.ksrc, s.postdir)
     return {"linked": stats.linked, "copied": stats.copied}

@@ -18,11 +18,16 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ksplice_tasks.commands import spawn
+from ksplice_tasks.files import write_json
 
 # The file that marks a directory as a post tree ksplice made (and may empty).
 POST_MARKER = ".ksplice-post"
@@ -244,6 +249,18 @@ def _same(rel: str, a: os.stat_result, b: os.stat_result, rule: SnapshotRule,
             and (a.st_size == b.st_size or is_dependency_file(rel)))
 
 
+def _classify(rel: str, a: os.stat_result | None, b: os.stat_result | None,
+              rule: SnapshotRule, ksrc: Path, postdir: Path) -> str | None:
+    """How one entry differs (pre entry a, post entry b; None: absent): see post_differences."""
+    if a is None:
+        return None if b is None else "extra"
+    if b is None:
+        return None if _kind(a.st_mode) == "other" else "missing"
+    if _kind(a.st_mode) == "other":
+        return "extra" if _kind(b.st_mode) != "other" else None
+    return None if _same(rel, a, b, rule, ksrc, postdir) else "changed"
+
+
 def post_differences(ksrc: Path, postdir: Path,
                      exclude: Sequence[Path] = ()) -> list[tuple[str, str]]:
     """Where the post tree is no longer the snapshot of ksrc as ksrc is now.
@@ -260,17 +277,129 @@ def post_differences(ksrc: Path, postdir: Path,
     post.pop(POST_MARKER, None)
     out = []
     for rel in sorted(pre.keys() | post.keys()):
-        a, b = pre.get(rel), post.get(rel)
-        if a is None:
-            out.append((rel, "extra"))
-        elif b is None:
-            if _kind(a.st_mode) != "other":
-                out.append((rel, "missing"))
-        elif _kind(a.st_mode) != "other" and not _same(rel, a, b, rule, ksrc, postdir):
-            out.append((rel, "changed"))
-        elif _kind(a.st_mode) == "other" and _kind(b.st_mode) != "other":
-            out.append((rel, "extra"))
+        what = _classify(rel, pre.get(rel), post.get(rel), rule, ksrc, postdir)
+        if what is not None:
+            out.append((rel, what))
     return out
+
+
+# How far before a reference time :func:`post_changes` looks (ns): covers the
+# coarse clock file systems stamp change times with, and small clock steps back.
+CLOCK_MARGIN_NS = 1_000_000_000
+
+
+def fs_clock(directory: Path) -> int:
+    """The file system's clock now (ns since the epoch): the change time of a file
+    made (and removed at once) in directory. OSError when it cannot be made."""
+    fd, name = tempfile.mkstemp(prefix=".ksplice-clock-", dir=directory)
+    try:
+        return os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def _glob_quote(path: str) -> str:
+    """path as a find -path pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
+
+
+def _find_argv(root: Path, exclude: Sequence[Path], since_ns: int) -> list[str]:
+    argv = ["find", os.fspath(root)]
+    for path in sorted(_excluded_set(root, exclude)):
+        argv += ["-path", _glob_quote(path), "-prune", "-o"]
+    sec, ns = divmod(since_ns, 1_000_000_000)
+    return [*argv, "-newerct", f"@{sec}.{ns:09d}", "-printf", "%P\\0"]
+
+
+def changed_since(roots: Sequence[tuple[Path, Sequence[Path]]],
+                  since_ns: int) -> list[set[str]] | None:
+    """Per (root, exclude): the relative paths below root (``""``: root itself)
+    whose change time is later than since_ns (ns, the file system's clock).
+
+    Every entry created, written, truncated, renamed, linked or unlinked,
+    chmod-ed or touched gets a new change time, and so does a directory whose
+    entries were added, removed or renamed; nobody can set one back. One GNU
+    find walk per root, all at once. None when a walk fails (an unreadable
+    directory, an entry removed while find read it): look at everything then.
+    """
+    with ExitStack() as stack:
+        procs = [stack.enter_context(spawn(_find_argv(root, exclude, since_ns),
+                                           stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL))
+                 for root, exclude in roots]
+        outs = [proc.communicate()[0] for proc in procs]
+    if any(proc.returncode != 0 for proc in procs):
+        return None
+    return [{os.fsdecode(name) for name in out.split(b"\0")[:-1]} for out in outs]
+
+
+def _lstat(path: Path, rel: str, skip: set[str]) -> os.stat_result | None:
+    full = os.path.join(path, rel) if rel else os.fspath(path)
+    if full in skip:
+        return None
+    try:
+        return os.lstat(full)
+    except FileNotFoundError:
+        return None
+
+
+def _subtree(root: Path, rel: str, exclude: Sequence[Path]) -> Iterator[tuple[str, int]]:
+    """(relative path, mode) of every entry below root/rel, paths relative to root."""
+    for sub, entry in walk(root / rel, exclude):
+        yield f"{rel}/{sub}", entry.stat(follow_symlinks=False).st_mode
+
+
+def post_changes(ksrc: Path, postdir: Path, since_ns: int, exclude: Sequence[Path] = (),
+                 *, pre_side: bool = True) -> list[tuple[str, str]] | None:
+    """:func:`post_differences`, looking only where something changed after since_ns.
+
+    Exact when the post tree was the snapshot of ksrc at since_ns (file-system
+    clock, ns): an entry that differs now was changed since on one side, or
+    left or joined a directory that was (:func:`changed_since`). So only
+    those entries, and every entry of those directories, are compared.
+    ``pre_side=False`` looks for changes in the post tree only (ksrc known
+    unchanged since). Same result shape as post_differences; None when a
+    walk failed (use post_differences). About 0.15 s a tree for a built 6.1
+    tree, plus one stat per candidate.
+    """
+    rule = snapshot_rule(postdir)
+    pre_exclude = (*exclude, postdir)
+    roots = [(postdir, ()), (ksrc, pre_exclude)] if pre_side else [(postdir, ())]
+    found = changed_since(roots, since_ns)
+    if found is None:
+        return None
+    skip = _excluded_set(ksrc, pre_exclude)
+    out: dict[str, str] = {}
+
+    def check(rel: str) -> None:
+        if rel == POST_MARKER or rel in out:
+            return
+        a, b = _lstat(ksrc, rel, skip), _lstat(postdir, rel, set())
+        what = _classify(rel, a, b, rule, ksrc, postdir)
+        if what is None:
+            return
+        out[rel] = what
+        a_dir = a is not None and stat.S_ISDIR(a.st_mode)
+        b_dir = b is not None and stat.S_ISDIR(b.st_mode)
+        if a_dir and not b_dir:
+            for sub, mode in _subtree(ksrc, rel, pre_exclude):
+                if _kind(mode) != "other":
+                    out[sub] = "missing"
+        if b_dir and not a_dir:
+            for sub, _mode in _subtree(postdir, rel, ()):
+                out[sub] = "extra"
+
+    for rel in sorted(set().union(*found)):
+        if rel:
+            check(rel)
+        pre_dir, post_dir = ksrc / rel, postdir / rel
+        if (os.fspath(pre_dir) not in skip and pre_dir.is_dir() and not pre_dir.is_symlink()
+                and post_dir.is_dir() and not post_dir.is_symlink()):
+            names = set(os.listdir(pre_dir)) | set(os.listdir(post_dir))
+            for name in sorted(names):
+                check(f"{rel}/{name}" if rel else name)
+    return sorted(out.items())
 
 
 def _remove(path: str) -> None:
@@ -304,9 +433,61 @@ def restore_post(ksrc: Path, postdir: Path, differences: Sequence[tuple[str, str
     return fixed
 
 
-def sync_post(ksrc: Path, postdir: Path, exclude: Sequence[Path] = ()) -> int:
-    """Bring the post tree back to exactly the snapshot of ksrc; how many entries it fixed."""
-    return restore_post(ksrc, postdir, post_differences(ksrc, postdir, exclude))
+def _marker_id(postdir: Path) -> list[int]:
+    st = os.lstat(postdir / POST_MARKER)
+    return [st.st_dev, st.st_ino, st.st_ctime_ns]
+
+
+def mark_clean(record: Path, ksrc: Path, postdir: Path, since_ns: int | None = None) -> None:
+    """Record that the post tree was exactly the snapshot of ksrc at since_ns.
+
+    record: a JSON file outside both trees, ``{"ksrc", "marker", "since_ns"}``
+    (``marker``: the post marker's device, inode and change time, so a remade
+    tree or a touched marker voids it). since_ns None: when the marker was
+    written, less :data:`CLOCK_MARGIN_NS` (right after make_post_tree).
+    """
+    marker = _marker_id(postdir)
+    if since_ns is None:
+        since_ns = marker[2] - CLOCK_MARGIN_NS
+    write_json(record, {"ksrc": os.fspath(ksrc), "marker": marker, "since_ns": since_ns})
+
+
+def clean_since(record: Path, ksrc: Path, postdir: Path, now_ns: int) -> int | None:
+    """When the post tree was last exactly the snapshot of ksrc (:func:`mark_clean`).
+
+    None when that is not known or cannot be trusted: no or an unreadable
+    record, another marker or ksrc, ksrc and the post tree on different file
+    systems (clocks), or a clock now (``now_ns``) earlier than the record.
+    """
+    try:
+        data = json.loads(record.read_text())
+        since = data["since_ns"]
+        if (data["ksrc"] != os.fspath(ksrc) or data["marker"] != _marker_id(postdir)
+                or os.stat(ksrc).st_dev != os.stat(postdir).st_dev):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return since if isinstance(since, int) and since <= now_ns else None
+
+
+def sync_post(ksrc: Path, postdir: Path, exclude: Sequence[Path] = (),
+              record: Path | None = None) -> int:
+    """Bring the post tree back to exactly the snapshot of ksrc; how many entries it fixed.
+
+    With a ``record`` (:func:`mark_clean`) that says since when the tree was
+    clean, only what changed since is compared (:func:`post_changes`);
+    otherwise, or when that fails, everything (:func:`post_differences`).
+    The record then says the tree is clean from the start of this call.
+    """
+    now = fs_clock(postdir)
+    since = clean_since(record, ksrc, postdir, now) if record is not None else None
+    diffs = post_changes(ksrc, postdir, since, exclude) if since is not None else None
+    if diffs is None:
+        diffs = post_differences(ksrc, postdir, exclude)
+    fixed = restore_post(ksrc, postdir, diffs)
+    if record is not None:
+        mark_clean(record, ksrc, postdir, now - CLOCK_MARGIN_NS)
+    return fixed
 
 
 def make_post_tree(
