@@ -114,7 +114,10 @@ class ObjectRecords:
     """``records.json``: one object's passes, what collect links and tabulates.
 
     ``tag`` is the object's symbol tag (:func:`ksplice_tasks.names.object_tag`).
-    The relocation and size lists are empty when ``empty``.
+    The relocation and size lists are empty when ``empty``. ``primary_sha256``
+    and ``helper_sha256`` are the SHA-256 of the objects the passes wrote: the
+    record is collect's file dependency, so new code with the same relocations
+    and sizes (another string, another constant) must still change it.
     """
 
     object: str
@@ -128,6 +131,8 @@ class ObjectRecords:
     primary_sizes: list[SizeRecord] = field(default_factory=list)
     helper_sizes: list[SizeRecord] = field(default_factory=list)
     helper_sites: list[SiteRecord] = field(default_factory=list)
+    primary_sha256: str = ""
+    helper_sha256: str = ""
 
 
 @dataclass(frozen=True)

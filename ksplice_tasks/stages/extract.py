@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.artifacts import DiffRecord, ObjectRecords
-from ksplice_tasks.files import write_atomic
+from ksplice_tasks.files import file_sha256, write_atomic
 from ksplice_tasks.names import POST, PRE, object_tag, side_suffix, symbol_suffix, tag_infix
 from ksplice_tasks.obj import objdiff, objmanip
 from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
@@ -96,6 +96,8 @@ def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
             primary_sizes=list(objmanip.sizelist(prim)[1]),
             helper_sizes=[r for r in objmanip.sizelist(helper)[1] if r.name not in weak],
             helper_sites=[z for z in helper_sites if z.section not in weak.values()],
+            primary_sha256=file_sha256(out.primary),
+            helper_sha256=file_sha256(out.helper),
         )
     write_atomic(out.records, artifacts.RECORDS.dumps(record))
     return record

@@ -264,3 +264,23 @@ def test_an_unwritable_outdir_is_refused_before_any_task(prebuilt_smp: Prebuilt,
         res.stdout[-2000:] + res.stderr)
     assert "==> post_patch" not in res.stdout
     assert pre_tree_untouched(prebuilt_smp)
+
+
+def test_new_code_with_the_same_relocations_is_rebuilt(prebuilt_smp: Prebuilt,
+                                                       tmp_path: Path) -> None:
+    """Two creates in a row that differ only in a string of the same function: the
+    records (relocations, sizes) are alike, the code is not. The second update's
+    primary must carry the second string (a stale collection once carried the first)."""
+    first = PATCHES / "loadavg-string.patch"
+    second = tmp_path / "second.patch"
+    second.write_text(first.read_text().replace("ksplice-loadavg ", "ksplice-second "))
+    for patch, text in ((first, b"ksplice-loadavg %lu"), (second, b"ksplice-second %lu")):
+        res = create(prebuilt_smp, patch, tmp_path / patch.stem)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+        with tarfile.open(tarball_from(res.stdout, tmp_path / patch.stem)) as tar:
+            primary = next(m for m in tar.getmembers()
+                           if m.name.endswith(".ko") and not m.name.endswith("-helper.ko"))
+            data = tar.extractfile(primary).read()
+        assert text in data, (patch.name, text)
+        other = b"ksplice-second %lu" if patch == first else b"ksplice-loadavg %lu"
+        assert other not in data, (patch.name, other)
