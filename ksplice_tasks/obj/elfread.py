@@ -627,3 +627,16 @@ def gcc_comment_count(obj: ElfObject) -> int:
     for s in obj.sections_named(".comment"):
         n += sum(1 for part in s.data.split(b"\0") if b"GCC" in part)
     return n
+
+
+def error_line(exc: BaseException, own: tuple[type[BaseException], ...] = ()) -> str:
+    """One line for an object command's error (ksplice-objdiff, ksplice-objmanip).
+
+    A malformed object's, an OSError's or one of the command's ``own`` refusals'
+    message as it is; anything else is a bug: its type, its message and the hint
+    that ``-v`` shows the traceback.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (*own, ElfFormatError, OSError)):
+        return text
+    return f"{type(exc).__name__}: {text} (-v shows the traceback)"

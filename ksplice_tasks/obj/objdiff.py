@@ -35,9 +35,9 @@ import capstone
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.obj.elfread import (
     SHT_NOBITS,
-    ElfFormatError,
     Reloc,
     Section,
+    error_line,
     read_object,
     reloc_info,
 )
@@ -608,15 +608,6 @@ def format_text(d: ObjDiff) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _error_line(exc: Exception) -> str:
-    """One line for a command-line error: a refusal's or a malformed object's own
-    message, an OSError's, else the exception's type and message (a bug: ``-v``)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (ObjdiffRefusal, ElfFormatError, OSError)):
-        return text
-    return f"{type(exc).__name__}: {text} (-v shows the traceback)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``ksplice-objdiff PRE.o POST.o [--json] [-v]``; exit status 1 with one line on stderr
     for a refusal, a malformed object or any other error (``-v``: the traceback)."""
@@ -639,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        print(f"ksplice-objdiff: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"ksplice-objdiff: error: {error_line(exc, (ObjdiffRefusal,))}", file=sys.stderr)
         return 1
     if args.json:
         out = asdict(d) if args.full else d.summary()

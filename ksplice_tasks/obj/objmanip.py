@@ -40,11 +40,11 @@ from ksplice_tasks.obj.elfread import (
     STT_NOTYPE,
     STT_OBJECT,
     STT_SECTION,
-    ElfFormatError,
     ElfObject,
     Reloc,
     Section,
     Symbol,
+    error_line,
     group_members,
     read_object,
     reloc_info,
@@ -603,15 +603,6 @@ def restore_relocs(obj: ElfObject, records: Iterable[RelocRecord]) -> ElfObject:
 
 # -- console command ----------------------------------------------------------
 
-def _error_line(exc: Exception) -> str:
-    """One line for a command-line error: a refusal's or a malformed object's own
-    message, an OSError's, else the exception's type and message (a bug: ``-v``)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (ObjmanipError, ElfFormatError, OSError)):
-        return text
-    return f"{type(exc).__name__}: {text} (-v shows the traceback)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``ksplice-objmanip [-v] IN OUT MODE ...``: run one pass, print its records as JSON
     lines; exit status 1 with one line on stderr for a refusal, a malformed object or any
@@ -653,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        print(f"ksplice-objmanip: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"ksplice-objmanip: error: {error_line(exc, (ObjmanipError,))}", file=sys.stderr)
         return 1
     for rec in recs:
         print(json.dumps(rec if isinstance(rec, str) else asdict(rec)))
