@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -111,9 +110,6 @@ def create_main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 128 + e.signum
-    except KeyboardInterrupt:  # raised by code, not our SIGINT handler: the same outcome
-        sys.stderr.write(f"{PROG}: error: {Interrupted(signal.SIGINT)}\n")
-        return 128 + signal.SIGINT
     if rc != 0:
         return 1
     if args.apply and not args.prebuild:

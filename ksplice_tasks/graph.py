@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib
 import json
+import signal
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from doit import create_after
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
+from ksplice_tasks.commands import Interrupted
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import hold_lock, write_atomic
 from ksplice_tasks.names import ROLES, tarball_name
@@ -87,7 +89,9 @@ def guarded(fn: Action, *args: Any,
     ``cleanup`` runs first on failure (create tasks return the post tree to the
     snapshot), so a refused update leaves nothing half-done behind. An
     exception other than UserError is named with the task (``label``) and its
-    type; ``show_traceback`` (-v, VERBOSE=1) prints its traceback too.
+    type; ``show_traceback`` (-v, VERBOSE=1) prints its traceback too. An
+    interrupt (:class:`~ksplice_tasks.commands.Interrupted`, or a bare
+    KeyboardInterrupt, which becomes one for SIGINT) runs ``cleanup`` and goes on.
     ``kwargs`` include the values doit passes (``getargs``).
     Returns ``fn``'s result when it is a dict (doit keeps it), else None.
     """
@@ -106,9 +110,11 @@ def guarded(fn: Action, *args: Any,
             except Exception as again:
                 return TaskFailed(f"{message} (and cleaning up failed: {again})")
         return TaskFailed(message)
-    except BaseException:
+    except BaseException as e:
         if cleanup is not None:
             cleanup()
+        if isinstance(e, KeyboardInterrupt):  # raised by code, not our SIGINT handler
+            raise Interrupted(signal.SIGINT) from None
         raise
     return result if isinstance(result, dict) else None
 
