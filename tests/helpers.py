@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,29 @@ def _kind(st: os.stat_result) -> str:
 
 def _entries(root: Path, exclude: list[Path]) -> dict[str, os.stat_result]:
     return {rel: e.stat(follow_symlinks=False) for rel, e in snapshot.walk(root, exclude)}
+
+
+def make_built_tree(root: Path, sources: dict[str, str]) -> Prebuilt:
+    """A small built tree and a fresh snapshot of it: ``sources`` (path -> text) a year
+    old, then newer build outputs (kernel/fork.o, its .cmd naming the tree's path,
+    vmlinux) and a symlink ``link-to-fork``. The tree is ``root/linux``, ORIG_CONFIG
+    ``root/orig`` (no kernel: for the post-tree tests)."""
+    old = time.time() - 86400 * 365
+    t = root / "linux"
+    for rel, text in sources.items():
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_text(text)
+        os.utime(t / rel, (old, old))
+    time.sleep(0.01)
+    (t / "kernel").mkdir(parents=True, exist_ok=True)
+    (t / "kernel" / ".fork.o.cmd").write_text(f"savedcmd_kernel/fork.o := gcc {t}/x.c\n")
+    (t / "kernel" / "fork.o").write_bytes(b"\x7fELF object")
+    (t / "vmlinux").write_bytes(b"\x7fELF vmlinux")
+    os.symlink("kernel/fork.c", t / "link-to-fork")
+    orig = root / "orig"
+    orig.mkdir()
+    snapshot.make_post_tree(t, orig / "post")
+    return Prebuilt(None, t, orig)  # type: ignore[arg-type]
 
 
 def post_tree_diff(pb: Prebuilt) -> list[str]:

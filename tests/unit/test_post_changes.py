@@ -12,39 +12,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Prebuilt, make_fake_kernel_tree, make_orig, post_tree_diff
+from helpers import Prebuilt, make_built_tree, make_fake_kernel_tree, make_orig, post_tree_diff
 
 from ksplice_tasks.stages import patching
 from ksplice_tasks.stages.inputs import resolve
 from ksplice_tasks.tree import snapshot
 
-OLD = time.time() - 86400 * 365
-
 
 @pytest.fixture
 def pb(tmp_path: Path) -> Prebuilt:
     """A built tree (old sources, newer build outputs), a snapshot of it, and its record."""
-    t = tmp_path / "linux"
-    (t / "kernel").mkdir(parents=True)
-    for rel, text in {"Makefile": "VERSION = 6\n", "kernel/fork.c": "int fork;\n",
-                      "kernel/exit.c": "int exit;\n"}.items():
-        (t / rel).write_text(text)
-        os.utime(t / rel, (OLD, OLD))
-    time.sleep(0.01)
-    (t / "kernel" / ".fork.o.cmd").write_text(f"savedcmd_kernel/fork.o := gcc {t}/x.c\n")
-    (t / "kernel" / "fork.o").write_bytes(b"\x7fELF object")
-    (t / "vmlinux").write_bytes(b"\x7fELF vmlinux")
-    os.symlink("kernel/fork.c", t / "link-to-fork")
-    orig = tmp_path / "orig"
-    orig.mkdir()
-    snapshot.make_post_tree(t, orig / "post")
-    snapshot.mark_clean(_record(orig), t, orig / "post")
-    return Prebuilt(None, t, orig)  # type: ignore[arg-type]
+    pb = make_built_tree(tmp_path, {"Makefile": "VERSION = 6\n", "kernel/fork.c": "int fork;\n",
+                                    "kernel/exit.c": "int exit;\n"})
+    snapshot.mark_clean(_record(pb.orig), pb.ksrc, pb.postdir)
+    return pb
 
 
 def _record(orig: Path) -> Path:

@@ -4,34 +4,17 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
-from helpers import Prebuilt, post_tree_diff
-
-from ksplice_tasks.tree import snapshot
-
-OLD = time.time() - 86400 * 365
+from helpers import Prebuilt, make_built_tree, post_tree_diff
 
 
 @pytest.fixture
 def pb(tmp_path: Path) -> Prebuilt:
     """A built tree (old sources, newer build outputs) and a fresh snapshot of it."""
-    t = tmp_path / "linux"
-    (t / "kernel").mkdir(parents=True)
-    for rel, text in {"Makefile": "VERSION = 6\n", "kernel/fork.c": "int fork;\n"}.items():
-        (t / rel).write_text(text)
-        os.utime(t / rel, (OLD, OLD))
-    time.sleep(0.01)
-    (t / "kernel" / ".fork.o.cmd").write_text(f"savedcmd_kernel/fork.o := gcc {t}/x.c\n")
-    (t / "kernel" / "fork.o").write_bytes(b"\x7fELF object")
-    (t / "vmlinux").write_bytes(b"\x7fELF vmlinux")
-    os.symlink("kernel/fork.c", t / "link-to-fork")
-    orig = tmp_path / "orig"
-    orig.mkdir()
-    snapshot.make_post_tree(t, orig / "post")
-    return Prebuilt(None, t, orig)  # type: ignore[arg-type]
+    return make_built_tree(tmp_path, {"Makefile": "VERSION = 6\n",
+                                      "kernel/fork.c": "int fork;\n"})
 
 
 def test_a_fresh_snapshot_has_no_differences(pb: Prebuilt) -> None:
