@@ -152,7 +152,7 @@ def write_tarball(outdir: Path, work: CreateLayout, patch: Path, kmodsrc: Sequen
         pack(out, mods.update_id, patch, primary, helper,
              debug_files(work, built.changed, kmodsrc))
     except OSError as e:
-        if e.filename is not None and not str(e.filename).startswith(str(outdir)):
+        if e.filename is not None and Path(e.filename).parent != outdir:
             raise  # a missing input: not the output directory's fault
         raise UserError(f"cannot write the update tarball {out}: "
                         f"{e.strerror or type(e).__name__}") from e
