@@ -41,7 +41,13 @@ from ksplice_tasks.obj.elfread import (
     read_object,
     reloc_info,
 )
-from ksplice_tasks.obj.kernel_sections import Role, TableLayoutError, table_entries
+from ksplice_tasks.obj.kernel_sections import (
+    Role,
+    TableLayoutError,
+    is_discarded,
+    is_special,
+    table_entries,
+)
 from ksplice_tasks.obj.view import NUMBERED, Item, ObjectView, base_name, gcc_number
 
 __all__ = [
@@ -432,6 +438,7 @@ def diff_views(pre: ObjectView, post: ObjectView, line_map: LineMap | None = Non
     ren = correlate_names(pre, post)
     pre_fp, post_fp = Fingerprints(pre), Fingerprints(post, ren)
     new_data = check_data(pre_fp, post_fp, ren)
+    check_const_objects(pre_fp, post_fp, ren)
     cmp = compare_functions(pre_fp, post_fp, ren)
     changed, line_only = classify_line_only(cmp, line_map)
     res = ObjDiff(pre.obj.path, post.obj.path, changed=changed, new=cmp.new,
@@ -487,6 +494,65 @@ def check_data(pre: Fingerprints, post: Fingerprints, ren: dict[str, str]) -> li
             f"patch changes data ksplice cannot change ({len(refused)} symbols: {names}): "
             + "; ".join(what for _n, what, _r in refused), [n for n, _w, _r in refused])
     return sorted(new)
+
+
+def _const_escape(view: ObjectView, it: Item) -> str | None:
+    """Why the running kernel may reach const object ``it`` other than through the
+    functions an update replaces, or None if only such functions refer to it.
+
+    Those are: it is global (other objects refer to it); data refers to it (a
+    structure registered with the kernel); init/exit code refers to it (that
+    code has run, and stored its address); or it holds code addresses (an
+    operations table, whose address is what gets stored and called through).
+    """
+    obj = view.obj
+    if not it.local:
+        return "it is global, so other objects refer to the running copy"
+    for r in view.relocs_in(it.shndx, it.start, it.end):
+        tsym = obj.symbols[r.sym]
+        tsec = obj.sections.get(tsym.shndx) if tsym.in_section else None
+        if tsec is not None and tsec.is_exec and not is_special(tsec.name):
+            return "it holds function pointers (an operations table whose address the " \
+                   "running kernel has stored)"
+    for k, rl in obj.relocs.items():
+        sec = obj.sections.get(k)
+        if sec is None or not sec.is_alloc or is_special(sec.name):
+            continue
+        for r in rl:
+            kind, what, _off = view.target(sec, r)
+            if kind != "item" or what is not it:
+                continue
+            if not sec.is_exec:
+                return f"{sec.name} refers to it"
+            if is_discarded(sec.name):
+                return f"{sec.name} code, which has run, refers to it"
+    return None
+
+
+def check_const_objects(pre: Fingerprints, post: Fingerprints, ren: dict[str, str]) -> None:
+    """Refuse a changed initializer of a const object the running kernel reaches itself.
+
+    A read-only object whose bytes the patch changes is copied into the update
+    with the functions that use it (keep-primary), which is right only when
+    those functions are its only users (e.g. a lookup table).  When the
+    running kernel holds its address anywhere else (:func:`_const_escape`),
+    its users keep the old copy and the update would silently not apply:
+    ObjdiffRefusal naming the object, its section and the reason.
+    """
+    pv, qv = pre.view, post.view
+    pre_ro = {it.name: it for it in pv.items if it.kind == "rodata"}
+    for it in qv.items:
+        if it.kind != "rodata":
+            continue
+        old = pre_ro.get(ren.get(it.name, it.name))
+        if old is None or pre.fingerprint(old) == post.fingerprint(it):
+            continue
+        why = _const_escape(qv, it) or _const_escape(pv, old)
+        if why is not None:
+            sec = qv.obj.sections[it.shndx].name
+            raise ObjdiffRefusal(f"patch changes the initializer of const object '{it.name}' "
+                                 f"in {sec}; {why}, and ksplice cannot change it there",
+                                 [it.name])
 
 
 def _data_refusal(pre: Fingerprints, post: Fingerprints, old: Item, it: Item,
