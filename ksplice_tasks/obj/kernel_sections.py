@@ -240,7 +240,10 @@ SECTIONS: tuple[KernelSection, ...] = (
                   "replacement instructions of .altinstructions entries",
                   loader=_MODULE_FINALIZE + " (through .altinstructions)", carried=True,
                   source="arch/x86/include/asm/alternative.h ALTINSTR_REPLACEMENT"),
-    KernelSection(".altinstr_aux", Kind.SPECIAL_TEXT, "static_cpu_has() slow paths",
+    KernelSection(".altinstr_aux", Kind.REPLACEMENT,
+                  "static_cpu_has() slow paths, jumped to from an alternative's original "
+                  "instruction (carried block by block with the kept code that jumps there)",
+                  carried=True,
                   source="arch/x86/include/asm/cpufeature.h _static_cpu_has"),
     KernelSection(".static_call.text", Kind.SPECIAL_TEXT, "static call trampolines",
                   source="arch/x86/include/asm/static_call.h"),

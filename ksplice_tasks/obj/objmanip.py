@@ -338,6 +338,53 @@ def _loader_ranges(view: ObjectView, sec: Section,
     return out
 
 
+def _replacement_spot(view: ObjectView, sec: Section, r: Reloc) -> tuple[int, int] | None:
+    """(section index, offset) a relocation of code ``sec`` jumps to in replacement code."""
+    s = view.obj.symbols[r.sym]
+    tsec = view.obj.sections.get(s.shndx) if s.in_section else None
+    rw = row(tsec.name) if tsec is not None else None
+    if tsec is None or rw is None or rw.kind != Kind.REPLACEMENT:
+        return None
+    return s.shndx, s.value + r.addend + view.pc_adjust(sec, r)
+
+
+def aux_blocks(view: ObjectView, ranges: Mapping[int, Sequence[tuple[int, int, str]]],
+               ) -> dict[int, list[tuple[int, int, str]]]:
+    """The out-of-line blocks (``.altinstr_aux``) that kept alternatives jump to.
+
+    ``ranges`` are the alternatives' original instructions (:class:`TableCut`
+    ``loader_ranges``).  A block starts where such an instruction jumps and
+    ends where the next block any code of the object jumps to starts (or at
+    the section's end): arch/x86/include/asm/cpufeature.h _static_cpu_has()
+    emits one ``testb; jnz; jmp`` block per use.  Section index ->
+    (start, end, the alternative's ``function+offset``).
+    """
+    obj = view.obj
+    starts: dict[int, set[int]] = {}
+    for k, rl in obj.relocs.items():
+        sec = obj.sections.get(k)
+        if sec is None or not sec.is_exec or is_special(sec.name):
+            continue
+        for r in rl:
+            spot = _replacement_spot(view, sec, r)
+            if spot is not None:
+                starts.setdefault(spot[0], set()).add(spot[1])
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for k, rng in ranges.items():
+        sec = obj.sections[k]
+        if not sec.is_exec or is_special(sec.name):
+            continue
+        for r in obj.relocs.get(k, []):
+            where = _range_of(rng, r)
+            spot = _replacement_spot(view, sec, r) if where is not None else None
+            if spot is None or spot[0] in ranges:  # replacement code: its own entries' ranges
+                continue
+            t, lo = spot
+            hi = min((x for x in starts[t] if x > lo), default=obj.sections[t].size)
+            out.setdefault(t, []).append((lo, hi, where or ""))
+    return out
+
+
 def _cut(data: bytes, size: int, indices: Sequence[int]) -> tuple[bytes, int]:
     return b"".join(data[i * size:(i + 1) * size] for i in indices), len(indices) * size
 
@@ -478,6 +525,9 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
     view = ObjectView(obj)
     kept = close_over_rodata(obj, select_functions(view, functions, new_data))
     cut = filter_kernel_tables(view, kept)
+    for k, blocks in aux_blocks(view, cut.loader_ranges).items():
+        cut.needed.add(k)
+        cut.loader_ranges.setdefault(k, []).extend(blocks)
     for i in cut.needed:
         if i not in kept:
             kept.add(i)

@@ -347,3 +347,20 @@ def test_static_calls_go_through_the_trampoline(compile_c):
     assert ".static_call_sites" not in {s.name for s in prim.sections.values()}
     assert "__SCK__tp_func_demo" not in {s.name for s in prim.symbols}
     assert [r.symbol for r in recs if r.symbol.startswith("__SC")] == ["__SCT__tp_func_demo"]
+
+
+def test_static_cpu_has_slow_path_is_carried_block_by_block(compile_c, tmp_path):
+    """_static_cpu_has() jumps from an alternative's original instruction to a block in
+    .altinstr_aux: the kept function's block comes along with loader relocations (the
+    capability byte, the jumps back), the other function's block loses its relocations,
+    and no record names .altinstr_aux (which the ksplice core could not resolve)."""
+    obj = _primary_tables(compile_c)
+    prim, recs = keep_primary(obj, ["cpu_has_user"], TAG)
+    kept = ".text.cpu_has_user" + TAG + "_post"
+    assert sorted(_relocs_of(prim, ".altinstr_aux")) == sorted(["cpu_caps", kept, kept])
+    assert ".altinstr_aux" in _relocs_of(prim, kept)
+    assert not [r for r in recs if ".altinstr" in r.symbol or ".altinstr" in r.section], recs
+    out = tmp_path / "aux.o"
+    write_object(prim, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)

@@ -30,3 +30,12 @@ int jump_extern(int x) { JUMP(ext_key, yes); return x; yes: return -x; }
 int jump_local(int x) { JUMP(local_key, yes); return x; yes: return -x; }
 int ex_elsewhere(int x) { EX_TO(fixup_elsewhere); return x + 4; }
 int static_call_user(int x) { STATIC_CALL(tp_func_demo); return x + 5; }
+extern char cpu_caps[];
+#define CPU_HAS(yes, no) asm goto("661: jmp 6f\n662:\n" \
+	".pushsection .altinstructions,\"a\"\n .long 661b - .\n .long 663f - .\n" \
+	" .word 3\n .byte 662b-661b\n .byte 664f-663f\n .popsection\n" \
+	".pushsection .altinstr_replacement,\"ax\"\n663:\n664:\n.popsection\n" \
+	".pushsection .altinstr_aux,\"ax\"\n6: testb $1, cpu_caps(%%rip)\n" \
+	" jnz %l[" #yes "]\n jmp %l[" #no "]\n.popsection" : : : : yes, no)
+int cpu_has_user(int x) { CPU_HAS(yes, no); no: return x; yes: return -x; }
+int cpu_has_other(int x) { CPU_HAS(yes, no); no: return x + 1; yes: return -x - 1; }
