@@ -333,20 +333,24 @@ def line_map_from_patch(patch: str, source: str) -> LineMap | None:
 
 
 def _line_candidates(pre: Fingerprints, post: Fingerprints, pname: str,
-                     qname: str) -> list[tuple[bool, int, int]] | None:
+                     qname: str) -> list[tuple[bool | None, int, int]] | None:
     """The (trusted, pre, post) line immediates two functions differ in, or None.
 
     None means the functions differ in something other than line numbers.  A
     differing instruction must be ``mov $imm, %reg`` on both sides, with a
     plausible line number, feeding the next call (or tail call).  The value is
     *trusted* when that callee takes a line number in that register
-    (``__might_sleep``...); for printk-style callees it is only a candidate.
+    (``__might_sleep``...); for printk-style callees it is only a candidate
+    (False); for any other callee (a file's own ``f(__func__, __LINE__)``
+    helper, arch/x86/kernel/hpet.c hpet_print_config()) it is None: a line
+    number only where the patch moves exactly that line to exactly that place
+    (:func:`classify_line_only`).
     """
     pp, qp = pre.view.funcs[pname], post.view.funcs[qname]
     if len(pp) != len(qp):
         return None
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    out: list[tuple[bool, int, int]] = []
+    out: list[tuple[bool | None, int, int]] = []
     for a, b in zip(pp, qp, strict=True):
         if a.end - a.start != b.end - b.start:
             return None
@@ -383,7 +387,7 @@ def _line_candidates(pre: Fingerprints, post: Fingerprints, pname: str,
             elif _PRINTK_RE.match(callee) and reg in _ARG_REGS:
                 out.append((False, *vals))
             else:
-                return None
+                out.append((None, *vals))
     return out
 
 
@@ -589,7 +593,7 @@ class FunctionComparison:
     changed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     matched_pre: set[str] = field(default_factory=set)
-    pending: dict[str, list[tuple[bool, int, int]]] = field(default_factory=dict)
+    pending: dict[str, list[tuple[bool | None, int, int]]] = field(default_factory=dict)
 
 
 def compare_functions(pre: Fingerprints, post: Fingerprints,
@@ -625,8 +629,9 @@ def classify_line_only(cmp: FunctionComparison,
     """(changed, line-only) function names, both sorted.
 
     A pending function is line-only when every candidate agrees with
-    ``line_map``, or without one, when each is trusted or shifts by a trusted
-    shift; otherwise it is changed.
+    ``line_map``, or without one, when each is trusted or (printk-style)
+    shifts by a trusted shift; a candidate feeding any other callee needs the
+    line map.  Otherwise the function is changed.
     """
     changed, line_only = list(cmp.changed), []
     trusted = {b - a for cs in cmp.pending.values() for t, a, b in cs if t}
@@ -634,7 +639,7 @@ def classify_line_only(cmp: FunctionComparison,
         if line_map is not None:
             ok = all(line_map(a) == b for _t, a, b in cands)
         else:
-            ok = all(t or (b - a) in trusted for t, a, b in cands)
+            ok = all(t is True or (t is False and (b - a) in trusted) for t, a, b in cands)
         (line_only if ok else changed).append(qname)
     return sorted(changed), sorted(line_only)
 

@@ -145,3 +145,16 @@ def test_every_data_refusal_is_named_at_once(compile_c, tmp_path, capsys):
     assert objdiff.main([str(srcs["pre"]), str(srcs["post"])]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "'a'" in err[0] and "'b'" in err[0]
+
+
+def test_line_map_tells_apart_a_files_own_line_helper(fixture_pair):
+    """hpet.c's hpet_print_config(): _print_config(__func__, __LINE__) gains three lines
+    above its callers, whose line immediates move by three.  With the patch's line map
+    they are line-only; without one an unknown callee is never trusted."""
+    pre, post = fixture_pair("line_helper")
+    d = diff_objects(pre, post, line_map=lambda n: n + 4 if n > 3 else n)
+    assert d.changed == ["_print_config"] and d.line_only == ["resume", "set_state"]
+    d = diff_objects(pre, post, line_map=lambda n: n)
+    assert d.changed == ["_print_config", "resume", "set_state"]
+    d = diff_objects(pre, post)
+    assert d.changed == ["_print_config", "resume", "set_state"]
