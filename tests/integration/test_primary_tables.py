@@ -48,3 +48,17 @@ def test_changed_code_with_alternatives_becomes_an_update(
     for r in ko.relocs.get(repl, []):
         sym = ko.symbols[r.sym]
         assert sym.in_section or sym.name, sym
+
+
+def test_changed_const_operations_table_is_refused_naming_it(
+        prebuilt_lp: Prebuilt, tmp_path: Path) -> None:
+    """Kind 7: /dev/null's const file_operations gains .fsync.  The running kernel
+    reaches null_fops through inodes and the devlist table, never through the functions
+    an update replaces, so a copy in the update would silently change nothing."""
+    res = create(prebuilt_lp, PATCHES / "const-fops-gains-fsync.patch", tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    lines = [ln for ln in out.splitlines() if "null_fops" in ln]
+    assert lines and "initializer of const object 'null_fops'" in lines[0], out[-3000:]
+    assert "Traceback" not in out
+    assert not list(tmp_path.glob("ksplice-*.tar.gz"))
