@@ -541,10 +541,11 @@ def check_const_objects(pre: Fingerprints, post: Fingerprints, ren: dict[str, st
     those functions are its only users (e.g. a lookup table).  When the
     running kernel holds its address anywhere else (:func:`_const_escape`),
     its users keep the old copy and the update would silently not apply:
-    ObjdiffRefusal naming the object, its section and the reason.
+    ObjdiffRefusal naming every such object, its section and the reason.
     """
     pv, qv = pre.view, post.view
     pre_ro = {it.name: it for it in pv.items if it.kind == "rodata"}
+    refused: list[tuple[str, str]] = []  # (name, "initializer of ... in <section>; why")
     for it in qv.items:
         if it.kind != "rodata":
             continue
@@ -554,9 +555,16 @@ def check_const_objects(pre: Fingerprints, post: Fingerprints, ren: dict[str, st
         why = _const_escape(qv, it) or _const_escape(pv, old)
         if why is not None:
             sec = qv.obj.sections[it.shndx].name
-            raise ObjdiffRefusal(f"patch changes the initializer of const object '{it.name}' "
-                                 f"in {sec}; {why}, and ksplice cannot change it there",
-                                 [it.name])
+            refused.append((it.name, f"initializer of const object '{it.name}' in {sec}; "
+                                     f"{why}"))
+    if len(refused) == 1:
+        raise ObjdiffRefusal(f"patch changes the {refused[0][1]}, and ksplice cannot change "
+                             "it there", [refused[0][0]])
+    if refused:
+        raise ObjdiffRefusal(
+            f"patch changes const objects the running kernel reaches itself "
+            f"({len(refused)} symbols: {', '.join(repr(n) for n, _ in refused)}): "
+            + "; ".join(f"the {w}" for _, w in refused), [n for n, _ in refused])
 
 
 def _data_refusal(pre: Fingerprints, post: Fingerprints, old: Item, it: Item,
