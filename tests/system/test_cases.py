@@ -98,7 +98,10 @@ CASES: dict[str, Case] = {
         after=lambda _b: "2\n1"),
     "05-isra-clone-abi-change": Case(
         observe="(echo 500 > /proc/self/oom_score_adj && cat /proc/self/oom_score_adj)",
-        before="500"),
+        before="500",
+        xfail=_issue10("created now (static calls go through the trampoline), but apply "
+                       "aborts with no match: proc_map_files_get_link differs at +0x26 "
+                       "(jmp rel32 vs rel8 relaxation, run-pre)")),
     "07-new-initialized-data": Case(
         observe=("grep CommitPolicy /proc/meminfo; echo 2 > /proc/sys/vm/overcommit_memory; "
                  "grep CommitPolicy /proc/meminfo; echo 0 > /proc/sys/vm/overcommit_memory"),
