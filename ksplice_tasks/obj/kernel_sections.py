@@ -177,9 +177,13 @@ SECTIONS: tuple[KernelSection, ...] = (
                "(CONFIG_HAVE_ARCH_JUMP_LABEL_RELATIVE); arch/x86/include/asm/jump_label.h "
                "JUMP_TABLE_ENTRY (key: R_X86_64_PC64, low bits are flags)"),
     KernelSection(
-        ".static_call_sites", Kind.TABLE, "struct static_call_site: an inline static call",
+        ".static_call_sites", Kind.TABLE,
+        "struct static_call_site: an inline static call (not carried: the replaced code "
+        "keeps its call through the trampoline, which __static_call_update() always "
+        "rewrites first, so it stays correct; the module loader would need the key, "
+        "mostly unexported, and would rewrite the call before the ksplice core writes it)",
         (Layout(8, (_disp("addr", Role.CODE), _disp("key", Role.KEY, 4))),),
-        loader=_SECTION_OBJS + " (CONFIG_HAVE_STATIC_CALL_INLINE)", carried=True,
+        loader=_SECTION_OBJS + " (CONFIG_HAVE_STATIC_CALL_INLINE)",
         source="include/linux/static_call_types.h struct static_call_site; "
                "tools/objtool/check.c create_static_call_sections()"),
     _site_table(".retpoline_sites", "indirect calls/jumps through a retpoline thunk",
@@ -236,7 +240,10 @@ SECTIONS: tuple[KernelSection, ...] = (
                   "replacement instructions of .altinstructions entries",
                   loader=_MODULE_FINALIZE + " (through .altinstructions)", carried=True,
                   source="arch/x86/include/asm/alternative.h ALTINSTR_REPLACEMENT"),
-    KernelSection(".altinstr_aux", Kind.SPECIAL_TEXT, "static_cpu_has() slow paths",
+    KernelSection(".altinstr_aux", Kind.REPLACEMENT,
+                  "static_cpu_has() slow paths, jumped to from an alternative's original "
+                  "instruction (carried block by block with the kept code that jumps there)",
+                  carried=True,
                   source="arch/x86/include/asm/cpufeature.h _static_cpu_has"),
     KernelSection(".static_call.text", Kind.SPECIAL_TEXT, "static call trampolines",
                   source="arch/x86/include/asm/static_call.h"),

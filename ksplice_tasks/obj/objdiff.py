@@ -41,7 +41,13 @@ from ksplice_tasks.obj.elfread import (
     read_object,
     reloc_info,
 )
-from ksplice_tasks.obj.kernel_sections import Role, TableLayoutError, table_entries
+from ksplice_tasks.obj.kernel_sections import (
+    Role,
+    TableLayoutError,
+    is_discarded,
+    is_special,
+    table_entries,
+)
 from ksplice_tasks.obj.view import NUMBERED, Item, ObjectView, base_name, gcc_number
 
 __all__ = [
@@ -327,20 +333,24 @@ def line_map_from_patch(patch: str, source: str) -> LineMap | None:
 
 
 def _line_candidates(pre: Fingerprints, post: Fingerprints, pname: str,
-                     qname: str) -> list[tuple[bool, int, int]] | None:
+                     qname: str) -> list[tuple[bool | None, int, int]] | None:
     """The (trusted, pre, post) line immediates two functions differ in, or None.
 
     None means the functions differ in something other than line numbers.  A
     differing instruction must be ``mov $imm, %reg`` on both sides, with a
     plausible line number, feeding the next call (or tail call).  The value is
     *trusted* when that callee takes a line number in that register
-    (``__might_sleep``...); for printk-style callees it is only a candidate.
+    (``__might_sleep``...); for printk-style callees it is only a candidate
+    (False); for any other callee (a file's own ``f(__func__, __LINE__)``
+    helper, arch/x86/kernel/hpet.c hpet_print_config()) it is None: a line
+    number only where the patch moves exactly that line to exactly that place
+    (:func:`classify_line_only`).
     """
     pp, qp = pre.view.funcs[pname], post.view.funcs[qname]
     if len(pp) != len(qp):
         return None
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    out: list[tuple[bool, int, int]] = []
+    out: list[tuple[bool | None, int, int]] = []
     for a, b in zip(pp, qp, strict=True):
         if a.end - a.start != b.end - b.start:
             return None
@@ -377,7 +387,7 @@ def _line_candidates(pre: Fingerprints, post: Fingerprints, pname: str,
             elif _PRINTK_RE.match(callee) and reg in _ARG_REGS:
                 out.append((False, *vals))
             else:
-                return None
+                out.append((None, *vals))
     return out
 
 
@@ -432,6 +442,7 @@ def diff_views(pre: ObjectView, post: ObjectView, line_map: LineMap | None = Non
     ren = correlate_names(pre, post)
     pre_fp, post_fp = Fingerprints(pre), Fingerprints(post, ren)
     new_data = check_data(pre_fp, post_fp, ren)
+    check_const_objects(pre_fp, post_fp, ren)
     cmp = compare_functions(pre_fp, post_fp, ren)
     changed, line_only = classify_line_only(cmp, line_map)
     res = ObjDiff(pre.obj.path, post.obj.path, changed=changed, new=cmp.new,
@@ -489,6 +500,73 @@ def check_data(pre: Fingerprints, post: Fingerprints, ren: dict[str, str]) -> li
     return sorted(new)
 
 
+def _const_escape(view: ObjectView, it: Item) -> str | None:
+    """Why the running kernel may reach const object ``it`` other than through the
+    functions an update replaces, or None if only such functions refer to it.
+
+    Those are: it is global (other objects refer to it); data refers to it (a
+    structure registered with the kernel); init/exit code refers to it (that
+    code has run, and stored its address); or it holds code addresses (an
+    operations table, whose address is what gets stored and called through).
+    """
+    obj = view.obj
+    if not it.local:
+        return "it is global, so other objects refer to the running copy"
+    for r in view.relocs_in(it.shndx, it.start, it.end):
+        tsym = obj.symbols[r.sym]
+        tsec = obj.sections.get(tsym.shndx) if tsym.in_section else None
+        if tsec is not None and tsec.is_exec and not is_special(tsec.name):
+            return "it holds function pointers (an operations table whose address the " \
+                   "running kernel has stored)"
+    for k, rl in obj.relocs.items():
+        sec = obj.sections.get(k)
+        if sec is None or not sec.is_alloc or is_special(sec.name):
+            continue
+        for r in rl:
+            kind, what, _off = view.target(sec, r)
+            if kind != "item" or what is not it:
+                continue
+            if not sec.is_exec:
+                return f"{sec.name} refers to it"
+            if is_discarded(sec.name):
+                return f"{sec.name} code, which has run, refers to it"
+    return None
+
+
+def check_const_objects(pre: Fingerprints, post: Fingerprints, ren: dict[str, str]) -> None:
+    """Refuse a changed initializer of a const object the running kernel reaches itself.
+
+    A read-only object whose bytes the patch changes is copied into the update
+    with the functions that use it (keep-primary), which is right only when
+    those functions are its only users (e.g. a lookup table).  When the
+    running kernel holds its address anywhere else (:func:`_const_escape`),
+    its users keep the old copy and the update would silently not apply:
+    ObjdiffRefusal naming every such object, its section and the reason.
+    """
+    pv, qv = pre.view, post.view
+    pre_ro = {it.name: it for it in pv.items if it.kind == "rodata"}
+    refused: list[tuple[str, str]] = []  # (name, "initializer of ... in <section>; why")
+    for it in qv.items:
+        if it.kind != "rodata":
+            continue
+        old = pre_ro.get(ren.get(it.name, it.name))
+        if old is None or pre.fingerprint(old) == post.fingerprint(it):
+            continue
+        why = _const_escape(qv, it) or _const_escape(pv, old)
+        if why is not None:
+            sec = qv.obj.sections[it.shndx].name
+            refused.append((it.name, f"initializer of const object '{it.name}' in {sec}; "
+                                     f"{why}"))
+    if len(refused) == 1:
+        raise ObjdiffRefusal(f"patch changes the {refused[0][1]}, and ksplice cannot change "
+                             "it there", [refused[0][0]])
+    if refused:
+        raise ObjdiffRefusal(
+            f"patch changes const objects the running kernel reaches itself "
+            f"({len(refused)} symbols: {', '.join(repr(n) for n, _ in refused)}): "
+            + "; ".join(f"the {w}" for _, w in refused), [n for n, _ in refused])
+
+
 def _data_refusal(pre: Fingerprints, post: Fingerprints, old: Item, it: Item,
                   shared_pre: set[int], shared_post: set[int]) -> tuple[str, str] | None:
     """(what the patch does, why ksplice cannot) for one data item, or None if unchanged."""
@@ -523,7 +601,7 @@ class FunctionComparison:
     changed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     matched_pre: set[str] = field(default_factory=set)
-    pending: dict[str, list[tuple[bool, int, int]]] = field(default_factory=dict)
+    pending: dict[str, list[tuple[bool | None, int, int]]] = field(default_factory=dict)
 
 
 def compare_functions(pre: Fingerprints, post: Fingerprints,
@@ -559,8 +637,9 @@ def classify_line_only(cmp: FunctionComparison,
     """(changed, line-only) function names, both sorted.
 
     A pending function is line-only when every candidate agrees with
-    ``line_map``, or without one, when each is trusted or shifts by a trusted
-    shift; otherwise it is changed.
+    ``line_map``, or without one, when each is trusted or (printk-style)
+    shifts by a trusted shift; a candidate feeding any other callee needs the
+    line map.  Otherwise the function is changed.
     """
     changed, line_only = list(cmp.changed), []
     trusted = {b - a for cs in cmp.pending.values() for t, a, b in cs if t}
@@ -568,7 +647,7 @@ def classify_line_only(cmp: FunctionComparison,
         if line_map is not None:
             ok = all(line_map(a) == b for _t, a, b in cands)
         else:
-            ok = all(t or (b - a) in trusted for t, a, b in cands)
+            ok = all(t is True or (t is False and (b - a) in trusted) for t, a, b in cands)
         (line_only if ok else changed).append(qname)
     return sorted(changed), sorted(line_only)
 

@@ -164,13 +164,17 @@ class TableCut:
     ``section_data`` maps a table's index to its new (bytes, size);
     ``relocs`` to its kept relocations (offsets in the new bytes);
     ``tables`` lists the table sections kept; ``needed`` the sections kept
-    entries point at that must come along (strings, replacement code).
+    entries point at that must come along (strings, replacement code);
+    ``loader_ranges`` the byte ranges (section index -> [start, end)) whose
+    relocations the module loader must resolve because it rewrites those
+    bytes before the ksplice core could (see :func:`_loader_ranges`).
     """
 
     section_data: dict[int, tuple[bytes, int]] = field(default_factory=dict)
     relocs: dict[int, list[Reloc]] = field(default_factory=dict)
     tables: list[int] = field(default_factory=list)
     needed: set[int] = field(default_factory=set)
+    loader_ranges: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
 
 
 def select_functions(view: ObjectView, functions: Iterable[str],
@@ -209,32 +213,82 @@ def close_over_rodata(obj: ElfObject, kept: set[int]) -> set[int]:
     return kept
 
 
-def _entry_verdict(view: ObjectView, entry: TableEntry,
+def _describe(view: ObjectView, shndx: int, off: int) -> str:
+    """``function+0x12`` (or ``section+0x12``) for byte ``off`` of section ``shndx``."""
+    it = view.covering(shndx, off)
+    if it is not None and it.kind in ("func", "cold"):
+        return f"{it.name}+{off - it.start:#x}"
+    sec = view.obj.sections.get(shndx)
+    return f"{sec.name if sec is not None else f'section #{shndx}'}+{off:#x}"
+
+
+def _target_name(view: ObjectView, sec: Section, r: Reloc) -> str:
+    """What a relocation of ``sec`` points at, for a message: a function, data or symbol."""
+    kind, what, _off = view.target(sec, r)
+    if kind == "item":
+        return what.name  # type: ignore[union-attr]
+    s = view.obj.symbols[r.sym]
+    if s.type != STT_SECTION and s.name:
+        return s.name
+    return str(what)
+
+
+def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int]) -> bool:
+    """Whether a table entry describes kept code: its code field points into it.
+
+    An entry whose layout is unknown (only its size is) counts when any of
+    its relocations points into kept code.
+    """
+    obj = view.obj
+    code = entry.field_reloc(Role.CODE) if entry.layout is not None else None
+    relocs = (code,) if code is not None else entry.relocs
+    for r in relocs:
+        s = obj.symbols[r.sym]
+        tsec = obj.sections.get(s.shndx) if s.in_section else None
+        if tsec is not None and s.shndx in kept and tsec.is_exec:
+            return True
+    return False
+
+
+def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
                    kept: set[int]) -> tuple[bool, set[int]]:
     """Whether a table entry is about kept code, and the sections it needs then.
 
-    It is when one of its relocations points into kept code and every other
-    one points at something the output can still refer to: kept sections,
-    read-only data, replacement code, undefined or absolute symbols.
+    It is when its code field points into kept code.  Every other relocation
+    must then point at something the module loader can resolve in the output:
+    kept sections, read-only data, replacement code, undefined (exported:
+    checked when the module is built) or absolute symbols.  An entry about
+    kept code with any other target (a local key, a fixup in code not kept)
+    cannot be carried, and dropping it would leave the new code unpatched:
+    ObjmanipError naming the table, the function and the target.
     """
     obj = view.obj
-    hits, need = False, set()
+    if not _about_kept_code(view, entry, kept):
+        return False, set()
+    need = set()
     for r in entry.relocs:
         s = obj.symbols[r.sym]
         if s.shndx == SHN_UNDEF or s.shndx == SHN_ABS:
             continue
         tsec = obj.sections.get(s.shndx)
-        if tsec is None:
-            return False, set()
-        if s.shndx in kept:
-            hits = hits or tsec.is_exec
-        elif not tsec.is_write and not tsec.is_exec and tsec.is_alloc:
+        if tsec is not None and s.shndx in kept:
+            continue
+        if tsec is not None and not tsec.is_write and not tsec.is_exec and tsec.is_alloc:
             need.add(s.shndx)  # e.g. the file name string of a bug entry
-        elif (rw := row(tsec.name)) is not None and rw.kind == Kind.REPLACEMENT:
+        elif tsec is not None and (rw := row(tsec.name)) is not None \
+                and rw.kind == Kind.REPLACEMENT:
             need.add(s.shndx)
         else:
-            return False, set()
-    return hits, need
+            code = entry.site(obj, Role.CODE)
+            where = _describe(view, code.shndx, code.offset) if code else f"entry {entry.index}"
+            field_name = next((f.name for f in (entry.layout.fields if entry.layout else ())
+                               if f.offset == r.offset - entry.start), "field")
+            raise ObjmanipError(
+                f"{obj.path}: cannot carry the {sec.name} entry about {where}: its "
+                f"{field_name} points at {_target_name(view, sec, r)}, which the module loader "
+                "cannot resolve in the update (dropping the entry would run the new code "
+                "unpatched)")
+    return True, need
 
 
 def _filter_table(view: ObjectView, sec: Section, kept: set[int],
@@ -243,19 +297,92 @@ def _filter_table(view: ObjectView, sec: Section, kept: set[int],
 
     ``needed`` collects the sections (strings, replacement code) the kept
     entries point at.  Raises TableLayoutError as
-    :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does.
+    :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does, and
+    ObjmanipError as :func:`_entry_verdict` does.
     """
     keep: list[TableEntry] = []
     for e in table_entries(view.obj, sec):
         if not e.relocs:
             continue
-        hit, need = _entry_verdict(view, e, kept)
+        hit, need = _entry_verdict(view, sec, e, kept)
         if hit:
             keep.append(e)
             needed |= need
     relocs = [replace(r, offset=n * e.size + r.offset - e.start)
               for n, e in enumerate(keep) for r in e.relocs]
     return keep, relocs
+
+
+def _loader_ranges(view: ObjectView, sec: Section,
+                   entries: Iterable[TableEntry]) -> dict[int, list[tuple[int, int, str]]]:
+    """Byte ranges the module loader rewrites from kept ``.altinstructions`` entries.
+
+    Section index -> (start, end, the alternative's ``function+offset``)
+    for each entry's original instructions
+    (``instr_offset``, ``instrlen``) and replacement (``repl_offset``,
+    ``replacementlen``).  arch/x86/kernel/alternative.c apply_alternatives()
+    copies the replacement over the original at module_finalize(), before
+    the ksplice core writes any relocation, so relocations in these ranges
+    must be the loader's.
+    """
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for e in entries:
+        code = e.site(view.obj, Role.CODE)
+        where = _describe(view, code.shndx, code.offset) if code is not None else ""
+        for role, length in ((Role.CODE, Role.CODE_LEN),
+                             (Role.REPLACEMENT, Role.REPLACEMENT_LEN)):
+            site = e.site(view.obj, role)
+            n = e.value(sec.data, length)
+            if site is not None and n and site.shndx:
+                out.setdefault(site.shndx, []).append((site.offset, site.offset + n, where))
+    return out
+
+
+def _replacement_spot(view: ObjectView, sec: Section, r: Reloc) -> tuple[int, int] | None:
+    """(section index, offset) a relocation of code ``sec`` jumps to in replacement code."""
+    s = view.obj.symbols[r.sym]
+    tsec = view.obj.sections.get(s.shndx) if s.in_section else None
+    rw = row(tsec.name) if tsec is not None else None
+    if tsec is None or rw is None or rw.kind != Kind.REPLACEMENT:
+        return None
+    return s.shndx, s.value + r.addend + view.pc_adjust(sec, r)
+
+
+def aux_blocks(view: ObjectView, ranges: Mapping[int, Sequence[tuple[int, int, str]]],
+               ) -> dict[int, list[tuple[int, int, str]]]:
+    """The out-of-line blocks (``.altinstr_aux``) that kept alternatives jump to.
+
+    ``ranges`` are the alternatives' original instructions (:class:`TableCut`
+    ``loader_ranges``).  A block starts where such an instruction jumps and
+    ends where the next block any code of the object jumps to starts (or at
+    the section's end): arch/x86/include/asm/cpufeature.h _static_cpu_has()
+    emits one ``testb; jnz; jmp`` block per use.  Section index ->
+    (start, end, the alternative's ``function+offset``).
+    """
+    obj = view.obj
+    starts: dict[int, set[int]] = {}
+    for k, rl in obj.relocs.items():
+        sec = obj.sections.get(k)
+        if sec is None or not sec.is_exec or is_special(sec.name):
+            continue
+        for r in rl:
+            spot = _replacement_spot(view, sec, r)
+            if spot is not None:
+                starts.setdefault(spot[0], set()).add(spot[1])
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for k, rng in ranges.items():
+        sec = obj.sections[k]
+        if not sec.is_exec or is_special(sec.name):
+            continue
+        for r in obj.relocs.get(k, []):
+            where = _range_of(rng, r)
+            spot = _replacement_spot(view, sec, r) if where is not None else None
+            if spot is None or spot[0] in ranges:  # replacement code: its own entries' ranges
+                continue
+            t, lo = spot
+            hi = min((x for x in starts[t] if x > lo), default=obj.sections[t].size)
+            out.setdefault(t, []).append((lo, hi, where or ""))
+    return out
 
 
 def _cut(data: bytes, size: int, indices: Sequence[int]) -> tuple[bytes, int]:
@@ -269,7 +396,8 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
     their parallel sections cut alike, and the per-function
     ``SHF_LINK_ORDER`` sections of kept code, kept whole.  A table whose entry
     layout cannot be derived is refused (ObjmanipError) when it refers to kept
-    code, and left out otherwise.
+    code, and left out otherwise; so is an entry about kept code that cannot
+    be carried (:func:`_entry_verdict`).
     """
     obj = view.obj
     cut = TableCut()
@@ -287,6 +415,9 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
                 continue
             idx = [e.index for e in entries]
             size = entries[0].size
+            if any(lay.field(Role.REPLACEMENT) for lay in row(sec.name).layouts):  # type: ignore[union-attr]
+                for k, rng in _loader_ranges(view, sec, entries).items():
+                    cut.loader_ranges.setdefault(k, []).extend(rng)
             cut.section_data[sec.index] = _cut(sec.data, size, idx)
             cut.relocs[sec.index] = rl
             cut.tables.append(sec.index)
@@ -306,9 +437,15 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
     return cut
 
 
+def _range_of(ranges: Sequence[tuple[int, int, str]], r: Reloc) -> str | None:
+    """The ``function+offset`` of the range holding relocation ``r``, or None."""
+    return next((where for lo, hi, where in ranges if lo <= r.offset < hi), None)
+
+
 def strip_relocations(view: ObjectView, kept: set[int], keepset: set[int],
                       preserved: Mapping[int, list[Reloc]], names: Mapping[int, str],
                       tag: str, suffix: str, renames: Mapping[str, str],
+                      loader_ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
                       ) -> tuple[dict[int, list[Reloc]], list[RelocRecord]]:
     """Relocations of the kept sections that stay, and records of the stripped ones.
 
@@ -316,8 +453,17 @@ def strip_relocations(view: ObjectView, kept: set[int], keepset: set[int],
     absolute symbol, or (in a kernel table) at an undefined symbol; tables in
     ``preserved`` keep theirs as they are.  Every other one is returned as a
     :class:`RelocRecord` naming what the running kernel calls its target.
+
+    In ``loader_ranges`` (bytes the module loader rewrites, see
+    :class:`TableCut`) a relocation must stay for the loader: one at an
+    undefined symbol stays (it must be exported; the module build checks),
+    and one at anything else outside the output is refused (ObjmanipError
+    naming the section, the function and the target).  In replacement code
+    (``.altinstr_replacement``) the relocations outside those ranges belong
+    to entries not carried, whose bytes are never used: they are left out.
     """
     obj = view.obj
+    ranges = loader_ranges or {}
     relocs: dict[int, list[Reloc]] = dict(preserved)
     records: list[RelocRecord] = []
     for i in kept:
@@ -326,12 +472,26 @@ def strip_relocations(view: ObjectView, kept: set[int], keepset: set[int],
         sec = obj.sections[i]
         out: list[Reloc] = []
         special = is_special(sec.name)
+        rw = row(sec.name)
+        replacement = rw is not None and rw.kind == Kind.REPLACEMENT
+        mine = ranges.get(i, ())
         for r in obj.relocs.get(i, []):
             s = obj.symbols[r.sym]
-            if (s.in_section and s.shndx in keepset) or s.shndx == SHN_ABS or (
-                    special and s.shndx == SHN_UNDEF):
+            where = _range_of(mine, r)
+            if replacement and where is None:
+                continue
+            resolvable = (s.in_section and s.shndx in keepset) or s.shndx == SHN_ABS
+            if resolvable or (special and s.shndx == SHN_UNDEF):
                 out.append(r)
                 continue
+            if where is not None:
+                if s.shndx == SHN_UNDEF:
+                    out.append(r)
+                    continue
+                raise ObjmanipError(
+                    f"{obj.path}: cannot carry the alternative at {where or '?'} ({sec.name}"
+                    f" at {r.offset:#x}): it refers to {_target_name(view, sec, r)}, which the "
+                    "module loader cannot resolve before it applies the alternative")
             fn = _function_at(view, i, r.offset)
             records.append(_record(view, sec, r, names.get(i, sec.name),
                                    uniquify(fn, tag, suffix) if fn else "", renames))
@@ -354,7 +514,9 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
     from objdiff) makes them name what the running kernel calls those symbols.
     Relocations inside kept tables are kept as they are, because the module
     loader consumes those tables before the ksplice core could resolve
-    anything; table entries that would need a stripped relocation are dropped.
+    anything; so are those inside the instructions an alternative rewrites
+    and inside its replacement.  An entry about kept code that would need a
+    stripped relocation is refused, never dropped (ObjmanipError).
     Other metadata (``.discard.*``, notes, ``.eh_frame``, debug info,
     ``__ksymtab``...) is dropped.  Raises ObjmanipError for an unknown function
     or a kernel table about kept code whose entry layout cannot be derived.
@@ -363,6 +525,9 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
     view = ObjectView(obj)
     kept = close_over_rodata(obj, select_functions(view, functions, new_data))
     cut = filter_kernel_tables(view, kept)
+    for k, blocks in aux_blocks(view, cut.loader_ranges).items():
+        cut.needed.add(k)
+        cut.loader_ranges.setdefault(k, []).extend(blocks)
     for i in cut.needed:
         if i not in kept:
             kept.add(i)
@@ -374,7 +539,7 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
     names = {i: uniquify(obj.sections[i].name, tag, suffix) for i in kept
              if not is_special(obj.sections[i].name)}
     relocs, records = strip_relocations(view, kept, set(keep_order), cut.relocs, names, tag,
-                                        suffix, renames)
+                                        suffix, renames, cut.loader_ranges)
     symnames = _rename_symbols(obj, kept, tag, suffix)
     return _assemble(obj, keep_order, names, cut.section_data, relocs, symnames), records
 

@@ -66,10 +66,15 @@ def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.Modul
 
 
 def patched_functions(rec: ObjectRecords) -> list[str]:
-    """The changed functions that still run: __init/__exit code gets no jump."""
+    """The changed functions that still run: __init/__exit code gets no jump.
+
+    The primary does not carry discarded code at all (extract's
+    ``discarded_functions``), so a changed function it lacks is one of them.
+    """
     section = {z.name: z.section for z in rec.primary_sizes}
     return [f for f in rec.changed
-            if not is_discarded(section.get(tagged_name(f, rec.tag, POST), ""))]
+            if (sec := section.get(tagged_name(f, rec.tag, POST))) is not None
+            and not is_discarded(sec)]
 
 
 def link(objects: Sequence[Path], out: Path, verbose: bool = False) -> Path:

@@ -23,7 +23,7 @@ from ksplice_tasks.names import POST, PRE, object_tag, side_suffix, symbol_suffi
 from ksplice_tasks.obj import objdiff, objmanip
 from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, ElfObject, read_object
 from ksplice_tasks.obj.elfwrite import write_object
-from ksplice_tasks.obj.kernel_sections import LOADER_SYMBOLS
+from ksplice_tasks.obj.kernel_sections import LOADER_SYMBOLS, is_discarded
 from ksplice_tasks.stages.layout import ObjectPaths
 
 
@@ -60,11 +60,27 @@ def weak_functions(obj: ElfObject) -> dict[str, str]:
             if sym.bind == STB_WEAK and sym.type == STT_FUNC and sym.in_section}
 
 
+def discarded_functions(obj: ElfObject, names: Collection[str]) -> set[str]:
+    """Those of ``names`` whose code the running kernel freed after boot (or never kept).
+
+    Their main part is in an ``.init.*``/``.exit.*`` section
+    (:func:`~ksplice_tasks.obj.kernel_sections.is_discarded`): nothing calls
+    them any more and the update cannot patch them, so the primary carries
+    none of them, nor their kernel-table entries.
+    """
+    want = set(names)
+    return {s.name for s in obj.symbols
+            if s.name in want and s.type == STT_FUNC and s.in_section
+            and is_discarded(obj.sections[s.shndx].name)}
+
+
 def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
                    loader_symbols: Collection[str] = LOADER_SYMBOLS) -> ObjectRecords:
     """keep-primary + globalize on the post object, keep-helper + globalize on the pre.
 
-    Reads ``out.diff`` (from :func:`diff_object`); writes ``out.primary``,
+    Changed or new functions in discarded code (:func:`discarded_functions`)
+    are left out of the primary.  Reads ``out.diff`` (from
+    :func:`diff_object`); writes ``out.primary``,
     ``out.helper`` and the ``out.records`` it returns. Relocations against
     ``loader_symbols`` stay in the primary for the module loader (see
     :data:`ksplice_tasks.obj.kernel_sections.LOADER_SYMBOLS`); every other
@@ -75,8 +91,11 @@ def extract_object(pre: Path, post: Path, rel: str, out: ObjectPaths,
     record = ObjectRecords(object=rel, tag=tag, changed=d.changed, new=d.new,
                            renames=d.renames, empty=d.empty)
     if not d.empty:
-        prim, prim_relocs = objmanip.keep_primary(read_object(post), d.keep, tag_infix(tag),
-                                                  side_suffix(POST), d.renames, d.new_data)
+        post_obj = read_object(post)
+        dropped = discarded_functions(post_obj, d.keep)
+        prim, prim_relocs = objmanip.keep_primary(
+            post_obj, [f for f in d.keep if f not in dropped], tag_infix(tag),
+            side_suffix(POST), d.renames, d.new_data)
         for_loader = [r for r in prim_relocs if r.symbol in loader_symbols]
         prim = objmanip.restore_relocs(prim, for_loader)
         prim_relocs = [r for r in prim_relocs if r.symbol not in loader_symbols]

@@ -40,8 +40,23 @@ from ksplice_tasks.files import (
     write_if_changed,
     write_json,
 )
-from ksplice_tasks.names import HELPER, PRIMARY, ROLES, check_id, module_file, module_files
-from ksplice_tasks.obj.elfread import STB_WEAK, STT_FUNC, read_object, undefined_symbols
+from ksplice_tasks.names import (
+    HELPER,
+    PRIMARY,
+    ROLES,
+    check_id,
+    module_file,
+    module_files,
+    parse_tagged,
+)
+from ksplice_tasks.obj.elfread import (
+    SHN_UNDEF,
+    STB_WEAK,
+    STT_FUNC,
+    read_object,
+    undefined_symbols,
+)
+from ksplice_tasks.obj.view import ObjectView
 from ksplice_tasks.stages.collect import TABLES
 from ksplice_tasks.stages.inputs import Settings, read_release
 from ksplice_tasks.stages.layout import CreateLayout
@@ -292,6 +307,50 @@ def kbuild_argv(kdir: Path, moddir: Path, update_id: str, jobs: int = 1,
             f"-j{jobs}", "modules"]
 
 
+def symbol_uses(obj_path: Path, wanted: Iterable[str]) -> dict[str, str]:
+    """Where an object first refers to each of ``wanted``: name -> ``section (function+off)``.
+
+    Function names are the kernel's (the ``____<tag>_post`` suffix taken off).
+    """
+    obj = read_object(obj_path)
+    view = ObjectView(obj)
+    want = set(wanted)
+    out: dict[str, str] = {}
+    for k, rl in sorted(obj.relocs.items()):
+        sec = obj.sections.get(k)
+        if sec is None:
+            continue
+        for r in rl:
+            sym = obj.symbols[r.sym]
+            if sym.shndx != SHN_UNDEF or sym.name not in want or sym.name in out:
+                continue
+            it = view.covering(k, r.offset)
+            where = sec.name
+            if it is not None and it.kind in ("func", "cold"):
+                tagged = parse_tagged(it.name)
+                where += f" ({tagged.name if tagged else it.name}+{r.offset - it.start:#x})"
+            out[sym.name] = where
+    return out
+
+
+def check_loader_symbols(linked: Path, exported: set[str], role: str) -> None:
+    """Refuse a collection the module loader cannot load: an undefined, unexported symbol.
+
+    The passes strip every relocation the ksplice core resolves itself; what
+    is left undefined in a collection is for the module loader: the kernel
+    tables it applies (jump-label keys), alternatives and ftrace/thunk calls.
+    modpost would fail on an unexported one with a bare "undefined!"; this
+    names it, with the section and function that need it (UserError).
+    """
+    missing = sorted(undefined_symbols(linked) - exported)
+    if not missing:
+        return
+    where = symbol_uses(linked, missing[:1]).get(missing[0], "?")
+    raise UserError(f"the {role} module's code needs {missing[0]} in {where}, which the "
+                    "module loader must resolve before ksplice runs, but the kernel does not "
+                    f"export it ({len(missing)} such symbols: {', '.join(missing[:5])})")
+
+
 def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
           verbose: bool = False, src: Path | None = None,
           make_vars: Sequence[str] = (), orig: Path | None = None) -> artifacts.ModulesRecord:
@@ -299,7 +358,9 @@ def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
 
     ``kdir`` is a built kernel tree (or O= directory) with Module.symvers;
     ``work.modcommon`` must be written first. Writes and returns the
-    ``work.modules`` record. UserError when a source is missing or Kbuild fails.
+    ``work.modules`` record. UserError when a source is missing, a collection
+    needs an unexported symbol from the module loader
+    (:func:`check_loader_symbols`), or Kbuild fails.
     With ``orig`` (ORIG_CONFIG), its Module.symvers is installed in ``kdir``
     first (:func:`install_symvers_into`; normally the prebuild already did).
     """
@@ -317,6 +378,9 @@ def build(work: CreateLayout, kdir: Path, update_id: str, *, jobs: int = 1,
     if not (kdir / "Module.symvers").is_file():
         raise UserError(f"{kdir} has no Module.symvers: build the kernel with "
                         "'make modules' first")
+    exported = exported_symbols(kdir)
+    for role in ROLES:
+        check_loader_symbols(work.linked(role), exported, role)
     run(kbuild_argv(kdir, moddir.resolve(), update_id, jobs, make_vars), verbose=verbose,
         what="building the update modules")
     kos = [moddir / module_file(update_id, role) for role in (PRIMARY, HELPER)]

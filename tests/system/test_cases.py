@@ -15,11 +15,12 @@ A case whose expected outcome the project does not reach yet is marked
 
 from __future__ import annotations
 
-import ast
+import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,7 @@ CASES: dict[str, Case] = {
         before="sh (PID): drop_caches: 1",
         after=lambda _b: "sh (PID): drop_caches: 1 [pagecache]",
         norm=_dmesg_line),
-    "02-line-only-shift": Case(
-        observe=None,
-        xfail=_issue10("create fails: modpost 'Section mismatches detected'; collect lists "
-                       "3 functions to patch, the 2 __LINE__-only ones not told apart")),
+    "02-line-only-shift": Case(observe=None),
     "03-new-func-name-object": Case(
         observe=(SINCE + "; since 'overcommit_memory set' "
                  "'echo 1 > /proc/sys/vm/overcommit_memory'; "
@@ -102,8 +100,9 @@ CASES: dict[str, Case] = {
     "05-isra-clone-abi-change": Case(
         observe="(echo 500 > /proc/self/oom_score_adj && cat /proc/self/oom_score_adj)",
         before="500",
-        xfail=_issue10("create fails: modpost '__SCK__tp_func_oom_score_adj_update' "
-                       "undefined")),
+        xfail=_issue10("created now (static calls go through the trampoline), but apply "
+                       "aborts with no match: proc_map_files_get_link differs at +0x26 "
+                       "(jmp rel32 vs rel8 relaxation, run-pre)")),
     "07-new-initialized-data": Case(
         observe=("grep CommitPolicy /proc/meminfo; echo 2 > /proc/sys/vm/overcommit_memory; "
                  "grep CommitPolicy /proc/meminfo; echo 0 > /proc/sys/vm/overcommit_memory"),
@@ -315,13 +314,19 @@ def test_15_module_binfmt_misc_refused_while_not_loaded(case_updates, guest) -> 
     assert exit_code(g["insmod"]) == 0, g["insmod"]
 
 
-OBJDIFF_RE = re.compile(r"^objdiff (\S+): changed (\[.*?\]) new (\[.*?\]) line-only (\[.*?\])$",
-                        re.M)
 TO_PATCH_RE = re.compile(r"^collect: \d+ object\(s\), (\d+) function\(s\) to patch \((.*)\), ",
                          re.M)
 
 
-@pytest.mark.xfail(strict=True, reason=CASES["02-line-only-shift"].xfail)
+def tarball_diffs(tarball: Path | None, dest: Path) -> dict[str, dict]:
+    """Object key -> objdiff's record (debug/objects/<key>/diff.json) in an update tarball."""
+    assert tarball is not None
+    with tarfile.open(tarball) as tar:
+        tar.extractall(dest, filter="data")
+    objects = dest / f"ksplice-{uid_of(tarball)}" / "debug" / "objects"
+    return {p.name: json.loads((p / "diff.json").read_text()) for p in objects.iterdir()}
+
+
 def test_case_02_line_only_shift_create(case_updates, guest) -> None:
     """Expected: one changed function, two __LINE__-only ones left alone; then it applies."""
     name = "02-line-only-shift"
@@ -330,13 +335,18 @@ def test_case_02_line_only_shift_create(case_updates, guest) -> None:
     assert created.result.returncode == 0, created.output[-3000:]
     to_patch = TO_PATCH_RE.search(out)
     assert to_patch and to_patch.group(2) == "_hpet_print_config", out[-3000:]
-    found = {m[1]: tuple(ast.literal_eval(x) for x in m.groups()[1:])
-             for m in OBJDIFF_RE.finditer(out)}
-    assert set(found) == {"arch/x86/kernel/hpet.o"}, out[-3000:]
-    changed, _new, line_only = found["arch/x86/kernel/hpet.o"]
+    # objdiff's own record, as the tarball carries it: the objdiff task may be up to
+    # date from an earlier run on this tree, and then prints nothing.
+    found = tarball_diffs(created.tarball, created.outdir / "unpacked")
+    assert set(found) == {"arch__x86__kernel__hpet.o"}, found
+    diff = found["arch__x86__kernel__hpet.o"]
+    changed, line_only = diff["changed"], diff["line_only"]
     assert "_hpet_print_config" in changed, found
-    assert sorted(line_only) == ["hpet_clkevt_legacy_resume",
-                                 "hpet_clkevt_set_state_periodic"], found
+    # hpet_enable and hpet_late_init (__init) call hpet_print_config() too: they are
+    # line-only as well, and never patched (their code was freed after boot).
+    assert {"hpet_clkevt_legacy_resume", "hpet_clkevt_set_state_periodic"} <= set(
+        line_only) <= {"hpet_clkevt_legacy_resume", "hpet_clkevt_set_state_periodic",
+                       "hpet_enable", "hpet_late_init"}, found
     assert not set(line_only) & set(changed), found
     check_applied(name, created, guest)
 

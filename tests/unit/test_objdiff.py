@@ -145,3 +145,39 @@ def test_every_data_refusal_is_named_at_once(compile_c, tmp_path, capsys):
     assert objdiff.main([str(srcs["pre"]), str(srcs["post"])]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "'a'" in err[0] and "'b'" in err[0]
+
+
+def test_line_map_tells_apart_a_files_own_line_helper(fixture_pair):
+    """hpet.c's hpet_print_config(): _print_config(__func__, __LINE__) gains three lines
+    above its callers, whose line immediates move by three.  With the patch's line map
+    they are line-only; without one an unknown callee is never trusted."""
+    pre, post = fixture_pair("line_helper")
+    d = diff_objects(pre, post, line_map=lambda n: n + 4 if n > 3 else n)
+    assert d.changed == ["_print_config"] and d.line_only == ["resume", "set_state"]
+    d = diff_objects(pre, post, line_map=lambda n: n)
+    assert d.changed == ["_print_config", "resume", "set_state"]
+    d = diff_objects(pre, post)
+    assert d.changed == ["_print_config", "resume", "set_state"]
+
+
+def test_every_const_refusal_is_named_at_once(compile_c, tmp_path):
+    """/dev/null's shape: an ops table and a const device list pointing at it (used by
+    __init code) both change; both are named, in one line."""
+    common = ("struct fops { int (*read)(int); int (*fsync)(int); };\n"
+              "struct memdev { const char *name; const struct fops *fops; };\n"
+              "extern void reg(const struct memdev *d);\n"
+              "static int rd(int x) { return x; }\nstatic int fs(int x) { return -x; }\n")
+    tail = ("static const struct memdev devlist[] = { { \"null\", &null_fops } };\n"
+            "__attribute__((section(\".init.text\"))) void init(void) { reg(devlist); }\n")
+    srcs = {}
+    for side, ops in (("pre", "{ .read = rd }"), ("post", "{ .read = rd, .fsync = fs }")):
+        d = tmp_path / side
+        d.mkdir()
+        src = d / "twoconst.c"
+        src.write_text(common + f"static const struct fops null_fops = {ops};\n" + tail)
+        srcs[side] = compile_c(src, "twoconst_" + side, "twoconst")
+    with pytest.raises(ObjdiffRefusal) as exc:
+        diff_objects(srcs["pre"], srcs["post"])
+    assert sorted(exc.value.symbols) == ["devlist", "null_fops"]
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1 and "function pointers" in msg and ".init.text" in msg

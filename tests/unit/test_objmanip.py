@@ -273,3 +273,94 @@ def test_cli_keep_primary(fixture_pair, tmp_path, capsys):
     readelf_clean(out)
     assert objmanip.main([str(post), "-", "keep-primary", TAG, "_post", "nosuch"]) == 1
     assert capsys.readouterr().err.startswith("ksplice-objmanip: error: ")
+
+
+# -- kernel tables the module loader applies to the primary (issue 10, kind 4) -----------
+
+def _primary_tables(compile_c):
+    return read_object(compile_c(FIXTURES / "primary_tables.c", "ptables", "primary_tables"))
+
+
+def _relocs_of(obj, section: str) -> list[str]:
+    k = next(k for k, s in obj.sections.items() if s.name == section)
+    return [obj.symbols[r.sym].name or obj.sections[obj.symbols[r.sym].shndx].name
+            for r in obj.relocs.get(k, [])]
+
+
+def test_alternative_relocations_stay_for_the_module_loader(compile_c, tmp_path):
+    """apply_alternatives() copies the replacement over the original at load, before the
+    ksplice core writes anything: both calls stay loader relocations, no record names
+    .altinstr_replacement, and the replacements of entries not carried are left out."""
+    obj = _primary_tables(compile_c)
+    prim, recs = keep_primary(obj, ["alt_exported"], TAG)
+    assert _relocs_of(prim, ".altinstr_replacement") == ["fast_fn"]
+    assert "slow_fn" in _relocs_of(prim, ".text.alt_exported" + TAG + "_post")
+    assert not [r for r in recs if r.section == ".altinstr_replacement"], recs
+    assert not [r for r in recs if r.symbol in ("slow_fn", "fast_fn", "other_fn")], recs
+    out = tmp_path / "alt.o"
+    write_object(prim, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)
+
+
+def test_alternative_needing_a_local_target_is_refused(compile_c):
+    """A replacement calling a local function the update does not carry cannot be
+    resolved by the loader: refused naming the function, never left unresolved."""
+    obj = _primary_tables(compile_c)
+    with pytest.raises(objmanip.ObjmanipError, match=r"alternative at alt_local\+0x5 "
+                       r"\(\.altinstr_replacement at 0xb\).*local_fn"):
+        keep_primary(obj, ["alt_local"], TAG)
+    keep_primary(obj, ["alt_local", "local_fn"], TAG)  # carried along: resolvable
+
+
+def test_jump_label_entries_are_kept_or_refused_never_dropped(compile_c):
+    """An exported key stays for the loader; a key in the running kernel's own data
+    cannot be resolved by the loader, and dropping the entry would leave the branch
+    stale when the key toggles: refused, naming table, function and key."""
+    obj = _primary_tables(compile_c)
+    prim, _ = keep_primary(obj, ["jump_extern"], TAG)
+    jt = next(s for s in prim.sections.values() if s.name == "__jump_table")
+    assert jt.size == 16 and "ext_key" in _relocs_of(prim, "__jump_table")
+    with pytest.raises(objmanip.ObjmanipError,
+                       match=r"__jump_table entry about jump_local\+0x7: its key points at "
+                             r"local_key"):
+        keep_primary(obj, ["jump_local"], TAG)
+
+
+def test_exception_fixup_outside_the_update_is_refused(compile_c):
+    """A user access whose fixup is not carried would oops on a fault: refused."""
+    obj = _primary_tables(compile_c)
+    with pytest.raises(objmanip.ObjmanipError,
+                       match=r"__ex_table entry about ex_elsewhere\+0x5: its fixup points "
+                             r"at .*fixup_elsewhere"):
+        keep_primary(obj, ["ex_elsewhere"], TAG)
+    prim, _ = keep_primary(obj, ["ex_elsewhere", "fixup_elsewhere"], TAG)
+    assert next(s for s in prim.sections.values() if s.name == "__ex_table").size == 12
+
+
+def test_static_calls_go_through_the_trampoline(compile_c):
+    """The inline static-call site is not carried (its key is mostly unexported, and the
+    loader would rewrite the call before ksplice writes it): the call to the trampoline
+    becomes a record the ksplice core resolves, and modpost never sees the key."""
+    obj = _primary_tables(compile_c)
+    prim, recs = keep_primary(obj, ["static_call_user"], TAG)
+    assert ".static_call_sites" not in {s.name for s in prim.sections.values()}
+    assert "__SCK__tp_func_demo" not in {s.name for s in prim.symbols}
+    assert [r.symbol for r in recs if r.symbol.startswith("__SC")] == ["__SCT__tp_func_demo"]
+
+
+def test_static_cpu_has_slow_path_is_carried_block_by_block(compile_c, tmp_path):
+    """_static_cpu_has() jumps from an alternative's original instruction to a block in
+    .altinstr_aux: the kept function's block comes along with loader relocations (the
+    capability byte, the jumps back), the other function's block loses its relocations,
+    and no record names .altinstr_aux (which the ksplice core could not resolve)."""
+    obj = _primary_tables(compile_c)
+    prim, recs = keep_primary(obj, ["cpu_has_user"], TAG)
+    kept = ".text.cpu_has_user" + TAG + "_post"
+    assert sorted(_relocs_of(prim, ".altinstr_aux")) == sorted(["cpu_caps", kept, kept])
+    assert ".altinstr_aux" in _relocs_of(prim, kept)
+    assert not [r for r in recs if ".altinstr" in r.symbol or ".altinstr" in r.section], recs
+    out = tmp_path / "aux.o"
+    write_object(prim, out)
+    readelf_clean(out)
+    ld_r(tmp_path, out)

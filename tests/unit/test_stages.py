@@ -90,3 +90,23 @@ def test_collect_refuses_when_nothing_is_left(
     assert extract.extract_object(pre, post, REL, out).empty
     with pytest.raises(UserError, match="only __LINE__ constants changed"):
         collect.collect([out], work)
+
+
+def test_discarded_code_stays_out_of_the_primary(
+        fixture_pair: Callable[[str], tuple[Path, Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """__init code the running kernel freed is neither carried nor patched (modpost
+    would see the primary's init sections; their tables could need unresolvable code)."""
+    pre, post = fixture_pair("init_and_body")
+    work = CreateLayout(tmp_path / "create")
+    out = work.object(REL)
+    diff = extract.diff_object(pre, post, REL, out, None, "")
+    assert sorted(diff.changed) == ["g", "my_setup"]
+    assert extract.discarded_functions(read_object(post), diff.keep) == {"my_setup"}
+    rec = extract.extract_object(pre, post, REL, out)
+    assert not [s.name for s in read_object(out.primary).sections.values()
+                if s.name.startswith(".init")]
+    assert [names.parse_tagged(z.name).name for z in rec.primary_sizes] == ["g"]
+    assert collect.collect([out], work) == {"changed": ["g"], "new": []}
+    assert "ignoring changes to code that has already run and been freed" \
+        " (__init/__exit): my_setup" in capsys.readouterr().out
