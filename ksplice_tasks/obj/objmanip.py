@@ -266,7 +266,10 @@ def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
     if not _about_kept_code(view, entry, kept):
         return False, set()
     need = set()
+    ours = entry.field_reloc(Role.KEY) if sec.name == JUMP_TABLE else None
     for r in entry.relocs:
+        if r is ours:
+            continue  # written by the ksplice core (see move_jump_keys)
         s = obj.symbols[r.sym]
         if s.shndx == SHN_UNDEF or s.shndx == SHN_ABS:
             continue
@@ -289,6 +292,42 @@ def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
                 "cannot resolve in the update (dropping the entry would run the new code "
                 "unpatched)")
     return True, need
+
+
+JUMP_TABLE = "__jump_table"
+# The primary's jump entries, out of the loader's sight (kmodsrc/patch.c
+# registers them); kmod's collection link script merges every object's piece.
+KSPLICE_JUMP_TABLE = "__ksplice_jump_table"
+
+
+def move_jump_keys(view: ObjectView, sec: Section, relocs: Sequence[Reloc], out_name: str,
+                   keepset: Collection[int], renames: Mapping[str, str],
+                   ) -> tuple[list[Reloc], list[RelocRecord]]:
+    """Split a cut ``__jump_table``'s relocations: those that stay, and key records.
+
+    ``relocs`` are the kept entries' relocations at their offsets in the cut
+    table (16-byte ``struct jump_entry``, key at +8: R_X86_64_PC64 whose
+    addend carries the branch/init flag bits).  A key pointing into the
+    output (``keepset``) or at an absolute symbol stays for the loader; every
+    other key (exported or not, the file's own static key, a tracepoint) is
+    returned as a :class:`RelocRecord` against ``out_name``, so the ksplice
+    core writes it like any relocation (addend, flags included, kept
+    exactly).  The code and target fields always stay: they point into kept
+    code.  Source: include/linux/jump_label.h ``jump_entry_key()``.
+    """
+    lay = row(JUMP_TABLE).layouts[0]  # type: ignore[union-attr]
+    key = lay.field(Role.KEY)
+    assert key is not None
+    stay: list[Reloc] = []
+    records: list[RelocRecord] = []
+    for r in relocs:
+        s = view.obj.symbols[r.sym]
+        if r.offset % lay.size != key.offset or (s.in_section and s.shndx in keepset) \
+                or s.shndx == SHN_ABS:
+            stay.append(r)
+        else:
+            records.append(_record(view, sec, r, out_name, "", renames))
+    return stay, records
 
 
 def _filter_table(view: ObjectView, sec: Section, kept: set[int],
@@ -538,8 +577,16 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
                   or obj.sections[i].name == ".note.GNU-stack"]
     names = {i: uniquify(obj.sections[i].name, tag, suffix) for i in kept
              if not is_special(obj.sections[i].name)}
+    key_records: list[RelocRecord] = []
+    jump = [i for i in cut.tables if obj.sections[i].name == JUMP_TABLE]
+    for n, i in enumerate(jump):
+        names[i] = uniquify(KSPLICE_JUMP_TABLE + (f".{n}" if n else ""), tag, suffix)
+        cut.relocs[i], recs = move_jump_keys(view, obj.sections[i], cut.relocs[i], names[i],
+                                             set(keep_order), renames)
+        key_records += recs
     relocs, records = strip_relocations(view, kept, set(keep_order), cut.relocs, names, tag,
                                         suffix, renames, cut.loader_ranges)
+    records += key_records
     symnames = _rename_symbols(obj, kept, tag, suffix)
     return _assemble(obj, keep_order, names, cut.section_data, relocs, symnames), records
 
@@ -824,5 +871,6 @@ __all__ = [
     "RelocRecord", "SizeRecord", "SiteRecord", "ObjmanipError", "keep_primary", "keep_helper",
     "helper_sites", "globalize",
     "sizelist", "rmsyms", "restore_relocs", "uniquify", "select_functions", "close_over_rodata",
-    "filter_kernel_tables", "strip_relocations", "TableCut",
+    "filter_kernel_tables", "strip_relocations", "TableCut", "move_jump_keys", "JUMP_TABLE",
+    "KSPLICE_JUMP_TABLE",
 ]

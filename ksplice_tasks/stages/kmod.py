@@ -25,6 +25,7 @@ the modules build against.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -56,6 +57,7 @@ from ksplice_tasks.obj.elfread import (
     read_object,
     undefined_symbols,
 )
+from ksplice_tasks.obj.objmanip import KSPLICE_JUMP_TABLE
 from ksplice_tasks.obj.view import ObjectView
 from ksplice_tasks.stages.collect import TABLES
 from ksplice_tasks.stages.inputs import Settings, read_release
@@ -68,8 +70,10 @@ KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "prima
 # Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
 # write_tables adds them to the primary's imports table.
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
+# jump_label_module_notify (static, kernel/jump_label.c) registers the primary's
+# jump entries (CONFIG_JUMP_LABEL only; absent from other kernels' maps).
 PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
-                   "module_kallsyms_on_each_symbol", "idle_task")
+                   "module_kallsyms_on_each_symbol", "idle_task", "jump_label_module_notify")
 
 # The module file names, as tests and older callers know them.
 module_names = module_files
@@ -228,11 +232,33 @@ def assemble(asm: Path, out: Path, *, verbose: bool = False) -> Path:
     return out
 
 
+# Every object's piece of the primary's jump entries (objmanip.move_jump_keys) in one
+# array, as jump_label_add_module() (kernel/jump_label.c) wants a module's entries;
+# the QUAD keeps the section allocated (so the symbols stay in the module) when empty.
+JUMP_START, JUMP_STOP = "ksplice_jump_start", "ksplice_jump_stop"
+JUMP_LINK_SCRIPT = f"""SECTIONS {{
+	{KSPLICE_JUMP_TABLE} : ALIGN(8) {{
+		{JUMP_START} = .;
+		KEEP(*({KSPLICE_JUMP_TABLE}*))
+		{JUMP_STOP} = .;
+		QUAD(0)
+	}}
+}}
+"""
+
+
 def link_tables(collection: Path, tables_obj: Path, out: Path, *,
                 verbose: bool = False) -> Path:
-    """``ld -r`` a collection object with its tables object into ``out``."""
-    with atomic_path(out) as tmp:
-        run(["ld", "-r", "-o", tmp, collection, tables_obj], verbose=verbose,
+    """``ld -r`` a collection object with its tables object into ``out``.
+
+    The link script (:data:`JUMP_LINK_SCRIPT`) merges the objects'
+    ``__ksplice_jump_table*`` pieces into one section between
+    ``ksplice_jump_start`` and ``ksplice_jump_stop`` (kmodsrc/primary.c).
+    """
+    with tempfile.TemporaryDirectory(prefix="ksplice-lds-") as d, atomic_path(out) as tmp:
+        script = Path(d) / "jump.lds"
+        script.write_text(JUMP_LINK_SCRIPT)
+        run(["ld", "-r", "-T", script, "-o", tmp, collection, tables_obj], verbose=verbose,
             what=f"linking tables into {collection.name}")
     return out
 
