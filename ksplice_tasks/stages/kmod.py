@@ -364,7 +364,8 @@ def check_loader_symbols(linked: Path, exported: set[str], role: str) -> None:
 
     The passes strip every relocation the ksplice core resolves itself; what
     is left undefined in a collection is for the module loader: the kernel
-    tables it applies (jump-label keys), alternatives and ftrace/thunk calls.
+    tables it applies, alternatives and ftrace/thunk calls (jump-label keys are
+    the ksplice core's: objmanip.move_jump_keys).
     modpost would fail on an unexported one with a bare "undefined!"; this
     names it, with the section and function that need it (UserError).
     """
