@@ -233,11 +233,15 @@ def _target_name(view: ObjectView, sec: Section, r: Reloc) -> str:
     return str(what)
 
 
-def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int]) -> bool:
+def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int],
+                     ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                     ) -> bool:
     """Whether a table entry describes kept code: its code field points into it.
 
     An entry whose layout is unknown (only its size is) counts when any of
-    its relocations points into kept code.
+    its relocations points into kept code.  With ``ranges`` (replacement
+    code of carried alternatives, :class:`TableCut` ``loader_ranges``), an
+    entry whose code field points inside one of them counts too.
     """
     obj = view.obj
     code = entry.field_reloc(Role.CODE) if entry.layout is not None else None
@@ -247,11 +251,18 @@ def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int]) -> boo
         tsec = obj.sections.get(s.shndx) if s.in_section else None
         if tsec is not None and s.shndx in kept and tsec.is_exec:
             return True
+    if code is not None and ranges:
+        site = entry.site(obj, Role.CODE)
+        if site is not None and any(lo <= site.offset < hi
+                                    for lo, hi, _ in ranges.get(site.shndx, ())):
+            return True
     return False
 
 
 def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
-                   kept: set[int]) -> tuple[bool, set[int]]:
+                   kept: set[int],
+                   ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                   ) -> tuple[bool, set[int]]:
     """Whether a table entry is about kept code, and the sections it needs then.
 
     It is when its code field points into kept code.  Every other relocation
@@ -263,7 +274,7 @@ def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
     ObjmanipError naming the table, the function and the target.
     """
     obj = view.obj
-    if not _about_kept_code(view, entry, kept):
+    if not _about_kept_code(view, entry, kept, ranges):
         return False, set()
     need = set()
     ours = entry.field_reloc(Role.KEY) if sec.name == JUMP_TABLE else None
@@ -331,11 +342,13 @@ def move_jump_keys(view: ObjectView, sec: Section, relocs: Sequence[Reloc], out_
 
 
 def _filter_table(view: ObjectView, sec: Section, kept: set[int],
-                  needed: set[int]) -> tuple[list[TableEntry], list[Reloc]]:
+                  needed: set[int],
+                  ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                  ) -> tuple[list[TableEntry], list[Reloc]]:
     """The entries of a table that are about kept code, and their relocations moved.
 
     ``needed`` collects the sections (strings, replacement code) the kept
-    entries point at.  Raises TableLayoutError as
+    entries point at; ``ranges`` as in :func:`_about_kept_code`.  Raises TableLayoutError as
     :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does, and
     ObjmanipError as :func:`_entry_verdict` does.
     """
@@ -343,7 +356,7 @@ def _filter_table(view: ObjectView, sec: Section, kept: set[int],
     for e in table_entries(view.obj, sec):
         if not e.relocs:
             continue
-        hit, need = _entry_verdict(view, sec, e, kept)
+        hit, need = _entry_verdict(view, sec, e, kept, ranges)
         if hit:
             keep.append(e)
             needed |= need
@@ -436,14 +449,18 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
     ``SHF_LINK_ORDER`` sections of kept code, kept whole.  A table whose entry
     layout cannot be derived is refused (ObjmanipError) when it refers to kept
     code, and left out otherwise; so is an entry about kept code that cannot
-    be carried (:func:`_entry_verdict`).
+    be carried (:func:`_entry_verdict`).  Alternatives come first: an entry
+    of another table about their carried replacement code (a return thunk
+    jump there, which apply_returns() rewrites before apply_alternatives()
+    copies it: arch/x86/kernel/module.c module_finalize()) is carried too.
     """
     obj = view.obj
     cut = TableCut()
-    for sec in obj.sections.values():
+    replacement: dict[int, list[tuple[int, int, str]]] = {}
+    for sec in sorted(obj.sections.values(), key=lambda t: not _has_replacement(t.name)):
         if sec.name in CARRIED_TABLES:
             try:
-                entries, rl = _filter_table(view, sec, kept, cut.needed)
+                entries, rl = _filter_table(view, sec, kept, cut.needed, replacement)
             except TableLayoutError as exc:
                 code = {i for i in kept if obj.sections[i].is_exec}
                 if any(obj.symbols[r.sym].shndx in code for r in obj.relocs.get(sec.index, [])):
@@ -454,9 +471,12 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
                 continue
             idx = [e.index for e in entries]
             size = entries[0].size
-            if any(lay.field(Role.REPLACEMENT) for lay in row(sec.name).layouts):  # type: ignore[union-attr]
+            if _has_replacement(sec.name):
                 for k, rng in _loader_ranges(view, sec, entries).items():
                     cut.loader_ranges.setdefault(k, []).extend(rng)
+                    rw = row(obj.sections[k].name)
+                    if rw is not None and rw.kind == Kind.REPLACEMENT:
+                        replacement.setdefault(k, []).extend(rng)
             cut.section_data[sec.index] = _cut(sec.data, size, idx)
             cut.relocs[sec.index] = rl
             cut.tables.append(sec.index)
@@ -474,6 +494,12 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
             cut.tables.append(sec.index)
             cut.relocs[sec.index] = list(obj.relocs.get(sec.index, []))
     return cut
+
+
+def _has_replacement(name: str) -> bool:
+    """Whether a table's entries name replacement code (``.altinstructions``)."""
+    rw = row(name)
+    return rw is not None and any(lay.field(Role.REPLACEMENT) for lay in rw.layouts)
 
 
 def _range_of(ranges: Sequence[tuple[int, int, str]], r: Reloc) -> str | None:

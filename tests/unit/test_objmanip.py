@@ -347,6 +347,24 @@ def test_jump_label_key_in_kept_data_stays_for_the_loader(compile_c):
     assert len(_relocs_of(prim, jt.name)) == 3
 
 
+def test_return_site_in_a_carried_replacement_is_carried(compile_c):
+    """apply_returns() rewrites a return thunk jump inside a replacement before
+    apply_alternatives() copies it: the .return_sites entry of a carried alternative's
+    replacement comes along (it used to be dropped silently); the entry in the
+    replacement of an alternative not carried (relocation stripped) stays out."""
+    obj = _primary_tables(compile_c)
+    prim, _ = keep_primary(obj, ["alt_ret"], TAG)
+    rs = next(s for s in prim.sections.values() if s.name == ".return_sites")
+    assert rs.size == 4
+    assert _relocs_of(prim, ".return_sites") == [".altinstr_replacement"]
+    assert _relocs_of(prim, ".altinstr_replacement") == ["__x86_return_thunk"]
+    repl = next(k for k, s in prim.sections.items() if s.name == ".altinstr_replacement")
+    [site] = prim.relocs[next(k for k, s in prim.sections.items()
+                              if s.name == ".return_sites")]
+    [thunk] = prim.relocs[repl]
+    assert site.addend + prim.symbols[site.sym].value == thunk.offset - 1  # the e9
+
+
 def test_exception_fixup_outside_the_update_is_refused(compile_c):
     """A user access whose fixup is not carried would oops on a fault: refused."""
     obj = _primary_tables(compile_c)
