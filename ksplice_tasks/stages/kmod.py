@@ -70,10 +70,12 @@ KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "prima
 # Unexported kernel symbols the primary's own code calls (kmodsrc/patch.c);
 # write_tables adds them to the primary's imports table.
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
-# jump_label_module_notify (static, kernel/jump_label.c) registers the primary's
-# jump entries (CONFIG_JUMP_LABEL only; absent from other kernels' maps).
 PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
-                   "module_kallsyms_on_each_symbol", "idle_task", "jump_label_module_notify")
+                   "module_kallsyms_on_each_symbol", "idle_task")
+# Registers the primary's jump entries (patch.c ksplice_link_jumps); static in
+# kernel/jump_label.c, only in kernels with CONFIG_JUMP_LABEL: imported only by
+# a primary that has jump entries.
+JUMP_IMPORT = "jump_label_module_notify"
 
 # The module file names, as tests and older callers know them.
 module_names = module_files
@@ -205,17 +207,28 @@ def install_symvers_into(orig: Path, tree: Path) -> bool:
 # -- the tables ----------------------------------------------------------------------
 
 
-def with_primary_imports(tables: metadata.ModuleTables) -> metadata.ModuleTables:
-    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack."""
+def with_primary_imports(tables: metadata.ModuleTables, *,
+                         jump_labels: bool = False) -> metadata.ModuleTables:
+    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack
+    (and :data:`JUMP_IMPORT` when the primary has ``jump_labels``)."""
     have = {i.name for i in tables.imports}
-    extra = tuple(metadata.ImportInput(n) for n in PRIMARY_IMPORTS if n not in have)
+    want = PRIMARY_IMPORTS + ((JUMP_IMPORT,) if jump_labels else ())
+    extra = tuple(metadata.ImportInput(n) for n in want if n not in have)
     return replace(tables, imports=tuple(tables.imports) + extra)
+
+
+def has_jump_entries(collection: Path) -> bool:
+    """Whether a collection object carries jump entries (``__ksplice_jump_table*``)."""
+    return any(s.name.startswith(KSPLICE_JUMP_TABLE) and s.size
+               for s in read_object(collection).sections.values())
 
 
 def module_tables(work: CreateLayout, role: str) -> metadata.ModuleTables:
     """What module ``role`` carries: collect's tables, plus the primary's own imports."""
     tables = TABLES.read(work.tables_json(role))
-    return with_primary_imports(tables) if role == PRIMARY else tables
+    if role != PRIMARY:
+        return tables
+    return with_primary_imports(tables, jump_labels=has_jump_entries(work.collection(role)))
 
 
 def write_tables_asm(dest: Path, tables: metadata.ModuleTables,
