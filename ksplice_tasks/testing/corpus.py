@@ -286,18 +286,13 @@ def sample_key(path: str) -> str:
 
 
 def sample(cases: Iterable[Case], limit: int | None) -> list[Case]:
-    """The cases a run builds, in sample order: the first ``limit`` code fixes, and every
-    expected-refusal case (data, init, noop) before the last of them (all with None)."""
+    """The cases a run builds, in sample order: the first ``limit`` code fixes (all with
+    None) and every expected-refusal case (data, init, noop: a handful per pair)."""
     ordered = sorted((c for c in cases if c.kind in BUILT_KINDS), key=lambda c: sample_key(c.path))
     if limit is None:
         return ordered
-    out, codes = [], 0
-    for c in ordered:
-        if codes >= limit:
-            break
-        out.append(c)
-        codes += c.kind == "code"
-    return out
+    codes = {id(c) for c in [c for c in ordered if c.kind == "code"][:limit]}
+    return [c for c in ordered if id(c) in codes or c.kind in EXPECTED_REFUSALS]
 
 
 def unified(path: str, old: str, new: str) -> str:
