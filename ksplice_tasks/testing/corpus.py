@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import posixpath
 import re
 import subprocess
 import sys
@@ -259,6 +260,7 @@ class Case:
     tarball: str = ""
     create_seconds: float = 0.0
     log: list[str] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)   # changed headers it includes
 
     @property
     def name(self) -> str:
@@ -356,10 +358,32 @@ def builtin_sources(dry_run: str, tree: str) -> frozenset[str]:
     return frozenset(out)
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]', re.M)
+INCLUDE_ROOTS = ("include", "arch/x86/include", "include/uapi", "arch/x86/include/uapi")
+
+
+def changed_includes(text: str, path: str, changed: frozenset[str]) -> list[str]:
+    """The headers of ``changed`` that C file ``path`` (its ``text``) includes directly.
+
+    ``<x.h>`` is looked up under the kernel's include roots (INCLUDE_ROOTS),
+    ``"x.h"`` beside the file as well.  Such a case may not build alone: the
+    cut has no commit boundaries to pair a file with its header change.
+    """
+    out = []
+    for kind, name in _INCLUDE.findall(text):
+        cands = [f"{root}/{name}" for root in INCLUDE_ROOTS]
+        if kind == '"':
+            cands.insert(0, posixpath.normpath(posixpath.join(posixpath.dirname(path), name)))
+        out += [c for c in cands if c in changed and c not in out]
+    return out
+
+
 def cut(old_tree: Path, new_tree: Path, paths: Iterable[str],
         built: frozenset[str]) -> tuple[list[Case], dict[str, str]]:
     """The cases of the changed ``paths``, and case name -> patch text for the built ``.c`` ones."""
     cases, patches = [], {}
+    paths = list(paths)
+    headers = frozenset(p for p in paths if p.endswith(".h"))
     for path in paths:
         kind = file_kind(path, built)
         if kind is not None:
@@ -371,7 +395,8 @@ def cut(old_tree: Path, new_tree: Path, paths: Iterable[str],
         old = a.read_text(errors="replace") if a.is_file() else ""
         new = b.read_text(errors="replace") if b.is_file() else ""
         cl = classify(old, new)
-        case = Case(path, cl.kind, list(cl.functions), cl.why)
+        case = Case(path, cl.kind, list(cl.functions), cl.why,
+                    headers=changed_includes(new, path, headers))
         cases.append(case)
         patches[case.name] = unified(path, old, new)
     return cases, patches
@@ -389,14 +414,41 @@ def table(cases: Sequence[Case]) -> list[str]:
     rows = ["| case | kind | created | applied | undone | reason |",
             "|---|---|---|---|---|---|"]
     for c in cases:
-        reason = (c.reason or c.why).replace("|", "/")[:160]
+        reason = c.reason or c.why
+        if c.created is False and c.headers:
+            reason += f" [includes changed {', '.join(c.headers)}]"
+        reason = reason.replace("|", "/")[:220]
         rows.append(f"| {c.path} | {c.kind} | {_mark(c.created)} | {_mark(c.applied)} | "
                     f"{_mark(c.undone)} | {reason} |")
     return rows
 
 
+NO_OBJECT_CHANGE = "create: no change in the object (the config compiles it out, or const/ONCE)"
+BUILD_ALONE = "create: does not build alone (needs a companion change the cut lacks)"
+NOT_A_FIX = (NO_OBJECT_CHANGE, BUILD_ALONE)
+
+
+def reason_group(reason: str) -> str:
+    """A reason with its particulars dropped, to group a run's reasons by cause.
+
+    The two create refusals that say nothing about live patching get fixed
+    names (NOT_A_FIX): no change in the object, and a patch that does not
+    build without a change the per-file cut left out; they are not counted
+    as code fixes in the ``code_fixes`` total.
+    """
+    if "No changes detected" in reason:
+        return NO_OBJECT_CHANGE
+    if "break the kernel build" in reason:
+        return BUILD_ALONE
+    text = re.sub(r"0x[0-9a-f]+|\b[0-9a-f]{8,}\b", "#", reason)
+    text = re.sub(r"update \w{8}", "update #", text)
+    return text[:100]
+
+
 def totals(cases: Sequence[Case], all_cases: Sequence[Case]) -> dict:
-    """Counts per kind over the whole cut, and created/applied/undone per kind of the run."""
+    """Counts per kind over the whole cut, created/applied/undone per kind of the run, the
+    reasons grouped (:func:`reason_group`), and ``code_fixes``: the code cases less those
+    whose refusal is not about live patching (NOT_A_FIX), with how many applied and undid."""
     out: dict = {"cut": {k: sum(c.kind == k for c in all_cases) for k in KINDS}, "run": {}}
     for k in BUILT_KINDS:
         mine = [c for c in cases if c.kind == k]
@@ -407,9 +459,16 @@ def totals(cases: Sequence[Case], all_cases: Sequence[Case]) -> dict:
     reasons: dict[str, int] = {}
     for c in cases:
         if c.reason:
-            key = re.sub(r"0x[0-9a-f]+|\b[0-9a-f]{8,}\b", "#", c.reason)[:80]
+            key = reason_group(c.reason)
             reasons[key] = reasons.get(key, 0) + 1
     out["reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    code = [c for c in cases if c.kind == "code"]
+    unmeasurable = [c for c in code if c.reason and reason_group(c.reason) in NOT_A_FIX]
+    fixes = [c for c in code if c not in unmeasurable]
+    out["code_fixes"] = {"cases": len(code), "unmeasurable": len(unmeasurable),
+                         "measured": len(fixes), "created": sum(bool(c.created) for c in fixes),
+                         "applied": sum(bool(c.applied) for c in fixes),
+                         "undone": sum(bool(c.undone) for c in fixes)}
     out["log_lines"] = sum(len(c.log) for c in cases)
     return out
 

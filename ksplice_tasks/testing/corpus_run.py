@@ -124,12 +124,15 @@ def prepare(r: Run, pair: str) -> tuple[debian_guest.DebianKernel, Path, Path]:
 
 
 def builtin(r: Run, kernel: debian_guest.DebianKernel) -> frozenset[str]:
-    """The .c sources compiled into the image: ``make -n`` on the target, cached in the workdir.
+    """The .c sources compiled into the image: ``make -n vmlinux modules`` on the target.
 
-    Taken before any create builds objects (make -n lists only what is out
-    of date), so the cache is kept.
+    make -n lists only objects that are out of date, so the output is taken
+    once, before any create builds objects in the tree, and kept in
+    ``$KSPLICE_CACHE/corpus/make-n-<release>-<version>.txt`` for every later
+    run on that target.
     """
-    dry = r.work / "make-n.txt"
+    rec = kernel.record
+    dry = cache_root() / "corpus" / f"make-n-{rec.release}-{rec.package_version}.txt"
     if not dry.is_file():
         argv = deps.dry_run_argv(kernel.source, target_make_vars(kernel.orig_config))
         res = r.run(argv)

@@ -176,6 +176,33 @@ def test_totals_and_table() -> None:
     assert tot["cut"]["header"] == 1 and tot["cut"]["code"] == 2
     assert tot["run"]["code"] == {"cases": 2, "created": 1, "applied": 1, "undone": 1}
     assert tot["reasons"] == {"create: error at #": 2}
+    assert tot["code_fixes"] == {"cases": 2, "unmeasurable": 0, "measured": 2, "created": 1,
+                                 "applied": 1, "undone": 1}
     rows = corpus.table(cases)
     assert rows[2] == "| a.c | code | yes | yes | yes |  |"
     assert rows[3].startswith("| b.c | code | NO | - | - | create: error")
+
+
+def test_changed_includes() -> None:
+    text = ('#include <linux/mm.h>\n#include "internal.h"\n# include <asm/tlb.h>\n'
+            '#include <linux/other.h>\n')
+    changed = frozenset({"include/linux/mm.h", "mm/internal.h", "arch/x86/include/asm/tlb.h",
+                         "include/linux/unrelated.h"})
+    assert corpus.changed_includes(text, "mm/memory.c", changed) == [
+        "include/linux/mm.h", "mm/internal.h", "arch/x86/include/asm/tlb.h"]
+    assert corpus.changed_includes(text, "mm/memory.c", frozenset()) == []
+
+
+def test_refusals_that_are_not_about_live_patching_are_not_counted_as_fixes() -> None:
+    cases = [corpus.Case("a.c", "code", created=True, applied=True, undone=True),
+             corpus.Case("b.c", "code", created=False, reason="create: ksplice-create: error: "
+                         "Aborting: No changes detected (only __LINE__ constants changed)"),
+             corpus.Case("c.c", "code", created=False, reason="create: Aborting: Applying the "
+                         "patch appears to break the kernel build: x.c:1: error: y"),
+             corpus.Case("d.c", "code", created=True, applied=False,
+                         reason="apply: Aborted: no match")]
+    tot = corpus.totals(cases, cases)
+    assert tot["code_fixes"] == {"cases": 4, "unmeasurable": 2, "measured": 2, "created": 2,
+                                 "applied": 1, "undone": 1}
+    assert tot["reasons"][corpus.NO_OBJECT_CHANGE] == 1
+    assert tot["reasons"][corpus.BUILD_ALONE] == 1
