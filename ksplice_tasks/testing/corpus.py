@@ -55,7 +55,8 @@ PAIRS = {"170-176": ("6.1.170-3", "6.1.176-1", "6.1.0-47-amd64"),
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _TYPE_DEF = re.compile(r"^(?:typedef\s+)?(?:struct|union|enum)\b[^=(]*\{\s*$")
-_INIT_MARK = re.compile(r"\b__(?:init|exit)\b|\b__(?:ref|meminit|cpuinit)\b")
+_INIT_MARK = re.compile(r"\b__(?:init|exit|ref|meminit)(?:data|const)?\b")
+_ANNOTATION = re.compile(r"\b__[a-z_]+\b")
 BAD_LOG = re.compile(r"WARNING|BUG|Oops|general protection")
 JMP32 = 0xE9
 
@@ -193,11 +194,18 @@ class Classification:
     why: str
 
 
+def _strip_annotations(lines: Sequence[str]) -> str:
+    """C text with every ``__word`` token (sparse and section annotations) and comment dropped."""
+    return strip_c(_ANNOTATION.sub("", "\n".join(lines)))
+
+
 def classify(old: str, new: str) -> Classification:
     """The kind of the change from ``old`` to ``new`` (one C file's text); see the module doc.
 
     Precedence: noop, then data (any changed type or initializer), then init
-    (every touched function is ``__init``/``__exit``), else code.
+    (every touched function or initializer is ``__init``/``__exit``/``__initdata``/
+    ``__initconst``), else code.  A top-level declaration that only gains or loses
+    ``__word`` annotations (``__rcu``, ``__read_mostly``) is not a change.
     """
     if strip_c(old) == strip_c(new):
         return Classification("noop", (), "only comments or white space differ")
@@ -205,12 +213,17 @@ def classify(old: str, new: str) -> Classification:
     ablocks, bblocks = blocks(old), blocks(new)
     funcs: dict[str, bool] = {}       # name -> is __init/__exit
     data: list[str] = []
+    counted = False
     sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue
         if not strip_c("\n".join(a[i1:i2])) and not strip_c("\n".join(b[j1:j2])):
             continue  # a comment or blank lines only
+        if (tag == "replace" and all(_block_at(ablocks, k) is None for k in range(i1, i2))
+                and _strip_annotations(a[i1:i2]) == _strip_annotations(b[j1:j2])):
+            continue  # a top-level declaration gained or lost __rcu, __read_mostly, ...
+        counted = True
         hits: list[tuple[Block | None, str]] = []
         for k in range(i1, i2):
             hits.append((_block_at(ablocks, k), a[k]))
@@ -230,9 +243,13 @@ def classify(old: str, new: str) -> Classification:
                 funcs[blk.name] = funcs.get(blk.name, True) and bool(_INIT_MARK.search(blk.head))
             elif blk.kind == "type":
                 data.append(f"type {blk.name}")
+            elif blk.kind == "initializer" and _INIT_MARK.search(blk.head):
+                funcs[f"{blk.name} (init data)"] = True
             elif blk.kind == "initializer":
                 data.append(f"initializer of {blk.name}")
     names = tuple(sorted(funcs))
+    if not counted:
+        return Classification("noop", (), "only comments, white space or __annotations differ")
     if data:
         return Classification("data", names, sorted(set(data))[0])
     if funcs and all(funcs.values()):
@@ -424,18 +441,21 @@ def table(cases: Sequence[Case]) -> list[str]:
 
 
 NO_OBJECT_CHANGE = "create: no change in the object (the config compiles it out, or const/ONCE)"
+INIT_ONLY = "create: only __init/__exit code changes (nothing running to patch)"
 BUILD_ALONE = "create: does not build alone (needs a companion change the cut lacks)"
-NOT_A_FIX = (NO_OBJECT_CHANGE, BUILD_ALONE)
+NOT_A_FIX = (NO_OBJECT_CHANGE, INIT_ONLY, BUILD_ALONE)
 
 
 def reason_group(reason: str) -> str:
     """A reason with its particulars dropped, to group a run's reasons by cause.
 
-    The two create refusals that say nothing about live patching get fixed
-    names (NOT_A_FIX): no change in the object, and a patch that does not
-    build without a change the per-file cut left out; they are not counted
-    as code fixes in the ``code_fixes`` total.
+    The create refusals that say nothing about live patching get fixed names
+    (NOT_A_FIX): no change in the object, only ``__init``/``__exit`` code
+    changed, and a patch that does not build without a change the per-file
+    cut left out; they are not counted as code fixes in ``code_fixes``.
     """
+    if "only __init/__exit code changed" in reason:
+        return INIT_ONLY
     if "No changes detected" in reason:
         return NO_OBJECT_CHANGE
     if "break the kernel build" in reason:

@@ -200,7 +200,7 @@ def boot(r: Run, kernel: debian_guest.DebianKernel, cases: Sequence[corpus.Case]
     manifest = r.work / "manifest.json"
     write_atomic(manifest, json.dumps([[c.name, c.tarball] for c in todo]))
     r.say(f"[boot 1/1] {kernel.release} with {len(todo)} updates")
-    script = (f"export PYTHONPATH={REPO}\ndmesg -n 1\n"
+    script = (f"export PYTHONPATH={REPO} TMPDIR=/run\ndmesg -n 1\n"
               f"chroot /host {sys.executable} -m ksplice_tasks.testing.corpus guest {manifest}\n")
     res = kernel.boot(script, hostfs=True, timeout=120 + 30 * len(todo))
     write_atomic(r.work / "guest.log", res.output)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,11 @@ def test_function_name(head: str, name: str) -> None:
     ("\treturn add(1, 2);", "\treturn add(2, 2);", "init", ("foo_init",)),
     ("\treturn level;", "\treturn level + 1;", "code", ("foo_log",)),
     ("#include <linux/kernel.h>\n", "#include <linux/kernel.h>\n#define LIMIT 3\n", "code", ()),
+    ("static int limit = 4;", "static int __read_mostly limit = 4;", "noop", ()),
+    ("static int limit = 4;", "static int __rcu limit = 5;", "data", ()),
+    ("static const struct file_operations foo_fops = {\n\t.read = foo_read,",
+     "static const struct file_operations foo_fops __initconst = {\n\t.read = foo_read,",
+     "data", ("foo_fops (init data)",)),
 ])
 def test_classify(old: str, new: str, kind: str, functions: tuple[str, ...]) -> None:
     got = corpus.classify(BASE, change(old, new))
@@ -206,3 +213,30 @@ def test_refusals_that_are_not_about_live_patching_are_not_counted_as_fixes() ->
                                  "applied": 1, "undone": 1}
     assert tot["reasons"][corpus.NO_OBJECT_CHANGE] == 1
     assert tot["reasons"][corpus.BUILD_ALONE] == 1
+    init = corpus.Case("e.c", "code", created=False, reason="create: Aborting: No changes "
+                       "detected (only __init/__exit code changed)")
+    assert corpus.totals([init], [init])["reasons"] == {corpus.INIT_ONLY: 1}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--pair", "170-999"], "unknown --pair '170-999'"),
+    (["--limit", "0"], "--limit must be a positive number"),
+    (["--target", "test"], "--target 'test' is not implemented"),
+    (["-j", "0"], "-j must be a positive number"),
+])
+def test_bench_corpus_bad_input_is_one_line(args: list[str], says: str) -> None:
+    repo = Path(corpus.__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, str(repo / "bench" / "corpus.py"), *args],
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
+    assert res.stdout == ""
+
+
+def test_a_changed_init_table_is_init() -> None:
+    base = BASE.replace("static const struct file_operations foo_fops = {",
+                        "static const struct dmi_system_id quirks[] __initconst = {")
+    new = base.replace("\t.read = foo_read,\n", "\t.read = foo_read,\n\t{ .ident = \"x\" },\n")
+    got = corpus.classify(base, new)
+    assert (got.kind, got.functions) == ("init", ("quirks (init data)",))
