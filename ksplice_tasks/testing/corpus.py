@@ -161,9 +161,18 @@ def blocks(text: str) -> list[Block]:
     return out
 
 
+# Attribute macros that follow or precede a declarator with their own parentheses
+# (include/linux/compiler_types.h, compiler_attributes.h): not the function's name.
+ATTRIBUTE_MACROS = frozenset({
+    "__must_hold", "__acquires", "__releases", "__cond_acquires", "__printf", "__scanf",
+    "__attribute__", "__section", "__aligned", "__alloc_size", "__malloc", "__diagnose_as",
+    "__no_sanitize_or_inline", "__counted_by"})
+
+
 def function_name(head: str) -> str:
     """The name in a function's declaration: the last identifier followed by ``(`` at
-    parenthesis depth 0 (``__printf(2, 3) int foo(...)`` -> ``foo``); ``?`` when none."""
+    parenthesis depth 0 that is not an attribute macro (ATTRIBUTE_MACROS):
+    ``__printf(2, 3) int foo(...)`` -> ``foo``; ``?`` when none."""
     depth, name = 0, "?"
     for m in re.finditer(r"[A-Za-z_]\w*\s*\(|[()]", head):
         tok = m.group(0)
@@ -172,7 +181,7 @@ def function_name(head: str) -> str:
         elif tok == "(":
             depth += 1
         else:
-            if depth == 0:
+            if depth == 0 and tok.rstrip("( \t") not in ATTRIBUTE_MACROS:
                 name = tok.rstrip("( \t")
             depth += 1
     return name

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -27,7 +27,7 @@ from ksplice_tasks.distro import debian
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import cache_root, extract_tarball, locked, write_atomic
 from ksplice_tasks.stages.inputs import target_make_vars
-from ksplice_tasks.testing import corpus, debian_guest
+from ksplice_tasks.testing import corpus, debian_guest, qemu, testkernel
 from ksplice_tasks.tree import deps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,42 +97,88 @@ def error_line(text: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def prepare(r: Run, pair: str) -> tuple[debian_guest.DebianKernel, Path, Path]:
-    """The older version's target (kallsyms captured, targeted-prebuilt) and both pristine trees.
+@dataclass(frozen=True)
+class Target:
+    """The running kernel a run patches: its KERNEL_SOURCE, ORIG_CONFIG and how to boot it.
 
-    Returns (kernel, old source, new source). UserError when the archive's
-    image is not at the pair's older version or the prebuild fails.
+    ``name`` is ``debian`` (Debian's shipped image) or ``test`` (the project's
+    lp kernel: SMP+KASLR, ftrace, livepatch, ORC, built from the older
+    source); ``key`` names the target in cache file names.
+    """
+
+    name: str
+    release: str
+    key: str
+    source: Path
+    orig_config: Path
+    boot: Callable[..., qemu.BootResult]
+
+
+def prepare(r: Run, pair: str, target: str = "debian") -> tuple[Target, Path, Path]:
+    """The older version's target, targeted-prebuilt, and both pristine source trees.
+
+    ``debian``: Debian's shipped image of the older version (its kallsyms
+    captured in one boot).  ``test``: the project's ``lp`` test kernel built
+    from the older version's ``linux-source-6.1`` tarball, and a tree of its
+    own to prebuild (``ksrc/corpus-<version>-...``).  Returns (target, old
+    source, new source).  UserError when the archive's image is not at the
+    pair's older version, a build or the prebuild fails.
     """
     t0 = time.monotonic()
     old_v, new_v, release = corpus.PAIRS[pair]
-    r.say(f"[prepare 1/4] Debian target {release} ({old_v})")
-    kernel = debian_guest.prepare(release, out=r.out)
-    if kernel.record.package_version != old_v:
-        raise UserError(f"{release} is {kernel.record.package_version} in the archive, "
-                        f"not {old_v}")
-    r.say("[prepare 2/4] /proc/kallsyms of the shipped image")
-    if not (kernel.orig_config / "kallsyms").is_file():
-        debian_guest.capture_kallsyms(kernel)
+    if target == "debian":
+        r.say(f"[prepare 1/4] Debian target {release} ({old_v})")
+        kernel = debian_guest.prepare(release, out=r.out)
+        if kernel.record.package_version != old_v:
+            raise UserError(f"{release} is {kernel.record.package_version} in the archive, "
+                            f"not {old_v}")
+        r.say("[prepare 2/4] /proc/kallsyms of the shipped image")
+        if not (kernel.orig_config / "kallsyms").is_file():
+            debian_guest.capture_kallsyms(kernel)
+        tgt = Target("debian", kernel.release, f"{kernel.release}-{old_v}", kernel.source,
+                     kernel.orig_config, kernel.boot)
+    elif target == "test":
+        r.say(f"[prepare 1/4] the lp test kernel from linux-source-6.1 {old_v}")
+        tarball = source_tarball(old_v)
+        kernel = testkernel.build_test_kernel("lp", jobs=r.jobs, tarball=tarball,
+                                              verbose=r.verbose, out=r.out)
+        r.say("[prepare 2/4] its own tree to prebuild")
+        ksrc, orig = testkernel.prebuild_tree(kernel, f"corpus-{old_v}", tarball, out=r.out)
+        tgt = Target("test", kernel.release, f"test-lp-{kernel.build.name}", ksrc, orig,
+                     kernel.boot)
+    else:
+        raise UserError(f"unknown target {target!r} (have: debian, test)")
     r.say(f"[prepare 3/4] pristine source trees {old_v} and {new_v}")
     old_src, new_src = source_tree(old_v), source_tree(new_v)
     r.say("[prepare 4/4] targeted prebuild")
-    res = r.run([*r.create_argv(), "--prebuild", kernel.source])
+    res = r.run([*r.create_argv(), "--prebuild", f"--config={tgt.orig_config}", tgt.source])
     if res.returncode != 0:
         raise UserError(f"prebuild failed: {error_line(res.stdout + res.stderr)}")
     r.seconds["prepare"] = time.monotonic() - t0
-    return kernel, old_src, new_src
+    return tgt, old_src, new_src
 
 
-def builtin(r: Run, kernel: debian_guest.DebianKernel) -> frozenset[str]:
+def source_tarball(version: str) -> Path:
+    """Debian's ``linux-source-6.1.tar.xz`` of package ``version``, kept unpacked in the cache
+    (``debian/<version>/x/linux-source-6.1/``) for the test kernel's build."""
+    pkgs = debian.Packages(release="", version=version, image="", headers="",
+                           source="linux-source-6.1", dbg=None)
+    with locked(f"debian-{version.replace(':', '%3a')}"):
+        debs = debian.download(pkgs, [pkgs.source])
+        tree = debian.unpack(debs[pkgs.source],
+                             debian.debian_cache(version) / "x" / pkgs.source)
+    return tree / "usr/src/linux-source-6.1.tar.xz"
+
+
+def builtin(r: Run, kernel: Target) -> frozenset[str]:
     """The .c sources compiled into the image: ``make -n vmlinux modules`` on the target.
 
     make -n lists only objects that are out of date, so the output is taken
     once, before any create builds objects in the tree, and kept in
-    ``$KSPLICE_CACHE/corpus/make-n-<release>-<version>.txt`` for every later
-    run on that target.
+    ``$KSPLICE_CACHE/corpus/make-n-<target key>.txt`` for every later run on
+    that target.
     """
-    rec = kernel.record
-    dry = cache_root() / "corpus" / f"make-n-{rec.release}-{rec.package_version}.txt"
+    dry = cache_root() / "corpus" / f"make-n-{kernel.key}.txt"
     if not dry.is_file():
         argv = deps.dry_run_argv(kernel.source, target_make_vars(kernel.orig_config))
         res = r.run(argv)
@@ -142,7 +188,7 @@ def builtin(r: Run, kernel: debian_guest.DebianKernel) -> frozenset[str]:
     return corpus.builtin_sources(dry.read_text(), str(kernel.source))
 
 
-def cut(r: Run, kernel: debian_guest.DebianKernel, old_src: Path, new_src: Path,
+def cut(r: Run, kernel: Target, old_src: Path, new_src: Path,
         only: Sequence[str] | None = None) -> list[corpus.Case]:
     """Every case of the pair (``only``: just these paths), patches written to work/patches."""
     t0 = time.monotonic()
@@ -162,7 +208,7 @@ def cut(r: Run, kernel: debian_guest.DebianKernel, old_src: Path, new_src: Path,
     return cases
 
 
-def create(r: Run, kernel: debian_guest.DebianKernel, cases: Sequence[corpus.Case]) -> None:
+def create(r: Run, kernel: Target, cases: Sequence[corpus.Case]) -> None:
     """``ksplice-create --patch`` of each case against the target; sets created/tarball/reason."""
     t0 = time.monotonic()
     out = r.work / "updates"
@@ -187,7 +233,7 @@ def create(r: Run, kernel: debian_guest.DebianKernel, cases: Sequence[corpus.Cas
     r.seconds["create"] = time.monotonic() - t0
 
 
-def boot(r: Run, kernel: debian_guest.DebianKernel, cases: Sequence[corpus.Case]) -> str:
+def boot(r: Run, kernel: Target, cases: Sequence[corpus.Case]) -> str:
     """One boot of the shipped image with every created update; sets applied/undone/reason/log.
 
     The guest runs :func:`corpus.guest_main` (this checkout, over 9p).
