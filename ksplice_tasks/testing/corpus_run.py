@@ -259,6 +259,8 @@ def boot(r: Run, kernel: Target, cases: Sequence[corpus.Case]) -> str:
             continue
         c.applied, c.undone, c.log = got["applied"], got["undone"], got["log"]
         c.reason = got["reason"] or ("kernel log: " + got["log"][0] if got["log"] else "")
+        if got["runpre_failed"] and "no match" in c.reason:
+            c.reason += f" [run-pre failed: {', '.join(got['runpre_failed'])}]"
     r.seconds["boot"] = time.monotonic() - t0
     return res.output
 

@@ -174,6 +174,9 @@ def test_parse_patches_and_guest_output() -> None:
            "@@start b\nnoise\n")
     results, crashed = corpus.parse_guest(out)
     assert list(results) == ["a"] and crashed == "b"
+    out = ("@@start c\nrun-pre: f: found at 0x1\nrun-pre: g: failed\nrun-pre: h.part.0: several\n"
+           "@@case " + json.dumps({"case": "c", "applied": False}) + "\n")
+    assert corpus.parse_guest(out)[0]["c"]["runpre_failed"] == ["g", "h.part.0 (several)"]
 
 
 def test_totals_and_table() -> None:
@@ -241,3 +244,10 @@ def test_a_changed_init_table_is_init() -> None:
     new = base.replace("\t.read = foo_read,\n", "\t.read = foo_read,\n\t{ .ident = \"x\" },\n")
     got = corpus.classify(base, new)
     assert (got.kind, got.functions) == ("init", ("quirks (init data)",))
+
+
+def test_site_patched_without_kcore_compares_the_primarys_hashes(tmp_path: Path) -> None:
+    row = {"name": "f", "site": "10", "repl": "20", "before": "aa", "now": "bb"}
+    assert corpus.site_patched(row, tmp_path)            # no tmp_path/kcore
+    assert not corpus.site_patched({**row, "now": "aa"}, tmp_path)
+    assert not corpus.site_patched({**row, "before": "", "now": ""}, tmp_path)
