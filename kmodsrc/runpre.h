@@ -22,6 +22,18 @@ struct ksplice_site {
 	unsigned int reloc;		/* index into the reloc or code-site table */
 };
 
+/* From pre offset @pre on, the running copy is @delta bytes further on. */
+struct ksplice_relax {
+	unsigned long pre;
+	long delta;
+};
+
+/* A branch of the running copy to @run, found at a site going to pre offset @pre. */
+struct ksplice_pending {
+	long pre;
+	unsigned long run;
+};
+
 /* Run-pre matching result for one helper function (helper side). */
 enum ksplice_match_status {
 	KSPLICE_MATCH_UNTRIED,
