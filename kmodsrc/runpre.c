@@ -1211,24 +1211,58 @@ static int ksplice_match_listed(struct ksplice_module *h, u8 *buf,
 	return 0;
 }
 
-/* Log what matching found; abort when a function with candidates failed. */
+/*
+ * Does the update rest on helper function @name?  It does when the primary
+ * patches it, or when the primary's code refers to it (a relocation the
+ * update resolves itself): the new code then calls or reads what the source
+ * says it is.
+ */
+static bool ksplice_runpre_needed(const struct ksplice_module *km,
+				  const char *name)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_patches; i++)
+		if (!strcmp(km->patch_tab[i].oldname, name))
+			return true;
+	for (i = 0; i < km->nr_relocs; i++)
+		if (!strcmp(km->reloc_tab[i].symbol, name))
+			return true;
+	return false;
+}
+
+/*
+ * Log what matching found; abort when a function the update needs has
+ * copies in the running kernel and none matched.  A function it does not
+ * need (same object, neither patched nor referred to by the new code) that
+ * failed is only reported: its values are not used (a value only it could
+ * give leaves the primary's relocation unresolved, which aborts later).
+ */
 static int ksplice_runpre_verdict(struct ksplice_module *km)
 {
 	const struct ksplice_module *h = km->helper;
-	unsigned int f, failed = 0;
+	unsigned int f, failed = 0, unneeded = 0;
 	bool traced = false;
 
 	for (f = 0; f < h->nr_sizes; f++) {
+		const char *name = h->size_tab[f].name;
+
 		if (h->match[f].status != KSPLICE_MATCH_FAILED)
 			continue;
+		if (!ksplice_runpre_needed(km, name)) {
+			unneeded++;
+			pr_info("%s run-pre: no running copy of %s matches the update's pre code; not needed by the update\n",
+				KSPLICE_ID, name);
+			continue;
+		}
 		failed++;
 		traced |= h->match[f].traced;
 		pr_warn("%s run-pre: no running copy of %s matches the update's pre code%s\n",
-			KSPLICE_ID, h->size_tab[f].name,
+			KSPLICE_ID, name,
 			h->match[f].traced ? " (its entry is traced)" : "");
 	}
-	pr_info("%s run-pre: %u of %u functions matched, %u failed\n",
-		KSPLICE_ID, h->matched, h->nr_sizes, failed);
+	pr_info("%s run-pre: %u of %u functions matched, %u failed, %u failed but not needed\n",
+		KSPLICE_ID, h->matched, h->nr_sizes, failed, unneeded);
 	if (!failed)
 		return 0;
 	return ksplice_fail(km, traced ? KSPLICE_ABORT_TRACED :
@@ -1249,8 +1283,9 @@ static int ksplice_runpre_verdict(struct ksplice_module *km)
  * ksplice_runpre_lookup() and ksplice_runpre_function().
  *
  * Return: 0, or a negative errno with the abort cause recorded in @km:
- * traced or no_match when a function has copies in the running kernel's
- * text and none of them matches, nomem.
+ * traced or no_match when a function the update needs (patched, or referred
+ * to by the primary's code) has copies in the running kernel's text and none
+ * of them matches, nomem.
  */
 int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms)
 {
