@@ -21,6 +21,9 @@
 #define KSPLICE_SITE_BRANCH 0x6 /* kind: relative branch compared by target (relaxed jumps) */
 #define KSPLICE_CODESITE_ORIGINAL 0x1 /* alternative: the original, as optimize_nops() leaves it */
 #define KSPLICE_CODESITE_UNSUPPORTED 0x2 /* alternative: bytes not predictable; refuse if applied */
+#define KSPLICE_CODESITE_PARAVIRT 0x4 /* alternative's original: a paravirt site, type in feature */
+#define KSPLICE_SITE_PARAVIRT 0x7 /* kind: pv_ops call site (.parainstructions), type in feature */
+#define KSPLICE_SITE_SMP_LOCK 0x8 /* kind: lock prefix (.smp_locks) */
 
 /* A relocation the module resolves itself; the site is section_addr + offset. */
 struct ksplice_reloc {
@@ -72,7 +75,7 @@ struct ksplice_codesite {
 	unsigned char len; /* instruction bytes in this module */
 	unsigned char reg; /* retpoline: the register (0 = rax ... 15 = r15) */
 	unsigned char flags; /* KSPLICE_CODESITE_* */
-	unsigned short feature; /* alternative: cpuid word, ALTINSTR_FLAG_INV */
+	unsigned short feature; /* cpuid word (alternative), pv_ops type (paravirt) */
 	unsigned char repl_len; /* alternative: bytes of the replacement */
 	const unsigned char *template; /* alternative: len final bytes (rel32 zeroed) */
 	const char *symbol; /* alternative: System.map name its call/jmp reaches */

@@ -31,6 +31,7 @@
 #include <linux/uaccess.h>
 #include <asm/alternative.h>
 #include <asm/cpufeature.h>
+#include <asm/paravirt.h>
 #include <asm/text-patching.h>
 #include <asm/unaligned.h>
 
@@ -52,6 +53,8 @@
 
 /* Prefix and opcode bytes of the code sites' instructions (x86 SDM vol. 2) */
 #define KSPLICE_CS_PREFIX	0x2e
+#define KSPLICE_DS_PREFIX	0x3e
+#define KSPLICE_LOCK_PREFIX	0xf0
 #define KSPLICE_REX_B		0x41
 #define KSPLICE_INDIRECT	0xff	/* call/jmp r/m64 */
 #define KSPLICE_MODRM_CALL_REG	0xd0	/* mod 3, /2: call *%reg */
@@ -670,6 +673,65 @@ static bool ksplice_site_branch(struct ksplice_walk *w,
 	return true;
 }
 
+/* Are the @n bytes at @p what add_nops(p, n) writes? */
+static bool __maybe_unused ksplice_is_add_nops(const u8 *p, unsigned int n)
+{
+	while (n) {
+		unsigned int k = min_t(unsigned int, n, KSPLICE_NOP_MAX);
+
+		if (memcmp(p, ksplice_add_nops[k], k))
+			return false;
+		p += k;
+		n -= k;
+	}
+	return true;
+}
+
+/*
+ * A paravirt site of @len bytes, pv_ops entry @type: apply_paravirt() let
+ * paravirt_patch() write a call to pv_ops[type] (nothing when that is
+ * _paravirt_nop; a NULL entry, a call to paravirt_BUG, is refused here)
+ * and padded the rest with add_nops().  The pv_ops are set before the boot
+ * patches, and a module's sites are patched at load with the same ones.
+ */
+static bool ksplice_site_paravirt(struct ksplice_walk *w, unsigned int type,
+				  unsigned int len)
+{
+#ifdef CONFIG_PARAVIRT
+	const u8 *run = w->run + w->j;
+	unsigned long op;
+	unsigned int used = 0;
+
+	if (type >= sizeof(pv_ops) / sizeof(void *) || len < CALL_INSN_SIZE)
+		return false;
+	op = (unsigned long)((void **)&pv_ops)[type];
+	if (!op)
+		return false;
+	if (!ksplice_symbol_at(w->h->symbuf, op, "_paravirt_nop")) {
+		if (run[0] != CALL_INSN_OPCODE ||
+		    ksplice_rel32_target(w, CALL_INSN_SIZE) != op)
+			return false;
+		used = CALL_INSN_SIZE;
+	}
+	return ksplice_is_add_nops(run + used, len - used);
+#else
+	return false;
+#endif
+}
+
+/*
+ * A lock prefix of .smp_locks: alternatives_smp_unlock() turns it into a
+ * DS prefix (3e) while one CPU is online, alternatives_smp_lock() back
+ * before a second one comes up.
+ */
+static bool ksplice_site_smp_lock(const struct ksplice_walk *w)
+{
+	u8 run = w->run[w->j];
+
+	return run == KSPLICE_LOCK_PREFIX ||
+	       (run == KSPLICE_DS_PREFIX && num_online_cpus() == 1);
+}
+
 /* Does the boot CPU select alternative entry @cs (apply_alternatives())? */
 static int ksplice_alt_applies(const struct ksplice_codesite *cs)
 {
@@ -738,6 +800,18 @@ static bool ksplice_alt_branch(struct ksplice_walk *w,
 	return ksplice_alt_target(w, cs, target);
 }
 
+/* Step over a site of @len bytes in both copies, and the relocations inside. */
+static int ksplice_walk_site_done(struct ksplice_walk *w, unsigned int len)
+{
+	unsigned long end = (unsigned long)w->pre + w->i + len;
+
+	while (w->k < w->kend && w->h->by_site[w->k].addr < end)
+		w->k++;
+	w->i += len;
+	w->j += len;
+	return 1;
+}
+
 /*
  * An alternative site: its original (first, KSPLICE_CODESITE_ORIGINAL)
  * and its entries, in table order, from by_code[w->c] on.  The entry the
@@ -777,6 +851,10 @@ static bool ksplice_walk_alternative(struct ksplice_walk *w)
 	if (w->i + len > w->size || w->j + len > w->runlen ||
 	    (use->flags & KSPLICE_CODESITE_UNSUPPORTED))
 		return false;
+	if (use == orig && (orig->flags & KSPLICE_CODESITE_PARAVIRT))
+		/* apply_paravirt() ran first; its call has no field of ours to read */
+		return ksplice_site_paravirt(w, orig->feature, len) &&
+		       ksplice_walk_site_done(w, len);
 	if (use == orig) {
 		while (w->i < start + len) {
 			if (w->k < w->kend && h->by_site[w->k].addr - base == w->i) {
@@ -801,13 +879,8 @@ static bool ksplice_walk_alternative(struct ksplice_walk *w)
 			return false;
 		p = CALL_INSN_SIZE;
 	}
-	if (memcmp(w->run + w->j + p, use->template + p, len - p))
-		return false;
-	while (w->k < w->kend && h->by_site[w->k].addr < base + start + len)
-		w->k++;
-	w->i += len;
-	w->j += len;
-	return true;
+	return !memcmp(w->run + w->j + p, use->template + p, len - p) &&
+	       ksplice_walk_site_done(w, len);
 }
 
 /*
@@ -830,6 +903,15 @@ static int ksplice_walk_codesite(struct ksplice_walk *w,
 	if (cs->kind == KSPLICE_SITE_BRANCH)
 		return len <= KSPLICE_SITE_MAX && w->i + len <= w->size &&
 		       w->j + len <= w->runlen && ksplice_site_branch(w, cs);
+	if (cs->kind == KSPLICE_SITE_PARAVIRT)
+		ok = w->i + len <= w->size && w->j + len <= w->runlen &&
+		     ksplice_site_paravirt(w, cs->feature, len);
+	else if (cs->kind == KSPLICE_SITE_SMP_LOCK)
+		ok = len == 1 && ksplice_site_smp_lock(w);
+	else
+		ok = -2;
+	if (ok != -2)
+		return ok ? ksplice_walk_site_done(w, len) : 0;
 	if (!len || len > KSPLICE_SITE_MAX || w->i + len > w->size ||
 	    w->j + len > w->runlen)
 		return 0;

@@ -118,6 +118,9 @@ FLAGS: dict[str, tuple[int, str]] = {
     "KSPLICE_SITE_BRANCH": (0x6, "kind: relative branch compared by target (relaxed jumps)"),
     "KSPLICE_CODESITE_ORIGINAL": (0x1, "alternative: the original, as optimize_nops() leaves it"),
     "KSPLICE_CODESITE_UNSUPPORTED": (0x2, "alternative: bytes not predictable; refuse if applied"),
+    "KSPLICE_CODESITE_PARAVIRT": (0x4, "alternative's original: a paravirt site, type in feature"),
+    "KSPLICE_SITE_PARAVIRT": (0x7, "kind: pv_ops call site (.parainstructions), type in feature"),
+    "KSPLICE_SITE_SMP_LOCK": (0x8, "kind: lock prefix (.smp_locks)"),
 }
 
 # SiteInput.kind -> the KSPLICE_SITE_* value the kernel side switches on.
@@ -128,6 +131,8 @@ SITE_KIND_VALUES: dict[str, int] = {
     "jump_label": FLAGS["KSPLICE_SITE_JUMP_LABEL"][0],
     "alternative": FLAGS["KSPLICE_SITE_ALTERNATIVE"][0],
     "branch": FLAGS["KSPLICE_SITE_BRANCH"][0],
+    "paravirt": FLAGS["KSPLICE_SITE_PARAVIRT"][0],
+    "smp_lock": FLAGS["KSPLICE_SITE_SMP_LOCK"][0],
 }
 
 RELOC = Struct("ksplice_reloc", "ksplice_relocs",
@@ -180,7 +185,7 @@ CODESITE = Struct("ksplice_codesite", "ksplice_codesites",
                       Field("len", "u8", "instruction bytes in this module"),
                       Field("reg", "u8", "retpoline: the register (0 = rax ... 15 = r15)"),
                       Field("flags", "u8", "KSPLICE_CODESITE_*"),
-                      Field("feature", "u16", "alternative: cpuid word, ALTINSTR_FLAG_INV"),
+                      Field("feature", "u16", "cpuid word (alternative), pv_ops type (paravirt)"),
                       Field("repl_len", "u8", "alternative: bytes of the replacement"),
                       Field("template", "bytes", "alternative: len final bytes (rel32 zeroed)"),
                       Field("symbol", "str", "alternative: System.map name its call/jmp reaches"),
@@ -464,7 +469,7 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
             yield ({"name": map_name(rec.name), "candidates": em_cands(c),
                     "nr_candidates": len(c)}, rec.name)
         elif struct is CODESITE and isinstance(rec, SiteInput):
-            maxlen = 256 if rec.kind == "alternative" else 16
+            maxlen = 256 if rec.kind in ("alternative", "paravirt") else 16
             if rec.kind not in SITE_KIND_VALUES or not 0 < rec.length < maxlen or not (
                     0 <= rec.reg < 16) or (rec.kind == "alternative"
                                            and len(rec.template) != 2 * rec.length):

@@ -261,3 +261,45 @@ def branch_sites(obj: ElfObject, shndx: int, starts: Sequence[int], ends: Sequen
                 continue
             out.append((s, e - s, t))
     return out
+
+
+# SiteRecord.flags of an alternative's original that is also a paravirt site.
+ALT_PARAVIRT = 0x4
+
+
+def paravirt_sites(obj: ElfObject, keep: Collection[int]) -> list[tuple[int, int, int, int]]:
+    """(section, offset, len, type) of each ``.parainstructions`` entry in sections ``keep``.
+
+    6.1's ``apply_paravirt()`` (arch/x86/kernel/alternative.c) lets
+    ``paravirt_patch()`` (arch/x86/kernel/paravirt.c) write a ``call`` to
+    ``pv_ops[type]`` (nothing when that is ``_paravirt_nop``) and pads the
+    site's ``len`` bytes with ``add_nops()``.  Sites shorter than a call are
+    left out (compared strictly).
+    """
+    out = []
+    for sec in obj.sections.values():
+        if sec.name != ".parainstructions":
+            continue
+        for e in table_entries(obj, sec):
+            site = e.site(obj, Role.CODE)
+            length = e.value(sec.data, Role.CODE_LEN) or 0
+            ptype = e.value(sec.data, "type")
+            if site is None or site.shndx not in keep or ptype is None or length < 5:
+                continue
+            out.append((site.shndx, site.offset, length, ptype))
+    return out
+
+
+def smp_lock_sites(obj: ElfObject, keep: Collection[int]) -> list[tuple[int, int]]:
+    """(section, offset) of each ``.smp_locks`` entry in ``keep`` naming a ``lock`` (``f0``)."""
+    out = []
+    for sec in obj.sections.values():
+        if sec.name != ".smp_locks":
+            continue
+        for e in table_entries(obj, sec):
+            site = e.site(obj, Role.CODE)
+            if site is None or site.shndx not in keep:
+                continue
+            if obj.sections[site.shndx].data[site.offset:site.offset + 1] == b"\xf0":
+                out.append((site.shndx, site.offset))
+    return out
