@@ -18,7 +18,9 @@ and runs where the patch is applied, before any build:
   function's frame, and a changed function is already checked for being on
   a stack when the update applies). ``enum`` is not checked: a changed
   enumerator changes the constants in the code, which the object comparison
-  sees like any other code change. Members under ``#ifdef`` count whatever
+  sees like any other code change. A file-scope type used only for local
+  variables is still refused: the text cannot tell where its objects live
+  (another file may allocate one, or keep a pointer). Members under ``#ifdef`` count whatever
   the config says (the directive lines are part of the compared text): a
   change the config compiles out is refused too. That is conservative, not
   wrong.

@@ -67,7 +67,7 @@ STRUCT_C = """--- a/fs/proc/base.c
 STRUCT_H = """--- a/include/linux/seq_file.h
 +++ b/include/linux/seq_file.h
 @@ -16,6 +16,7 @@
- 
+\x20
  struct seq_file {
  \tchar *buf;
 +\tchar *ksplice_buf2;
