@@ -12,8 +12,10 @@ Each case gets a kind (:func:`classify`):
 
 - ``code``: a change inside function bodies (or a new function, macro or
   prototype): what an update should apply;
-- ``data``: a changed type definition (``struct``/``union``/``enum``) or a
-  changed initializer of existing data: an expected refusal at create;
+- ``data``: a data-layout change as ksplice-create refuses it
+  (:mod:`ksplice_tasks.tree.datalayout`: a changed ``struct``/``union``, or a
+  size taken from another type) or a changed initializer of existing data: an
+  expected refusal at create. A new type, or a changed ``enum``, is not data;
 - ``init``: every changed function is ``__init``/``__exit`` code: an expected
   refusal (nothing in the running kernel to patch);
 - ``noop``: only comments or white space differ: an expected refusal;
@@ -47,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ksplice_tasks.testing import kcore
+from ksplice_tasks.tree import datalayout
 
 KINDS = ("code", "data", "init", "noop", "header", "notbuilt", "other")
 BUILT_KINDS = ("code", "data", "init", "noop")      # the kinds a run builds
@@ -223,7 +226,9 @@ def classify(old: str, new: str) -> Classification:
     a, b = old.splitlines(), new.splitlines()
     ablocks, bblocks = blocks(old), blocks(new)
     funcs: dict[str, bool] = {}       # name -> is __init/__exit
-    data: list[str] = []
+    # ksplice-create's own refusal (post_patch): a changed struct/union, or a size taken
+    # from another type; a new type is not data
+    data = [f"layout: {c.what}" for c in datalayout.layout_changes(old, new)]
     counted = False
     sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
@@ -253,7 +258,7 @@ def classify(old: str, new: str) -> Classification:
             if blk.kind == "function":
                 funcs[blk.name] = funcs.get(blk.name, True) and bool(_INIT_MARK.search(blk.head))
             elif blk.kind == "type":
-                data.append(f"type {blk.name}")
+                pass  # data only when datalayout says so (above)
             elif blk.kind == "initializer" and _INIT_MARK.search(blk.head):
                 funcs[f"{blk.name} (init data)"] = True
             elif blk.kind == "initializer":

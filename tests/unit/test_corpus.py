@@ -78,6 +78,10 @@ def test_function_name(head: str, name: str) -> None:
     ("/* add two numbers */", "/* add two integers */", "noop", ()),
     ("\treturn a + b;", "\treturn  a+b;", "noop", ()),
     ("\tint b;\n};", "\tint b;\n\tint c;\n};", "data", ()),
+    # the pipeline's own check (tree/datalayout.py): a new type, or a comment in one, is not data
+    ("static int limit = 4;", "struct bar {\n\tint z;\n};\n\nstatic int limit = 4;", "code", ()),
+    ("\tint b;\n};", "\tint b;\t/* the b */\n};", "noop", ()),
+    ("\treturn a + b;", "\treturn a + b + sizeof(struct bar);", "code", ("add",)),
     ("\t.read = foo_read,\n", "\t.read = foo_read,\n\t.open = foo_open,\n", "data", ()),
     ("static int limit = 4;", "static int limit = 8;", "data", ()),
     ("\treturn add(1, 2);", "\treturn add(2, 2);", "init", ("foo_init",)),
