@@ -82,6 +82,8 @@ extern char ksplice_jump_start[], ksplice_jump_stop[];
 struct ksplice_match;
 struct ksplice_runval;
 struct ksplice_site;
+struct ksplice_relax;
+struct ksplice_pending;
 struct ksplice_patch_rt;
 
 struct ksplice_module {
@@ -118,6 +120,10 @@ struct ksplice_module {
 	struct ksplice_runval *runval;	/* per reloc entry */
 	struct ksplice_site *by_site;	/* relocations sorted by site */
 	struct ksplice_site *by_code;	/* code sites sorted by address */
+	struct ksplice_relax *relax;	/* a walk's moves, max_relax of them */
+	struct ksplice_pending *pending;	/* a walk's branches, max_pending */
+	unsigned int max_relax;
+	unsigned int max_pending;
 	unsigned int matched;		/* functions FOUND */
 	char *symbuf;			/* KSYM_SYMBOL_LEN, for kallsyms checks */
 

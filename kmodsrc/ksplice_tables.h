@@ -17,6 +17,13 @@
 #define KSPLICE_SITE_RETPOLINE 0x2 /* kind: call/jmp/jcc __x86_indirect_thunk_<reg> */
 #define KSPLICE_SITE_STATIC_CALL 0x3 /* kind: call/jmp/jcc __SCT__<name> (.static_call_sites) */
 #define KSPLICE_SITE_JUMP_LABEL 0x4 /* kind: jmp or NOP of a static branch (__jump_table) */
+#define KSPLICE_SITE_ALTERNATIVE 0x5 /* kind: an .altinstructions site's original or one entry */
+#define KSPLICE_SITE_BRANCH 0x6 /* kind: relative branch compared by target (relaxed jumps) */
+#define KSPLICE_CODESITE_ORIGINAL 0x1 /* alternative: the original, as optimize_nops() leaves it */
+#define KSPLICE_CODESITE_UNSUPPORTED 0x2 /* alternative: bytes not predictable; refuse if applied */
+#define KSPLICE_CODESITE_PARAVIRT 0x4 /* alternative's original: a paravirt site, type in feature */
+#define KSPLICE_SITE_PARAVIRT 0x7 /* kind: pv_ops call site (.parainstructions), type in feature */
+#define KSPLICE_SITE_SMP_LOCK 0x8 /* kind: lock prefix (.smp_locks) */
 
 /* A relocation the module resolves itself; the site is section_addr + offset. */
 struct ksplice_reloc {
@@ -67,7 +74,14 @@ struct ksplice_codesite {
 	unsigned char kind; /* KSPLICE_SITE_* */
 	unsigned char len; /* instruction bytes in this module */
 	unsigned char reg; /* retpoline: the register (0 = rax ... 15 = r15) */
-	unsigned char flags; /* reserved, 0 */
+	unsigned char flags; /* KSPLICE_CODESITE_* */
+	unsigned short feature; /* cpuid word (alternative), pv_ops type (paravirt) */
+	unsigned char repl_len; /* alternative: bytes of the replacement */
+	const unsigned char *template; /* alternative: len final bytes (rel32 zeroed) */
+	const char *symbol; /* alternative: System.map name its call/jmp reaches */
+	const unsigned long *candidates; /* System.map addresses of symbol */
+	unsigned int nr_candidates; /* entries in candidates */
+	long addend; /* alternative: the branch goes to symbol + addend */
 };
 
 extern const struct ksplice_reloc ksplice_relocs[];

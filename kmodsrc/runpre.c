@@ -29,6 +29,9 @@
 #include <linux/sort.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <asm/alternative.h>
+#include <asm/cpufeature.h>
+#include <asm/paravirt.h>
 #include <asm/text-patching.h>
 #include <asm/unaligned.h>
 
@@ -50,6 +53,8 @@
 
 /* Prefix and opcode bytes of the code sites' instructions (x86 SDM vol. 2) */
 #define KSPLICE_CS_PREFIX	0x2e
+#define KSPLICE_DS_PREFIX	0x3e
+#define KSPLICE_LOCK_PREFIX	0xf0
 #define KSPLICE_REX_B		0x41
 #define KSPLICE_INDIRECT	0xff	/* call/jmp r/m64 */
 #define KSPLICE_MODRM_CALL_REG	0xd0	/* mod 3, /2: call *%reg */
@@ -116,15 +121,93 @@ struct ksplice_walk {
 	struct ksplice_runval *vals;	/* per reloc, this candidate */
 	unsigned int entry_nop;
 	bool traced;
+	struct ksplice_relax *relax;	/* where run offsets moved, in order */
+	unsigned int nrelax;
+	struct ksplice_pending *pend;	/* branch targets to check at the end */
+	unsigned int npend;
+	bool overflow;			/* relax or pend ran out of room */
 };
 
+/* By address, then table order (an alternative's entries apply in order). */
 static int ksplice_site_cmp(const void *a, const void *b)
 {
 	const struct ksplice_site *x = a, *y = b;
 
 	if (x->addr != y->addr)
 		return x->addr < y->addr ? -1 : 1;
+	if (x->reloc != y->reloc)
+		return x->reloc < y->reloc ? -1 : 1;
 	return 0;
+}
+
+/*
+ * The running code from pre offset w->i on lies at w->j: remember the
+ * difference, for branch targets beyond this point.
+ */
+static void ksplice_walk_moved(struct ksplice_walk *w)
+{
+	if (w->nrelax && w->relax[w->nrelax - 1].pre == w->i) {
+		w->relax[w->nrelax - 1].delta = (long)w->j - (long)w->i;
+		return;
+	}
+	if (w->nrelax == w->h->max_relax) {
+		w->overflow = true;
+		return;
+	}
+	w->relax[w->nrelax].pre = w->i;
+	w->relax[w->nrelax].delta = (long)w->j - (long)w->i;
+	w->nrelax++;
+}
+
+/* A branch at the current position goes to @run; it must be pre offset @pre. */
+static void ksplice_walk_expect(struct ksplice_walk *w, long pre,
+				unsigned long run)
+{
+	if (w->npend == w->h->max_pending) {
+		w->overflow = true;
+		return;
+	}
+	w->pend[w->npend].pre = pre;
+	w->pend[w->npend].run = run;
+	w->npend++;
+}
+
+/* Running address of pre offset @pre: the last move at or before it counts. */
+static unsigned long ksplice_walk_run_of(const struct ksplice_walk *w,
+					 unsigned long pre)
+{
+	unsigned int lo = 0, hi = w->nrelax;
+
+	while (lo < hi) {
+		unsigned int mid = lo + (hi - lo) / 2;
+
+		if (w->relax[mid].pre <= pre)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return w->runaddr + pre + (lo ? w->relax[lo - 1].delta : 0);
+}
+
+/*
+ * Once the walk is over every move is known: each branch recorded on the
+ * way must reach, in the running code, the instruction its target is in
+ * the helper's copy.
+ */
+static bool ksplice_walk_targets(const struct ksplice_walk *w)
+{
+	unsigned int n;
+
+	if (w->overflow)
+		return false;
+	for (n = 0; n < w->npend; n++) {
+		long pre = w->pend[n].pre;
+
+		if (pre < 0 || pre >= (long)w->size ||
+		    ksplice_walk_run_of(w, pre) != w->pend[n].run)
+			return false;
+	}
+	return true;
 }
 
 static int ksplice_sort_sites(struct ksplice_module *h)
@@ -331,6 +414,7 @@ static bool ksplice_walk_relaxed(struct ksplice_walk *w,
 		return false;
 	w->j += JMP8_INSN_SIZE;
 	w->k++;
+	ksplice_walk_moved(w);
 	return true;
 }
 
@@ -377,6 +461,12 @@ static bool ksplice_is_return_thunk(const struct ksplice_walk *w,
 		if (ksplice_symbol_at(w->h->symbuf, addr, ksplice_return_thunks[t]))
 			return true;
 	return false;
+}
+
+/* Target of the rel8 branch (jmp or jcc, 2 bytes) at the current position. */
+static unsigned long ksplice_rel8_target(const struct ksplice_walk *w)
+{
+	return w->runaddr + w->j + JMP8_INSN_SIZE + (long)(s8)w->run[w->j + 1];
 }
 
 /* Target of the rel32 branch whose 4-byte displacement ends at run + end. */
@@ -523,23 +613,274 @@ static bool ksplice_site_jump_label(struct ksplice_walk *w,
 				    const struct ksplice_codesite *cs)
 {
 	const u8 *run = w->run + w->j;
-	unsigned long base = (unsigned long)w->pre;
-	unsigned long target;
+	long pre = cs->section_addr + cs->target - (unsigned long)w->pre;
 
-	/* the target's running address, if nothing between moved */
-	target = w->runaddr + cs->section_addr + cs->target - base + w->j - w->i;
+	/* the target is checked once every move of the function is known */
 	if (cs->len == JMP32_INSN_SIZE) {
 		if (ksplice_is_ftrace_nop(run))
 			return true;
-		return run[0] == JMP32_INSN_OPCODE &&
-		       ksplice_rel32_target(w, JMP32_INSN_SIZE) == target;
+		if (run[0] != JMP32_INSN_OPCODE)
+			return false;
+		ksplice_walk_expect(w, pre, ksplice_rel32_target(w, JMP32_INSN_SIZE));
+		return true;
 	}
 	if (cs->len != JMP8_INSN_SIZE)
 		return false;
 	if (!memcmp(run, ksplice_nop2, JMP8_INSN_SIZE))
 		return true;
-	return run[0] == JMP8_INSN_OPCODE &&
-	       w->runaddr + w->j + JMP8_INSN_SIZE + (long)(s8)run[1] == target;
+	if (run[0] != JMP8_INSN_OPCODE)
+		return false;
+	ksplice_walk_expect(w, pre, ksplice_rel8_target(w));
+	return true;
+}
+
+/*
+ * A relative branch without relocation (the host lists them only in
+ * functions where the assembler may have relaxed a jump to another
+ * function): the same opcode, or the rel8 form of a jmp/jcc rel32 that
+ * the running kernel's assembler could relax once the code before its
+ * target shrank.  Its target is compared through the offset map.
+ */
+static bool ksplice_site_branch(struct ksplice_walk *w,
+				const struct ksplice_codesite *cs)
+{
+	const u8 *pre = w->pre + w->i, *run = w->run + w->j;
+	long to = cs->section_addr + cs->target - (unsigned long)w->pre;
+	unsigned int len = cs->len, rlen = len;
+	unsigned long target;
+
+	if (len == JMP8_INSN_SIZE && run[0] == pre[0]) {
+		target = ksplice_rel8_target(w);
+	} else if (len == JMP32_INSN_SIZE && run[0] == pre[0]) {
+		target = ksplice_rel32_target(w, len);
+	} else if (len == KSPLICE_JCC32_SIZE && ksplice_is_jcc32(pre) &&
+		   run[0] == pre[0] && run[1] == pre[1]) {
+		target = ksplice_rel32_target(w, len);
+	} else if ((len == JMP32_INSN_SIZE && pre[0] == JMP32_INSN_OPCODE &&
+		    run[0] == JMP8_INSN_OPCODE) ||
+		   (len == KSPLICE_JCC32_SIZE && ksplice_is_jcc32(pre) &&
+		    run[0] == (KSPLICE_JCC8_OPCODE | (pre[1] & KSPLICE_JCC_CC)))) {
+		rlen = JMP8_INSN_SIZE;
+		target = ksplice_rel8_target(w);
+	} else {
+		return false;
+	}
+	ksplice_walk_expect(w, to, target);
+	w->i += len;
+	w->j += rlen;
+	if (rlen != len)
+		ksplice_walk_moved(w);
+	return true;
+}
+
+/* Are the @n bytes at @p what add_nops(p, n) writes? */
+static bool __maybe_unused ksplice_is_add_nops(const u8 *p, unsigned int n)
+{
+	while (n) {
+		unsigned int k = min_t(unsigned int, n, KSPLICE_NOP_MAX);
+
+		if (memcmp(p, ksplice_add_nops[k], k))
+			return false;
+		p += k;
+		n -= k;
+	}
+	return true;
+}
+
+/*
+ * A paravirt site of @len bytes, pv_ops entry @type: apply_paravirt() let
+ * paravirt_patch() write a call to pv_ops[type] (nothing when that is
+ * _paravirt_nop; a NULL entry, a call to paravirt_BUG, is refused here)
+ * and padded the rest with add_nops().  The pv_ops are set before the boot
+ * patches, and a module's sites are patched at load with the same ones.
+ */
+static bool ksplice_site_paravirt(struct ksplice_walk *w, unsigned int type,
+				  unsigned int len)
+{
+#ifdef CONFIG_PARAVIRT
+	const u8 *run = w->run + w->j;
+	unsigned long op;
+	unsigned int used = 0;
+
+	if (type >= sizeof(pv_ops) / sizeof(void *) || len < CALL_INSN_SIZE)
+		return false;
+	op = (unsigned long)((void **)&pv_ops)[type];
+	if (!op)
+		return false;
+	if (!ksplice_symbol_at(w->h->symbuf, op, "_paravirt_nop")) {
+		if (run[0] != CALL_INSN_OPCODE ||
+		    ksplice_rel32_target(w, CALL_INSN_SIZE) != op)
+			return false;
+		used = CALL_INSN_SIZE;
+	}
+	return ksplice_is_add_nops(run + used, len - used);
+#else
+	return false;
+#endif
+}
+
+/*
+ * A lock prefix of .smp_locks: alternatives_smp_unlock() turns it into a
+ * DS prefix (3e) while one CPU is online, alternatives_smp_lock() back
+ * before a second one comes up.
+ */
+static bool ksplice_site_smp_lock(const struct ksplice_walk *w)
+{
+	u8 run = w->run[w->j];
+
+	return run == KSPLICE_LOCK_PREFIX ||
+	       (run == KSPLICE_DS_PREFIX && num_online_cpus() == 1);
+}
+
+/* Does the boot CPU select alternative entry @cs (apply_alternatives())? */
+static int ksplice_alt_applies(const struct ksplice_codesite *cs)
+{
+	unsigned int bit = cs->feature & ~ALTINSTR_FLAG_INV;
+
+	if (bit >= (NCAPINTS + NBUGINTS) * 32)
+		return -1;
+	return !boot_cpu_has(bit) != !(cs->feature & ALTINSTR_FLAG_INV);
+}
+
+/*
+ * Where an alternative's 5-byte call or jmp reaches must be where the
+ * replacement's relocation points: its symbol (+ addend), or an offset of
+ * the function, checked with the other branch targets.
+ */
+static bool ksplice_alt_target(struct ksplice_walk *w,
+			       const struct ksplice_codesite *cs,
+			       unsigned long target)
+{
+	const struct ksplice_module *h = w->h;
+	unsigned long s = target - cs->addend;
+	unsigned int c;
+
+	if (cs->target >= 0) {
+		ksplice_walk_expect(w, cs->section_addr + cs->target -
+				    (unsigned long)w->pre, target);
+		return true;
+	}
+	if (!cs->symbol)
+		return false;
+	for (c = 0; c < cs->nr_candidates; c++)
+		if (ksplice_run_addr(h, cs->candidates[c]) == s)
+			return true;
+	return !cs->nr_candidates && ksplice_symbol_at(h->symbuf, s, cs->symbol);
+}
+
+/*
+ * The 5-byte call or jmp that starts a replacement: apply_alternatives()
+ * keeps its target; recompute_jump() writes a jmp as "eb rel8; NOP3" when
+ * the target is 0..129 bytes past the site, else as jmp rel32.
+ */
+static bool ksplice_alt_branch(struct ksplice_walk *w,
+			       const struct ksplice_codesite *cs)
+{
+	const u8 *run = w->run + w->j;
+	unsigned long site = w->runaddr + w->j, target;
+	bool short8, is8 = run[0] == JMP8_INSN_OPCODE;
+	long dist;
+
+	if (cs->template[0] == CALL_INSN_OPCODE)
+		return run[0] == CALL_INSN_OPCODE &&
+		       ksplice_alt_target(w, cs, ksplice_rel32_target(w, CALL_INSN_SIZE));
+	if (run[0] == JMP8_INSN_OPCODE) {
+		if (memcmp(run + JMP8_INSN_SIZE, ksplice_nops[3], 3))
+			return false;
+		target = ksplice_rel8_target(w);
+	} else if (run[0] == JMP32_INSN_OPCODE) {
+		target = ksplice_rel32_target(w, JMP32_INSN_SIZE);
+	} else {
+		return false;
+	}
+	dist = target - site;
+	short8 = dist >= 0 && dist - JMP8_INSN_SIZE <= 127;
+	if (short8 != is8)
+		return false;
+	return ksplice_alt_target(w, cs, target);
+}
+
+/* Step over a site of @len bytes in both copies, and the relocations inside. */
+static int ksplice_walk_site_done(struct ksplice_walk *w, unsigned int len)
+{
+	unsigned long end = (unsigned long)w->pre + w->i + len;
+
+	while (w->k < w->kend && w->h->by_site[w->k].addr < end)
+		w->k++;
+	w->i += len;
+	w->j += len;
+	return 1;
+}
+
+/*
+ * An alternative site: its original (first, KSPLICE_CODESITE_ORIGINAL)
+ * and its entries, in table order, from by_code[w->c] on.  The entry the
+ * boot CPU selects last is what apply_alternatives() left there (or the
+ * original, when none is); optimize_nops() then re-encoded its NOP runs,
+ * which each template already has.  The original's relocation fields are
+ * read as elsewhere; a replacement's are not there.  w->c is left on the
+ * group's last entry.
+ */
+static bool ksplice_walk_alternative(struct ksplice_walk *w)
+{
+	const struct ksplice_module *h = w->h;
+	const struct ksplice_codesite *orig = &h->codesite_tab[h->by_code[w->c].reloc];
+	const struct ksplice_codesite *use = orig, *cs;
+	unsigned long base = (unsigned long)w->pre, start = w->i;
+	unsigned long at = h->by_code[w->c].addr;
+	unsigned int len = orig->len, p;
+
+	if (!(orig->flags & KSPLICE_CODESITE_ORIGINAL) || !orig->template)
+		return false;
+	while (w->c + 1 < w->cend && h->by_code[w->c + 1].addr == at) {
+		w->c++;
+		cs = &h->codesite_tab[h->by_code[w->c].reloc];
+		if (cs->kind != KSPLICE_SITE_ALTERNATIVE || cs->len != len ||
+		    !cs->template)
+			return false;
+		switch (ksplice_alt_applies(cs)) {
+		case 1:
+			use = cs;
+			break;
+		case 0:
+			break;
+		default:
+			return false;
+		}
+	}
+	if (w->i + len > w->size || w->j + len > w->runlen ||
+	    (use->flags & KSPLICE_CODESITE_UNSUPPORTED))
+		return false;
+	if (use == orig && (orig->flags & KSPLICE_CODESITE_PARAVIRT))
+		/* apply_paravirt() ran first; its call has no field of ours to read */
+		return ksplice_site_paravirt(w, orig->feature, len) &&
+		       ksplice_walk_site_done(w, len);
+	if (use == orig) {
+		while (w->i < start + len) {
+			if (w->k < w->kend && h->by_site[w->k].addr - base == w->i) {
+				unsigned int idx = h->by_site[w->k].reloc;
+
+				if (!ksplice_walk_field(w, &h->reloc_tab[idx], idx))
+					return false;
+				continue;
+			}
+			if (w->run[w->j] != orig->template[w->i - start])
+				return false;
+			w->i++;
+			w->j++;
+		}
+		return w->i == start + len;
+	}
+	p = 0;
+	if (use->repl_len == CALL_INSN_SIZE &&
+	    (use->template[0] == CALL_INSN_OPCODE ||
+	     use->template[0] == JMP32_INSN_OPCODE)) {
+		if (!ksplice_alt_branch(w, use))
+			return false;
+		p = CALL_INSN_SIZE;
+	}
+	return !memcmp(w->run + w->j + p, use->template + p, len - p) &&
+	       ksplice_walk_site_done(w, len);
 }
 
 /*
@@ -557,6 +898,20 @@ static int ksplice_walk_codesite(struct ksplice_walk *w,
 	unsigned int len = cs->len;
 	int ok;
 
+	if (cs->kind == KSPLICE_SITE_ALTERNATIVE)
+		return ksplice_walk_alternative(w);
+	if (cs->kind == KSPLICE_SITE_BRANCH)
+		return len <= KSPLICE_SITE_MAX && w->i + len <= w->size &&
+		       w->j + len <= w->runlen && ksplice_site_branch(w, cs);
+	if (cs->kind == KSPLICE_SITE_PARAVIRT)
+		ok = w->i + len <= w->size && w->j + len <= w->runlen &&
+		     ksplice_site_paravirt(w, cs->feature, len);
+	else if (cs->kind == KSPLICE_SITE_SMP_LOCK)
+		ok = len == 1 && ksplice_site_smp_lock(w);
+	else
+		ok = -2;
+	if (ok != -2)
+		return ok ? ksplice_walk_site_done(w, len) : 0;
 	if (!len || len > KSPLICE_SITE_MAX || w->i + len > w->size ||
 	    w->j + len > w->runlen)
 		return 0;
@@ -630,7 +985,8 @@ static bool ksplice_walk(struct ksplice_walk *w, unsigned long *bad)
 			continue;
 		goto fail;
 	}
-	return true;
+	if (ksplice_walk_targets(w))
+		return true;
 fail:
 	*bad = w->i;
 	return false;
@@ -666,6 +1022,8 @@ static bool ksplice_try(struct ksplice_module *h, unsigned int f,
 		.runaddr = addr,
 		.mod = mod,
 		.vals = vals,
+		.relax = h->relax,
+		.pend = h->pending,
 	};
 	unsigned long bad = 0;
 	unsigned int k;
@@ -873,6 +1231,10 @@ void ksplice_runpre_free(struct ksplice_module *h)
 	kfree(h->runval);
 	kfree(h->by_site);
 	kfree(h->by_code);
+	kfree(h->relax);
+	kfree(h->pending);
+	h->relax = NULL;
+	h->pending = NULL;
 	kfree(h->symbuf);
 	h->symbuf = NULL;
 	h->match = NULL;
@@ -898,7 +1260,13 @@ static int ksplice_runpre_alloc(struct ksplice_module *h,
 		maxsize = max(maxsize, h->size_tab[f].size);
 	*buf = kvmalloc(maxsize, GFP_KERNEL);
 	h->symbuf = kmalloc(KSYM_SYMBOL_LEN, GFP_KERNEL);
-	if (!h->match || !h->runval || !*vals || !*buf || !h->symbuf)
+	/* a walk moves at most once per relocation or code site, expects once per site */
+	h->max_relax = h->nr_relocs + h->nr_codesites;
+	h->max_pending = h->nr_codesites;
+	h->relax = kcalloc(h->max_relax + 1, sizeof(*h->relax), GFP_KERNEL);
+	h->pending = kcalloc(h->max_pending + 1, sizeof(*h->pending), GFP_KERNEL);
+	if (!h->match || !h->runval || !*vals || !*buf || !h->symbuf ||
+	    !h->relax || !h->pending)
 		return -ENOMEM;
 	return ksplice_sort_sites(h);
 }
@@ -925,24 +1293,58 @@ static int ksplice_match_listed(struct ksplice_module *h, u8 *buf,
 	return 0;
 }
 
-/* Log what matching found; abort when a function with candidates failed. */
+/*
+ * Does the update rest on helper function @name?  It does when the primary
+ * patches it, or when the primary's code refers to it (a relocation the
+ * update resolves itself): the new code then calls or reads what the source
+ * says it is.
+ */
+static bool ksplice_runpre_needed(const struct ksplice_module *km,
+				  const char *name)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_patches; i++)
+		if (!strcmp(km->patch_tab[i].oldname, name))
+			return true;
+	for (i = 0; i < km->nr_relocs; i++)
+		if (!strcmp(km->reloc_tab[i].symbol, name))
+			return true;
+	return false;
+}
+
+/*
+ * Log what matching found; abort when a function the update needs has
+ * copies in the running kernel and none matched.  A function it does not
+ * need (same object, neither patched nor referred to by the new code) that
+ * failed is only reported: its values are not used (a value only it could
+ * give leaves the primary's relocation unresolved, which aborts later).
+ */
 static int ksplice_runpre_verdict(struct ksplice_module *km)
 {
 	const struct ksplice_module *h = km->helper;
-	unsigned int f, failed = 0;
+	unsigned int f, failed = 0, unneeded = 0;
 	bool traced = false;
 
 	for (f = 0; f < h->nr_sizes; f++) {
+		const char *name = h->size_tab[f].name;
+
 		if (h->match[f].status != KSPLICE_MATCH_FAILED)
 			continue;
+		if (!ksplice_runpre_needed(km, name)) {
+			unneeded++;
+			pr_info("%s run-pre: no running copy of %s matches the update's pre code; not needed by the update\n",
+				KSPLICE_ID, name);
+			continue;
+		}
 		failed++;
 		traced |= h->match[f].traced;
 		pr_warn("%s run-pre: no running copy of %s matches the update's pre code%s\n",
-			KSPLICE_ID, h->size_tab[f].name,
+			KSPLICE_ID, name,
 			h->match[f].traced ? " (its entry is traced)" : "");
 	}
-	pr_info("%s run-pre: %u of %u functions matched, %u failed\n",
-		KSPLICE_ID, h->matched, h->nr_sizes, failed);
+	pr_info("%s run-pre: %u of %u functions matched, %u failed, %u failed but not needed\n",
+		KSPLICE_ID, h->matched, h->nr_sizes, failed, unneeded);
 	if (!failed)
 		return 0;
 	return ksplice_fail(km, traced ? KSPLICE_ABORT_TRACED :
@@ -963,8 +1365,9 @@ static int ksplice_runpre_verdict(struct ksplice_module *km)
  * ksplice_runpre_lookup() and ksplice_runpre_function().
  *
  * Return: 0, or a negative errno with the abort cause recorded in @km:
- * traced or no_match when a function has copies in the running kernel's
- * text and none of them matches, nomem.
+ * traced or no_match when a function the update needs (patched, or referred
+ * to by the primary's code) has copies in the running kernel's text and none
+ * of them matches, nomem.
  */
 int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms)
 {

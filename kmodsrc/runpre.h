@@ -22,6 +22,18 @@ struct ksplice_site {
 	unsigned int reloc;		/* index into the reloc or code-site table */
 };
 
+/* From pre offset @pre on, the running copy is @delta bytes further on. */
+struct ksplice_relax {
+	unsigned long pre;
+	long delta;
+};
+
+/* A branch of the running copy to @run, found at a site going to pre offset @pre. */
+struct ksplice_pending {
+	long pre;
+	unsigned long run;
+};
+
 /* Run-pre matching result for one helper function (helper side). */
 enum ksplice_match_status {
 	KSPLICE_MATCH_UNTRIED,
@@ -55,6 +67,18 @@ typedef int (*ksplice_mod_syms_fn)(int (*fn)(void *data, const char *name,
 					      unsigned long addr),
 				   void *data);
 
+/*
+ * The NOPs of <asm/nops.h> by length, as add_nops() of
+ * arch/x86/kernel/alternative.c writes them (chunks of at most
+ * KSPLICE_NOP_MAX); the 5-byte one is also what ftrace writes.
+ */
+#define KSPLICE_NOP_MAX		ASM_NOP_MAX
+static const u8 ksplice_add_nops[KSPLICE_NOP_MAX + 1][KSPLICE_NOP_MAX] = {
+	[1] = { BYTES_NOP1 }, [2] = { BYTES_NOP2 }, [3] = { BYTES_NOP3 },
+	[4] = { BYTES_NOP4 }, [5] = { BYTES_NOP5 }, [6] = { BYTES_NOP6 },
+	[7] = { BYTES_NOP7 }, [8] = { BYTES_NOP8 },
+};
+
 /**
  * ksplice_is_ftrace_nop() - Does code start with the NOP ftrace writes?
  * @p: at least CALL_INSN_SIZE bytes
@@ -66,10 +90,8 @@ typedef int (*ksplice_mod_syms_fn)(int (*fn)(void *data, const char *name,
  */
 static inline bool ksplice_is_ftrace_nop(const u8 *p)
 {
-	static const u8 nop[] = { BYTES_NOP5 };
-
-	BUILD_BUG_ON(sizeof(nop) != CALL_INSN_SIZE);
-	return !memcmp(p, nop, sizeof(nop));
+	BUILD_BUG_ON(sizeof((u8 []){ BYTES_NOP5 }) != CALL_INSN_SIZE);
+	return !memcmp(p, ksplice_add_nops[CALL_INSN_SIZE], CALL_INSN_SIZE);
 }
 
 int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms);

@@ -63,8 +63,12 @@ class SiteRecord:
     ``kind`` is one of :data:`ksplice_tasks.obj.objmanip.SITE_KINDS`; the
     instruction is ``length`` bytes at ``offset`` in output section
     ``section``.  ``reg`` is the register of a retpoline site (0-15), and
-    ``target`` the offset in ``section`` a jump label jumps to (-1 when it
-    jumps elsewhere).
+    ``target`` the offset in ``section`` a jump label, a plain branch or an
+    alternative's replacement jumps to (-1 when it jumps elsewhere).  An
+    alternative's variant also has ``feature`` (cpuid word with the
+    ``ALTINSTR_FLAG_INV`` bit), ``template`` (its final bytes, hex),
+    ``repl_len``, the ``symbol`` + ``addend`` its 5-byte call/jmp reaches,
+    and ``flags`` (:data:`ksplice_tasks.obj.bootpatch.ALT_ORIGINAL`, ``ALT_UNSUPPORTED``).
     """
 
     section: str
@@ -73,6 +77,12 @@ class SiteRecord:
     length: int
     reg: int = 0
     target: int = -1
+    feature: int = 0
+    template: str = ""
+    repl_len: int = 0
+    symbol: str = ""
+    addend: int = 0
+    flags: int = 0
 
 
 @dataclass(frozen=True)

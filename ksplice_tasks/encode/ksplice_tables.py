@@ -45,6 +45,7 @@ _KINDS: dict[str, tuple[str, int, str]] = {
     "str": ("const char *", 8, ".quad"),
     "ptr": ("unsigned long ", 8, ".quad"),
     "cand": ("const unsigned long *", 8, ".quad"),
+    "bytes": ("const unsigned char *", 8, ".quad"),
     "u64": ("unsigned long ", 8, ".quad"),
     "s64": ("long ", 8, ".quad"),
     "u32": ("unsigned int ", 4, ".long"),
@@ -113,6 +114,13 @@ FLAGS: dict[str, tuple[int, str]] = {
     "KSPLICE_SITE_RETPOLINE": (0x2, "kind: call/jmp/jcc __x86_indirect_thunk_<reg>"),
     "KSPLICE_SITE_STATIC_CALL": (0x3, "kind: call/jmp/jcc __SCT__<name> (.static_call_sites)"),
     "KSPLICE_SITE_JUMP_LABEL": (0x4, "kind: jmp or NOP of a static branch (__jump_table)"),
+    "KSPLICE_SITE_ALTERNATIVE": (0x5, "kind: an .altinstructions site's original or one entry"),
+    "KSPLICE_SITE_BRANCH": (0x6, "kind: relative branch compared by target (relaxed jumps)"),
+    "KSPLICE_CODESITE_ORIGINAL": (0x1, "alternative: the original, as optimize_nops() leaves it"),
+    "KSPLICE_CODESITE_UNSUPPORTED": (0x2, "alternative: bytes not predictable; refuse if applied"),
+    "KSPLICE_CODESITE_PARAVIRT": (0x4, "alternative's original: a paravirt site, type in feature"),
+    "KSPLICE_SITE_PARAVIRT": (0x7, "kind: pv_ops call site (.parainstructions), type in feature"),
+    "KSPLICE_SITE_SMP_LOCK": (0x8, "kind: lock prefix (.smp_locks)"),
 }
 
 # SiteInput.kind -> the KSPLICE_SITE_* value the kernel side switches on.
@@ -121,6 +129,10 @@ SITE_KIND_VALUES: dict[str, int] = {
     "retpoline": FLAGS["KSPLICE_SITE_RETPOLINE"][0],
     "static_call": FLAGS["KSPLICE_SITE_STATIC_CALL"][0],
     "jump_label": FLAGS["KSPLICE_SITE_JUMP_LABEL"][0],
+    "alternative": FLAGS["KSPLICE_SITE_ALTERNATIVE"][0],
+    "branch": FLAGS["KSPLICE_SITE_BRANCH"][0],
+    "paravirt": FLAGS["KSPLICE_SITE_PARAVIRT"][0],
+    "smp_lock": FLAGS["KSPLICE_SITE_SMP_LOCK"][0],
 }
 
 RELOC = Struct("ksplice_reloc", "ksplice_relocs",
@@ -172,7 +184,14 @@ CODESITE = Struct("ksplice_codesite", "ksplice_codesites",
                       Field("kind", "u8", "KSPLICE_SITE_*"),
                       Field("len", "u8", "instruction bytes in this module"),
                       Field("reg", "u8", "retpoline: the register (0 = rax ... 15 = r15)"),
-                      Field("flags", "u8", "reserved, 0"),
+                      Field("flags", "u8", "KSPLICE_CODESITE_*"),
+                      Field("feature", "u16", "cpuid word (alternative), pv_ops type (paravirt)"),
+                      Field("repl_len", "u8", "alternative: bytes of the replacement"),
+                      Field("template", "bytes", "alternative: len final bytes (rel32 zeroed)"),
+                      Field("symbol", "str", "alternative: System.map name its call/jmp reaches"),
+                      Field("candidates", "cand", "System.map addresses of symbol"),
+                      Field("nr_candidates", "u32", "entries in candidates"),
+                      Field("addend", "s64", "alternative: the branch goes to symbol + addend"),
                   ))
 
 STRUCTS: tuple[Struct, ...] = (RELOC, SIZE, PATCH, IMPORT, CODESITE)
@@ -245,12 +264,20 @@ class SiteInput:
     length: int
     reg: int = 0
     target: int = -1
+    feature: int = 0
+    template: str = ""  # hex, as in SiteRecord
+    repl_len: int = 0
+    symbol: str = ""
+    addend: int = 0
+    flags: int = 0
 
 
 def sites_from_records(records: Iterable[SiteRecord], anchor_suffix: str = "_global"
                        ) -> list[SiteInput]:
     """Table inputs from helper site records; anchors as in :func:`relocs_from_records`."""
-    return [SiteInput(s.section + anchor_suffix, s.offset, s.kind, s.length, s.reg, s.target)
+    return [SiteInput(s.section + anchor_suffix, s.offset, s.kind, s.length, s.reg, s.target,
+                      s.feature, s.template, s.repl_len, s.symbol, s.addend,
+                      s.flags)
             for s in records]
 
 
@@ -327,6 +354,7 @@ class _Emitter:
         self.str_lines: list[str] = []
         self.cand_lines: list[str] = []
         self.ncand = 0
+        self.nblob = 0
 
     def _label(self, what: str, n: int) -> str:
         return f".L{self.struct.table}_{what}{n}"
@@ -337,6 +365,13 @@ class _Emitter:
             self.strings[s] = label
             self.str_lines += [f"{label}:", f"\t.string {asm_string(s)}"]
         return self.strings[s]
+
+    def blob(self, data: bytes) -> str:
+        """A label of ``data`` in the table's _str section (not NUL-terminated)."""
+        label = self._label("bytes", self.nblob)
+        self.nblob += 1
+        self.str_lines += [f"{label}:", "\t.byte " + ", ".join(f"{b:#x}" for b in data)]
+        return label
 
     def cands(self, addrs: Sequence[int]) -> str:
         if not addrs:
@@ -357,6 +392,8 @@ class _Emitter:
             v = values.get(f.name, 0)
             if f.kind == "str":
                 v = self.string(str(v)) if v else "0"
+            elif f.kind == "bytes":
+                v = self.blob(bytes(v)) if v else "0"  # type: ignore[call-overload]
             elif f.kind == "ptr":
                 v = asm_symbol(str(v)) if v else "0"
             elif not isinstance(v, str):
@@ -432,12 +469,18 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
             yield ({"name": map_name(rec.name), "candidates": em_cands(c),
                     "nr_candidates": len(c)}, rec.name)
         elif struct is CODESITE and isinstance(rec, SiteInput):
-            if rec.kind not in SITE_KIND_VALUES or not 0 < rec.length < 16 or not (
-                    0 <= rec.reg < 16):
+            maxlen = 256 if rec.kind in ("alternative", "paravirt") else 16
+            if rec.kind not in SITE_KIND_VALUES or not 0 < rec.length < maxlen or not (
+                    0 <= rec.reg < 16) or (rec.kind == "alternative"
+                                           and len(rec.template) != 2 * rec.length):
                 raise ValueError(f"site {rec.anchor}+{rec.offset:#x}: kind {rec.kind!r}, "
                                  f"length {rec.length}, reg {rec.reg}")
+            c = candidates(smap, rec.symbol) if rec.symbol else []
             yield ({"section_addr": rec.anchor, "offset": rec.offset, "target": rec.target,
-                    "kind": SITE_KIND_VALUES[rec.kind], "len": rec.length, "reg": rec.reg},
+                    "kind": SITE_KIND_VALUES[rec.kind], "len": rec.length, "reg": rec.reg,
+                    "flags": rec.flags, "feature": rec.feature, "repl_len": rec.repl_len,
+                    "template": bytes.fromhex(rec.template), "symbol": map_name(rec.symbol),
+                    "candidates": em_cands(c), "nr_candidates": len(c), "addend": rec.addend},
                    f"{rec.kind} {rec.anchor}+{rec.offset:#x}")
         else:
             raise TypeError(f"{type(rec).__name__} record in a {struct.name} table")

@@ -27,6 +27,15 @@ from pathlib import Path
 
 from ksplice_tasks.artifacts import RelocRecord, SiteRecord, SizeRecord
 from ksplice_tasks.errors import UserError
+from ksplice_tasks.obj.bootpatch import (
+    ALT_ORIGINAL,
+    ALT_PARAVIRT,
+    alternative_sites,
+    branch_sites,
+    paravirt_sites,
+    relaxable_jump,
+    smp_lock_sites,
+)
 from ksplice_tasks.obj.elfread import (
     SHF_GROUP,
     SHF_LINK_ORDER,
@@ -728,7 +737,56 @@ def helper_sites(obj: ElfObject, tag: str, suffix: str = "_pre") -> list[SiteRec
                 continue
             out.append(SiteRecord(uniquify(text.name, tag, suffix), off, kind, length,
                                   reg, target))
+    out += _boot_patched_sites(obj, keep, out, tag, suffix)
+    # stable: an alternative's original, then its entries in table order
     out.sort(key=lambda s: (s.section, s.offset))
+    return out
+
+
+def _boot_patched_sites(obj: ElfObject, keep: set[int], sites: Sequence[SiteRecord],
+                        tag: str, suffix: str) -> list[SiteRecord]:
+    """Alternatives, then the plain branches of functions with relaxable jumps (bootpatch)."""
+    out = []
+    taken: dict[str, set[int]] = {}
+    for s in sites:
+        taken.setdefault(s.section, set()).add(s.offset)
+    alts = alternative_sites(obj, keep)
+    originals = {(v.section, v.offset): i for i, v in enumerate(alts)
+                 if v.flags & ALT_ORIGINAL}
+    for shndx, off, length, ptype in paravirt_sites(obj, keep):
+        i = originals.get((shndx, off))
+        if i is not None:
+            # apply_paravirt() runs first: the original, when no entry applies, is its call
+            if alts[i].length == length:
+                alts[i] = replace(alts[i], feature=ptype, flags=alts[i].flags | ALT_PARAVIRT)
+            continue
+        name = uniquify(obj.sections[shndx].name, tag, suffix)
+        taken.setdefault(name, set()).add(off)
+        out.append(SiteRecord(name, off, "paravirt", length, 0, -1, ptype))
+    for v in alts:
+        name = uniquify(obj.sections[v.section].name, tag, suffix)
+        taken.setdefault(name, set()).add(v.offset)
+        out.append(SiteRecord(name, v.offset, "alternative", v.length, 0, v.target, v.feature,
+                              v.template.hex(), v.repl_len, v.symbol, v.addend, v.flags))
+    for shndx, off in smp_lock_sites(obj, keep):
+        name = uniquify(obj.sections[shndx].name, tag, suffix)
+        if off not in taken.get(name, set()):
+            taken.setdefault(name, set()).add(off)
+            out.append(SiteRecord(name, off, "smp_lock", 1))
+    view = ObjectView(obj)
+    funcs: dict[int, list[tuple[int, int]]] = {}
+    for s in obj.symbols:
+        if s.type == STT_FUNC and s.in_section and s.shndx in keep and s.size:
+            funcs.setdefault(s.shndx, []).append((s.value, s.value + s.size))
+    for shndx, ranges in funcs.items():
+        if not any(relaxable_jump(obj, obj.sections[shndx].data, r)
+                   for r in obj.relocs.get(shndx, ())):
+            continue
+        name = uniquify(obj.sections[shndx].name, tag, suffix)
+        starts, ends = view.insn_bounds(shndx)
+        for off, length, target in branch_sites(obj, shndx, starts, ends, ranges,
+                                                taken.get(name, set())):
+            out.append(SiteRecord(name, off, "branch", length, 0, target))
     return out
 
 

@@ -24,7 +24,7 @@ from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import file_sha256, write_atomic, write_if_changed
 from ksplice_tasks.stages import package
 from ksplice_tasks.stages.inputs import Settings
-from ksplice_tasks.tree import snapshot
+from ksplice_tasks.tree import datalayout, snapshot
 
 _ALLOWED_OPTS = re.compile(r"^(-p\d+|--strip=\d+|-F\d+|--fuzz=\d+|-l|--ignore-whitespace|"
                            r"-R|--reverse|--binary)$")
@@ -318,6 +318,27 @@ def patched_files(s: Settings, rels: Sequence[str],
     return files
 
 
+def check_layout(pre_tree: Path, post_tree: Path, files: dict[str, str | None]) -> None:
+    """UserError naming the first data-layout change in the patched ``.c``/``.h`` files.
+
+    ``files``: what :func:`patched_files` returned (tree-relative path ->
+    SHA-256, None: deleted); each is compared between the pre tree and the
+    post tree with :func:`ksplice_tasks.tree.datalayout.layout_changes`. A
+    created or deleted file has no definition on one side: nothing to compare.
+    """
+    for rel in sorted(files):
+        if files[rel] is None or not rel.endswith((".c", ".h")):
+            continue
+        try:
+            pre = (pre_tree / rel).read_text(errors="surrogateescape")
+        except FileNotFoundError:
+            continue
+        post = (post_tree / rel).read_text(errors="surrogateescape")
+        changes = datalayout.layout_changes(pre, post)
+        if changes:
+            raise UserError(datalayout.refusal(rel, changes[0]))
+
+
 def load_record(s: Settings) -> PatchRecord | None:
     """The patch the post tree holds; None when it holds none (or the record is unreadable)."""
     try:
@@ -353,8 +374,8 @@ class PatchResult:
 def apply_patch(s: Settings, patch: Path) -> PatchResult:
     """Reset the post tree, check the patch, dry-run it, apply it, record what it touched.
 
-    UserError (post tree left as the snapshot) for a bad path or a patch that
-    does not apply.
+    UserError (post tree left as the snapshot) for a bad path, a patch that
+    does not apply, or one that changes a data layout (:func:`check_layout`).
     """
     text = patch.read_text(errors="surrogateescape")
     level = strip_level(s.patch_opts)
@@ -377,6 +398,7 @@ def apply_patch(s: Settings, patch: Path) -> PatchResult:
         raise UserError(f"patch failed after a clean dry run: {last}")
     try:
         files = patched_files(s, rels, since)
+        check_layout(s.ksrc, s.postdir, files)
     except UserError:
         reset_post(s)
         raise

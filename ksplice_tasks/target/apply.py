@@ -172,8 +172,13 @@ def _unload_quietly(kernel: Kernel, name: str) -> None:
             pass
 
 
-def apply_package(kernel: Kernel, pkg: Package) -> str:
-    """Load, apply, unload the helper; returns the stage. Any failure leaves nothing loaded."""
+def apply_package(kernel: Kernel, pkg: Package, notes: list[str] | None = None) -> str:
+    """Load, apply, unload the helper; returns the stage. Any failure leaves nothing loaded.
+
+    ``notes`` (when given) gets one line per pre function run-pre matching
+    found no running copy of although it has some, which the update does not
+    need (kmodsrc/README.md, "Which functions must match"): applied anyway.
+    """
     primary, helper = module_name(pkg.id), module_name(pkg.id, helper=True)
     if kernel.loaded(primary):
         stage = kernel.read(primary, "stage")
@@ -202,6 +207,9 @@ def apply_package(kernel: Kernel, pkg: Package) -> str:
         _unload_quietly(kernel, helper)
         _unload_quietly(kernel, primary)
         raise
+    if notes is not None:
+        notes += [f"run-pre: {r.function}: failed, not needed by the update"
+                  for r in read_runpre(kernel, helper) if r.status == "failed"]
     _unload_quietly(kernel, helper)
     return kernel.read(primary, "stage")
 
@@ -342,8 +350,11 @@ def _apply(argv: Sequence[str] | None, kernel: Kernel | None = None) -> int:
     _require_root()
     with tempfile.TemporaryDirectory(prefix="ksplice-apply-") as tmp:
         pkg = extract_package(args.tarball, Path(tmp))
-        apply_package(kernel, pkg)
+        notes: list[str] = []
+        apply_package(kernel, pkg, notes)
     print("Done!")
+    for line in notes:
+        print(line)
     return 0
 
 

@@ -53,6 +53,28 @@ NORMAL = "0a1\n> /* x */\n"
 QUOTED_MISSING = ('--- "a/fs/proc/no\\tsuch.c"\n+++ "b/fs/proc/no\\tsuch.c"\n'
                   "@@ -1 +1 @@\n-x\n+y\n")
 ONLY_IN = "Only in b/fs/proc: extra.c\n"
+STRUCT_C = """--- a/fs/proc/base.c
++++ b/fs/proc/base.c
+@@ -2483,6 +2483,7 @@
+ struct timers_private {
+ \tstruct pid *pid;
+ \tstruct task_struct *task;
++\tint ksplice_extra;
+ \tstruct sighand_struct *sighand;
+ \tstruct pid_namespace *ns;
+ \tunsigned long flags;
+"""
+STRUCT_H = """--- a/include/linux/seq_file.h
++++ b/include/linux/seq_file.h
+@@ -16,6 +16,7 @@
+\x20
+ struct seq_file {
+ \tchar *buf;
++\tchar *ksplice_buf2;
+ \tsize_t size;
+ \tsize_t from;
+ \tsize_t count;
+"""
 
 CASES = {
     "issue example: a rename after the example": (EXAMPLE + RENAME, "renames a file"),
@@ -64,6 +86,11 @@ CASES = {
     "binary patch": (EXAMPLE + BINARY, "is a binary patch"),
     "only in": (EXAMPLE + ONLY_IN, "left a file out"),
     "quoted name of no file": (QUOTED_MISSING, "does not apply"),
+    "a struct gains a member (after a code change)": (
+        EXAMPLE + STRUCT_C,
+        "data layout change: struct timers_private (fs/proc/base.c:2483) changes"),
+    "a header's struct gains a member": (
+        STRUCT_H, "data layout change: struct seq_file (include/linux/seq_file.h:17) changes"),
     "a new file in a new directory": (
         "--- /dev/null\n+++ b/fs/newdir/sub/x.c\n@@ -0,0 +1 @@\n+int x;\n",
         "No changes detected"),

@@ -7,6 +7,7 @@ import re
 import sys
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from ksplice_tasks.testing import testkernel
 
@@ -65,3 +66,19 @@ def test_boot_never_hangs(kernel_up: testkernel.TestKernel) -> None:
 def test_guest_failure_is_reported(kernel_up: testkernel.TestKernel) -> None:
     res = kernel_up.boot("echo about to fail\nexit 7\n", timeout=120)
     assert res.status == 7 and not res.ok and not res.timed_out
+
+
+def test_lp_kernel_has_bug_jump_and_tracepoint_tables_and_boots_clean(
+        kernel_lp: testkernel.TestKernel) -> None:
+    """lp is the distribution-like kernel: BUG()/WARN() sites, static branches and
+    tracepoints are really in its image, and its boot logs no warning of its own."""
+    with open(kernel_lp.vmlinux, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        addr = {n: (symtab.get_symbol_by_name(n) or [{"st_value": 0}])[0]["st_value"]
+                for t in ("__bug_table", "__jump_table", "__tracepoints_ptrs")
+                for n in (f"__start_{t}", f"__stop_{t}")}
+    for t in ("__bug_table", "__jump_table", "__tracepoints_ptrs"):
+        assert addr[f"__stop_{t}"] > addr[f"__start_{t}"], t  # include/asm-generic/vmlinux.lds.h
+    res = kernel_lp.boot("dmesg | grep -E 'WARNING|BUG|Oops' | wc -l\n", timeout=240)
+    assert res.ok, res.output[-3000:]
+    assert res.guest_output.strip().splitlines()[-1] == "0", res.output[-3000:]

@@ -89,9 +89,7 @@ CASES: dict[str, Case] = {
                  "echo 0 > /proc/sys/vm/overcommit_memory"),
         before="",
         after=lambda _b: "overcommit_policy_handler: sh (PID): overcommit_memory set to 1",
-        norm=_dmesg_line,
-        xfail=_issue10("apply aborts with no match: jmp rel32 vs rel8 relaxation in "
-                       "kstrdup_const, 3-byte NOP padding in kvmalloc_node")),
+        norm=_dmesg_line),
     "04-switch-jump-table": Case(
         observe=(SINCE + "; since 'console loglevel changed' 'dmesg -n 1; dmesg -n 4' | wc -l"
                  "; dmesg | tail -n 1 | wc -l"),
@@ -100,22 +98,21 @@ CASES: dict[str, Case] = {
     "05-isra-clone-abi-change": Case(
         observe="(echo 500 > /proc/self/oom_score_adj && cat /proc/self/oom_score_adj)",
         before="500",
-        xfail=_issue10("created now (static calls go through the trampoline), but apply "
-                       "aborts with no match: proc_map_files_get_link differs at +0x26 "
-                       "(jmp rel32 vs rel8 relaxation, run-pre)")),
+        xfail=_issue10("refused at create: the tracepoint's jump-label key "
+                       "__tracepoint_oom_score_adj_update is not exported "
+                       "(JUMP_LABEL on lp); the static call now goes through its trampoline")),
     "07-new-initialized-data": Case(
         observe=("grep CommitPolicy /proc/meminfo; echo 2 > /proc/sys/vm/overcommit_memory; "
                  "grep CommitPolicy /proc/meminfo; echo 0 > /proc/sys/vm/overcommit_memory"),
         before="",
         after=lambda _b: "CommitPolicy:   heuristic\nCommitPolicy:   never",
-        xfail=_issue10("apply aborts with no match: 3-byte NOP padding (0f 1f 00) in "
-                       "meminfo_proc_show at +0x3f0")),
+        xfail=_issue10("apply aborts unresolved: the replacement meminfo_proc_show's "
+                       "static_cpu_has() jumps to .altinstr_aux, which the primary does "
+                       "not carry (kind 4); run-pre matching itself now matches")),
     "08-changed-data-initializer": Case(observe=None),
     "09-extable-alternatives": Case(
         observe="ls -a / | wc -l",
-        fmt=r"\d+",
-        xfail=_issue10("apply aborts with no match: boot-patched alternatives (6 NOPs vs "
-                       "nop+lfence) in filldir, filldir64, fillonedir")),
+        fmt=r"\d+"),
     "10-syscall-inline-notrace": Case(
         observe="uname -r",
         fmt=r"6\.1\.\d+\S*",

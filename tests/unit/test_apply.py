@@ -145,6 +145,24 @@ def test_apply_loads_applies_and_unloads_helper(tmp_path: Path, capsys, root_use
     assert k.update_ids() == [ID]
 
 
+def test_apply_reports_unneeded_mismatches_after_done(tmp_path: Path, capsys,
+                                                      root_user) -> None:
+    """A pre function that failed but that the update does not need: applied, and said."""
+    k = FakeKernel(tmp_path / "sys")
+    real_write = k.write
+
+    def write(module: str, attr: str, value: str) -> None:
+        real_write(module, attr, value)
+        (k.attr_dir(module + "_helper") / "runpre").write_text(
+            "loadavg_proc_show found ffffffff81234560\nproc_loadavg_other failed 0\n")
+
+    k.write = write  # type: ignore[method-assign]
+    code, out, _ = run(apply._apply, [str(make_tarball(tmp_path / "u.tar.gz"))], k, capsys)
+    assert code == 0 and out == ("Done!\n"
+                                 "run-pre: proc_loadavg_other: failed, not needed by the update\n")
+    assert k.update_ids() == [ID] and k.log[-1] == f"unload ksplice_{ID}_helper"
+
+
 @pytest.mark.parametrize("cause, text", [
     ("no_match", "(no match)"), ("code_busy", "(code busy)"),
     ("map_mismatch", "(System.map mismatch)"), ("traced", "ftrace"),

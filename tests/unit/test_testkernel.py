@@ -23,6 +23,14 @@ def test_fragments_carry_what_the_guest_and_modules_need() -> None:
     assert lp["DYNAMIC_FTRACE"] == "y" and lp["LIVEPATCH"] == "y" and lp["SMP"] == "y"
 
 
+def test_lp_has_what_distribution_kernels_have() -> None:
+    """BUG()/WARN() with file:line, static keys and tracepoints (issue 10); not in smp."""
+    lp = testkernel.parse_fragment(testkernel.fragment_text("lp"))
+    smp = testkernel.parse_fragment(testkernel.fragment_text("smp"))
+    for sym in ("BUG", "DEBUG_BUGVERBOSE", "JUMP_LABEL", "TRACEPOINTS"):
+        assert lp[sym] == "y" and sym not in smp, sym
+
+
 def test_fragment_ops() -> None:
     ops = testkernel.fragment_ops('CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n'
                                   'CONFIG_D=4\nCONFIG_E="x y"\n')
