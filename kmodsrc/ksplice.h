@@ -72,6 +72,12 @@ struct ksplice_counts {
 	unsigned int missing;
 };
 
+/*
+ * The new code's jump entries, one array: defined in each collection by
+ * the link script of its tables (ksplice_tasks/stages/kmod.py).
+ */
+extern char ksplice_jump_start[], ksplice_jump_stop[];
+
 /* Defined by the layer that owns them (runpre.h, patch.h). */
 struct ksplice_match;
 struct ksplice_runval;
@@ -125,6 +131,8 @@ struct ksplice_module {
 	struct ksplice_module *helper;	/* the attached helper */
 	struct ksplice_patch_rt *patch_rt;
 	bool resolved;			/* patch_rt and relocations are final */
+	char *jump_start;		/* the new code's jump entries ... */
+	char *jump_stop;		/* ...(kmod.JUMP_LINK_SCRIPT) */
 	unsigned int tries;		/* stop_machine attempts, last operation */
 	u64 pause_ns;			/* last stop_machine call, whole */
 	u64 stopped_ns;			/* ...and the work inside it */

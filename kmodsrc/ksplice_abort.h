@@ -24,6 +24,7 @@ enum ksplice_abort {
 	KSPLICE_ABORT_NOMEM, /* an allocation failed */
 	KSPLICE_ABORT_BAD_ENCODING, /* a value does not fit its field */
 	KSPLICE_ABORT_NOT_LOADED, /* a replaced function's module is not loaded */
+	KSPLICE_ABORT_JUMP_LABEL, /* the new code's jump labels cannot be registered */
 };
 
 /* The name sysfs shows for @cause. */
@@ -56,6 +57,8 @@ static inline const char *ksplice_abort_name(enum ksplice_abort cause)
 		return "bad_encoding";
 	case KSPLICE_ABORT_NOT_LOADED:
 		return "not_loaded";
+	case KSPLICE_ABORT_JUMP_LABEL:
+		return "jump_label";
 	default:
 		return "unknown";
 	}
@@ -90,6 +93,8 @@ static inline int ksplice_abort_errno(enum ksplice_abort cause)
 	case KSPLICE_ABORT_BAD_ENCODING:
 		return -EINVAL;
 	case KSPLICE_ABORT_NOT_LOADED:
+		return -EINVAL;
+	case KSPLICE_ABORT_JUMP_LABEL:
 		return -EINVAL;
 	default:
 		return -EINVAL;

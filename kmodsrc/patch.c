@@ -33,7 +33,9 @@
 #include <linux/kdebug.h>
 #include <linux/kprobes.h>
 #include <linux/kernel.h>
+#include <linux/jump_label.h>
 #include <linux/ktime.h>
+#include <linux/notifier.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
@@ -350,6 +352,61 @@ static int ksplice_write_relocs(struct ksplice_module *km,
 	return ret;
 }
 
+/*
+ * The new code's jump entries (km->jump_start..jump_stop) are not in the
+ * module's __jump_table: the loader would have linked them to their keys at
+ * MODULE_STATE_COMING, before ksplice_write_relocs() wrote the keys.  With
+ * the keys written, they go to the kernel's own module notifier,
+ * jump_label_module_notify() (kernel/jump_label.c, static: imported), as
+ * the loader would have done: under cpus_read_lock() and jump_label_lock()
+ * it sorts and flags the entries in place (their section is writable) and
+ * patches, through the text_poke machinery, the sites of keys that are
+ * already enabled.  The code is not reachable yet.  Its MODULE_STATE_GOING
+ * call at unload unlinks them again through mod->jump_entries.  The kernel
+ * keeps one array per module, so a module with entries of its own is refused.
+ */
+static int ksplice_link_jumps(struct ksplice_module *km)
+{
+	unsigned long bytes = km->jump_stop - km->jump_start;
+#ifdef CONFIG_JUMP_LABEL
+	struct jump_entry *start = (struct jump_entry *)km->jump_start;
+	unsigned int n = bytes / sizeof(*start);
+	struct module *mod = km->owner;
+	notifier_fn_t notify;
+	unsigned long a;
+	int ret;
+
+	if (!n || (mod->num_jump_entries && mod->jump_entries == start))
+		return 0;
+	if (mod->num_jump_entries) {
+		pr_warn("%s: the module has %u jump entries of its own\n",
+			KSPLICE_ID, mod->num_jump_entries);
+		return ksplice_fail(km, KSPLICE_ABORT_JUMP_LABEL);
+	}
+	if (ksplice_import(km, "jump_label_module_notify", &a))
+		return ksplice_fail(km, KSPLICE_ABORT_UNRESOLVED);
+	notify = (notifier_fn_t)a;
+	mod->jump_entries = start;
+	mod->num_jump_entries = n;
+	ret = notifier_to_errno(notify(NULL, MODULE_STATE_COMING, mod));
+	if (ret) {
+		/* the notifier has unlinked what it had linked */
+		mod->jump_entries = NULL;
+		mod->num_jump_entries = 0;
+		return ksplice_fail(km, KSPLICE_ABORT_NOMEM);
+	}
+	pr_info("%s: %u jump labels of the new code registered\n", KSPLICE_ID,
+		n);
+	return 0;
+#else
+	if (!bytes)
+		return 0;
+	pr_warn("%s: jump labels in a kernel without CONFIG_JUMP_LABEL\n",
+		KSPLICE_ID);
+	return ksplice_fail(km, KSPLICE_ABORT_JUMP_LABEL);
+#endif
+}
+
 /* Drop the references on the patched functions' modules. */
 static void ksplice_put_targets(struct ksplice_module *km)
 {
@@ -386,6 +443,8 @@ static int ksplice_prepare(struct ksplice_module *km,
 		ret = ksplice_resolve_patch(km, i);
 	if (!ret)
 		ret = ksplice_write_relocs(km, k);
+	if (!ret)
+		ret = ksplice_link_jumps(km);
 	if (ret) {
 		ksplice_put_targets(km);
 		return ret;

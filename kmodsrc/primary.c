@@ -39,6 +39,8 @@ static int __init ksplice_primary_init(void)
 
 	if (IS_ERR(km))
 		return PTR_ERR(km);
+	km->jump_start = ksplice_jump_start;
+	km->jump_stop = ksplice_jump_stop;
 	ksplice_primary = km;
 	return 0;
 }

@@ -9,11 +9,22 @@
 
 #include <linux/kallsyms.h>
 #include <linux/kernel.h>
+#include <linux/moduleparam.h>
 #include <linux/printk.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 
 #include "resolve.h"
+
+/*
+ * Resolution details, for debugging: "debug=1" at load.  Not pr_debug():
+ * with CONFIG_DYNAMIC_DEBUG and CONFIG_JUMP_LABEL each pr_debug() is a jump
+ * label of the module's own, and the primary's __jump_table must stay empty
+ * for the new code's entries (patch.c ksplice_link_jumps()).
+ */
+static bool debug;
+module_param(debug, bool, 0644);
+MODULE_PARM_DESC(debug, "log how each symbol was resolved");
 
 static const char * const ksplice_status_names[] = {
 	[KSPLICE_SYM_MISSING] = "missing",
@@ -137,8 +148,9 @@ static void ksplice_check(struct ksplice_module *km, char *buf,
 	 * KASLR offset lands inside functions, not at their first byte.
 	 */
 	if (strstr(buf, "+0x0/")) {
-		pr_debug("%s %s: %s is an alias of %s\n", KSPLICE_ID, km->role,
-			 name, buf);
+		if (debug)
+			pr_info("%s %s: %s is an alias of %s\n", KSPLICE_ID,
+				km->role, name, buf);
 		return;
 	}
 	st->mismatch = true;
@@ -187,9 +199,11 @@ static void ksplice_resolve_relocs(struct ksplice_module *km, char *buf)
 		ksplice_resolve(km, buf, &km->reloc_state[i], r->symbol,
 				r->candidates, r->nr_candidates);
 		ksplice_count(&km->relocs, &km->reloc_state[i]);
-		pr_debug("%s %s: %s+%#lx -> %s%+ld: %s\n", KSPLICE_ID, km->role,
-			 r->section, r->offset, r->symbol, r->addend,
-			 ksplice_sym_status_name(km->reloc_state[i].status));
+		if (debug)
+			pr_info("%s %s: %s+%#lx -> %s%+ld: %s\n", KSPLICE_ID,
+				km->role, r->section, r->offset, r->symbol,
+				r->addend,
+				ksplice_sym_status_name(km->reloc_state[i].status));
 	}
 }
 

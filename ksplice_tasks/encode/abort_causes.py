@@ -75,6 +75,10 @@ ABORT_CAUSES: tuple[AbortCause, ...] = (
     AbortCause("not_loaded", "EINVAL", "a replaced function's module is not loaded",
                "a function the update replaces is in a module that is not loaded "
                "(not loaded); load the module, then apply again"),
+    AbortCause("jump_label", "EINVAL", "the new code's jump labels cannot be registered",
+               "the update's new code has jump labels the kernel cannot register (the "
+               "update module has jump labels of its own, or the kernel lacks "
+               "CONFIG_JUMP_LABEL)"),
 )
 
 BY_NAME: dict[str, AbortCause] = {c.name: c for c in ABORT_CAUSES}

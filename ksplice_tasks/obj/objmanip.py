@@ -242,11 +242,15 @@ def _target_name(view: ObjectView, sec: Section, r: Reloc) -> str:
     return str(what)
 
 
-def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int]) -> bool:
+def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int],
+                     ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                     ) -> bool:
     """Whether a table entry describes kept code: its code field points into it.
 
     An entry whose layout is unknown (only its size is) counts when any of
-    its relocations points into kept code.
+    its relocations points into kept code.  With ``ranges`` (replacement
+    code of carried alternatives, :class:`TableCut` ``loader_ranges``), an
+    entry whose code field points inside one of them counts too.
     """
     obj = view.obj
     code = entry.field_reloc(Role.CODE) if entry.layout is not None else None
@@ -256,11 +260,18 @@ def _about_kept_code(view: ObjectView, entry: TableEntry, kept: set[int]) -> boo
         tsec = obj.sections.get(s.shndx) if s.in_section else None
         if tsec is not None and s.shndx in kept and tsec.is_exec:
             return True
+    if code is not None and ranges:
+        site = entry.site(obj, Role.CODE)
+        if site is not None and any(lo <= site.offset < hi
+                                    for lo, hi, _ in ranges.get(site.shndx, ())):
+            return True
     return False
 
 
 def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
-                   kept: set[int]) -> tuple[bool, set[int]]:
+                   kept: set[int],
+                   ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                   ) -> tuple[bool, set[int]]:
     """Whether a table entry is about kept code, and the sections it needs then.
 
     It is when its code field points into kept code.  Every other relocation
@@ -272,10 +283,13 @@ def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
     ObjmanipError naming the table, the function and the target.
     """
     obj = view.obj
-    if not _about_kept_code(view, entry, kept):
+    if not _about_kept_code(view, entry, kept, ranges):
         return False, set()
     need = set()
+    ours = entry.field_reloc(Role.KEY) if sec.name == JUMP_TABLE else None
     for r in entry.relocs:
+        if r is ours:
+            continue  # written by the ksplice core (see move_jump_keys)
         s = obj.symbols[r.sym]
         if s.shndx == SHN_UNDEF or s.shndx == SHN_ABS:
             continue
@@ -300,12 +314,50 @@ def _entry_verdict(view: ObjectView, sec: Section, entry: TableEntry,
     return True, need
 
 
+JUMP_TABLE = "__jump_table"
+# The primary's jump entries, out of the loader's sight (kmodsrc/patch.c
+# registers them); kmod's collection link script merges every object's piece.
+KSPLICE_JUMP_TABLE = "__ksplice_jump_table"
+
+
+def move_jump_keys(view: ObjectView, sec: Section, relocs: Sequence[Reloc], out_name: str,
+                   keepset: Collection[int], renames: Mapping[str, str],
+                   ) -> tuple[list[Reloc], list[RelocRecord]]:
+    """Split a cut ``__jump_table``'s relocations: those that stay, and key records.
+
+    ``relocs`` are the kept entries' relocations at their offsets in the cut
+    table (16-byte ``struct jump_entry``, key at +8: R_X86_64_PC64 whose
+    addend carries the branch/init flag bits).  A key pointing into the
+    output (``keepset``) or at an absolute symbol stays for the loader; every
+    other key (exported or not, the file's own static key, a tracepoint) is
+    returned as a :class:`RelocRecord` against ``out_name``, so the ksplice
+    core writes it like any relocation (addend, flags included, kept
+    exactly).  The code and target fields always stay: they point into kept
+    code.  Source: include/linux/jump_label.h ``jump_entry_key()``.
+    """
+    lay = row(JUMP_TABLE).layouts[0]  # type: ignore[union-attr]
+    key = lay.field(Role.KEY)
+    assert key is not None
+    stay: list[Reloc] = []
+    records: list[RelocRecord] = []
+    for r in relocs:
+        s = view.obj.symbols[r.sym]
+        if r.offset % lay.size != key.offset or (s.in_section and s.shndx in keepset) \
+                or s.shndx == SHN_ABS:
+            stay.append(r)
+        else:
+            records.append(_record(view, sec, r, out_name, "", renames))
+    return stay, records
+
+
 def _filter_table(view: ObjectView, sec: Section, kept: set[int],
-                  needed: set[int]) -> tuple[list[TableEntry], list[Reloc]]:
+                  needed: set[int],
+                  ranges: Mapping[int, Sequence[tuple[int, int, str]]] | None = None,
+                  ) -> tuple[list[TableEntry], list[Reloc]]:
     """The entries of a table that are about kept code, and their relocations moved.
 
     ``needed`` collects the sections (strings, replacement code) the kept
-    entries point at.  Raises TableLayoutError as
+    entries point at; ``ranges`` as in :func:`_about_kept_code`.  Raises TableLayoutError as
     :func:`~ksplice_tasks.obj.kernel_sections.table_entries` does, and
     ObjmanipError as :func:`_entry_verdict` does.
     """
@@ -313,7 +365,7 @@ def _filter_table(view: ObjectView, sec: Section, kept: set[int],
     for e in table_entries(view.obj, sec):
         if not e.relocs:
             continue
-        hit, need = _entry_verdict(view, sec, e, kept)
+        hit, need = _entry_verdict(view, sec, e, kept, ranges)
         if hit:
             keep.append(e)
             needed |= need
@@ -406,14 +458,18 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
     ``SHF_LINK_ORDER`` sections of kept code, kept whole.  A table whose entry
     layout cannot be derived is refused (ObjmanipError) when it refers to kept
     code, and left out otherwise; so is an entry about kept code that cannot
-    be carried (:func:`_entry_verdict`).
+    be carried (:func:`_entry_verdict`).  Alternatives come first: an entry
+    of another table about their carried replacement code (a return thunk
+    jump there, which apply_returns() rewrites before apply_alternatives()
+    copies it: arch/x86/kernel/module.c module_finalize()) is carried too.
     """
     obj = view.obj
     cut = TableCut()
-    for sec in obj.sections.values():
+    replacement: dict[int, list[tuple[int, int, str]]] = {}
+    for sec in sorted(obj.sections.values(), key=lambda t: not _has_replacement(t.name)):
         if sec.name in CARRIED_TABLES:
             try:
-                entries, rl = _filter_table(view, sec, kept, cut.needed)
+                entries, rl = _filter_table(view, sec, kept, cut.needed, replacement)
             except TableLayoutError as exc:
                 code = {i for i in kept if obj.sections[i].is_exec}
                 if any(obj.symbols[r.sym].shndx in code for r in obj.relocs.get(sec.index, [])):
@@ -424,9 +480,12 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
                 continue
             idx = [e.index for e in entries]
             size = entries[0].size
-            if any(lay.field(Role.REPLACEMENT) for lay in row(sec.name).layouts):  # type: ignore[union-attr]
+            if _has_replacement(sec.name):
                 for k, rng in _loader_ranges(view, sec, entries).items():
                     cut.loader_ranges.setdefault(k, []).extend(rng)
+                    rw = row(obj.sections[k].name)
+                    if rw is not None and rw.kind == Kind.REPLACEMENT:
+                        replacement.setdefault(k, []).extend(rng)
             cut.section_data[sec.index] = _cut(sec.data, size, idx)
             cut.relocs[sec.index] = rl
             cut.tables.append(sec.index)
@@ -444,6 +503,12 @@ def filter_kernel_tables(view: ObjectView, kept: set[int]) -> TableCut:
             cut.tables.append(sec.index)
             cut.relocs[sec.index] = list(obj.relocs.get(sec.index, []))
     return cut
+
+
+def _has_replacement(name: str) -> bool:
+    """Whether a table's entries name replacement code (``.altinstructions``)."""
+    rw = row(name)
+    return rw is not None and any(lay.field(Role.REPLACEMENT) for lay in rw.layouts)
 
 
 def _range_of(ranges: Sequence[tuple[int, int, str]], r: Reloc) -> str | None:
@@ -547,8 +612,16 @@ def keep_primary(obj: ElfObject, functions: Iterable[str], tag: str, suffix: str
                   or obj.sections[i].name == ".note.GNU-stack"]
     names = {i: uniquify(obj.sections[i].name, tag, suffix) for i in kept
              if not is_special(obj.sections[i].name)}
+    key_records: list[RelocRecord] = []
+    jump = [i for i in cut.tables if obj.sections[i].name == JUMP_TABLE]
+    for n, i in enumerate(jump):
+        names[i] = uniquify(KSPLICE_JUMP_TABLE + (f".{n}" if n else ""), tag, suffix)
+        cut.relocs[i], recs = move_jump_keys(view, obj.sections[i], cut.relocs[i], names[i],
+                                             set(keep_order), renames)
+        key_records += recs
     relocs, records = strip_relocations(view, kept, set(keep_order), cut.relocs, names, tag,
                                         suffix, renames, cut.loader_ranges)
+    records += key_records
     symnames = _rename_symbols(obj, kept, tag, suffix)
     return _assemble(obj, keep_order, names, cut.section_data, relocs, symnames), records
 
@@ -882,5 +955,6 @@ __all__ = [
     "RelocRecord", "SizeRecord", "SiteRecord", "ObjmanipError", "keep_primary", "keep_helper",
     "helper_sites", "globalize",
     "sizelist", "rmsyms", "restore_relocs", "uniquify", "select_functions", "close_over_rodata",
-    "filter_kernel_tables", "strip_relocations", "TableCut",
+    "filter_kernel_tables", "strip_relocations", "TableCut", "move_jump_keys", "JUMP_TABLE",
+    "KSPLICE_JUMP_TABLE",
 ]

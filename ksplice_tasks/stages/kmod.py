@@ -25,6 +25,7 @@ the modules build against.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -56,6 +57,7 @@ from ksplice_tasks.obj.elfread import (
     read_object,
     undefined_symbols,
 )
+from ksplice_tasks.obj.objmanip import KSPLICE_JUMP_TABLE
 from ksplice_tasks.obj.view import ObjectView
 from ksplice_tasks.stages.collect import TABLES
 from ksplice_tasks.stages.inputs import Settings, read_release
@@ -70,6 +72,10 @@ KMODSRC_FILES = ("Kbuild", "resolve.c", "runpre.c", "patch.c", "sysfs.c", "prima
 # module_kallsyms_on_each_symbol finds functions of loaded modules (not in System.map).
 PRIMARY_IMPORTS = ("text_poke", "text_mutex", "stop_machine_cpuslocked",
                    "module_kallsyms_on_each_symbol", "idle_task")
+# Registers the primary's jump entries (patch.c ksplice_link_jumps); static in
+# kernel/jump_label.c, only in kernels with CONFIG_JUMP_LABEL: imported only by
+# a primary that has jump entries.
+JUMP_IMPORT = "jump_label_module_notify"
 
 # The module file names, as tests and older callers know them.
 module_names = module_files
@@ -201,17 +207,28 @@ def install_symvers_into(orig: Path, tree: Path) -> bool:
 # -- the tables ----------------------------------------------------------------------
 
 
-def with_primary_imports(tables: metadata.ModuleTables) -> metadata.ModuleTables:
-    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack."""
+def with_primary_imports(tables: metadata.ModuleTables, *,
+                         jump_labels: bool = False) -> metadata.ModuleTables:
+    """The primary's tables plus any of :data:`PRIMARY_IMPORTS` they lack
+    (and :data:`JUMP_IMPORT` when the primary has ``jump_labels``)."""
     have = {i.name for i in tables.imports}
-    extra = tuple(metadata.ImportInput(n) for n in PRIMARY_IMPORTS if n not in have)
+    want = PRIMARY_IMPORTS + ((JUMP_IMPORT,) if jump_labels else ())
+    extra = tuple(metadata.ImportInput(n) for n in want if n not in have)
     return replace(tables, imports=tuple(tables.imports) + extra)
+
+
+def has_jump_entries(collection: Path) -> bool:
+    """Whether a collection object carries jump entries (``__ksplice_jump_table*``)."""
+    return any(s.name.startswith(KSPLICE_JUMP_TABLE) and s.size
+               for s in read_object(collection).sections.values())
 
 
 def module_tables(work: CreateLayout, role: str) -> metadata.ModuleTables:
     """What module ``role`` carries: collect's tables, plus the primary's own imports."""
     tables = TABLES.read(work.tables_json(role))
-    return with_primary_imports(tables) if role == PRIMARY else tables
+    if role != PRIMARY:
+        return tables
+    return with_primary_imports(tables, jump_labels=has_jump_entries(work.collection(role)))
 
 
 def write_tables_asm(dest: Path, tables: metadata.ModuleTables,
@@ -228,11 +245,33 @@ def assemble(asm: Path, out: Path, *, verbose: bool = False) -> Path:
     return out
 
 
+# Every object's piece of the primary's jump entries (objmanip.move_jump_keys) in one
+# array, as jump_label_add_module() (kernel/jump_label.c) wants a module's entries;
+# the QUAD keeps the section allocated (so the symbols stay in the module) when empty.
+JUMP_START, JUMP_STOP = "ksplice_jump_start", "ksplice_jump_stop"
+JUMP_LINK_SCRIPT = f"""SECTIONS {{
+	{KSPLICE_JUMP_TABLE} : ALIGN(8) {{
+		{JUMP_START} = .;
+		KEEP(*({KSPLICE_JUMP_TABLE}*))
+		{JUMP_STOP} = .;
+		QUAD(0)
+	}}
+}}
+"""
+
+
 def link_tables(collection: Path, tables_obj: Path, out: Path, *,
                 verbose: bool = False) -> Path:
-    """``ld -r`` a collection object with its tables object into ``out``."""
-    with atomic_path(out) as tmp:
-        run(["ld", "-r", "-o", tmp, collection, tables_obj], verbose=verbose,
+    """``ld -r`` a collection object with its tables object into ``out``.
+
+    The link script (:data:`JUMP_LINK_SCRIPT`) merges the objects'
+    ``__ksplice_jump_table*`` pieces into one section between
+    ``ksplice_jump_start`` and ``ksplice_jump_stop`` (kmodsrc/primary.c).
+    """
+    with tempfile.TemporaryDirectory(prefix="ksplice-lds-") as d, atomic_path(out) as tmp:
+        script = Path(d) / "jump.lds"
+        script.write_text(JUMP_LINK_SCRIPT)
+        run(["ld", "-r", "-T", script, "-o", tmp, collection, tables_obj], verbose=verbose,
             what=f"linking tables into {collection.name}")
     return out
 
@@ -338,7 +377,8 @@ def check_loader_symbols(linked: Path, exported: set[str], role: str) -> None:
 
     The passes strip every relocation the ksplice core resolves itself; what
     is left undefined in a collection is for the module loader: the kernel
-    tables it applies (jump-label keys), alternatives and ftrace/thunk calls.
+    tables it applies, alternatives and ftrace/thunk calls (jump-label keys are
+    the ksplice core's: objmanip.move_jump_keys).
     modpost would fail on an unexported one with a bare "undefined!"; this
     names it, with the section and function that need it (UserError).
     """

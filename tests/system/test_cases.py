@@ -97,10 +97,7 @@ CASES: dict[str, Case] = {
         after=lambda _b: "2\n1"),
     "05-isra-clone-abi-change": Case(
         observe="(echo 500 > /proc/self/oom_score_adj && cat /proc/self/oom_score_adj)",
-        before="500",
-        xfail=_issue10("refused at create: the tracepoint's jump-label key "
-                       "__tracepoint_oom_score_adj_update is not exported "
-                       "(JUMP_LABEL on lp); the static call now goes through its trampoline")),
+        before="500"),
     "07-new-initialized-data": Case(
         observe=("grep CommitPolicy /proc/meminfo; echo 2 > /proc/sys/vm/overcommit_memory; "
                  "grep CommitPolicy /proc/meminfo; echo 0 > /proc/sys/vm/overcommit_memory"),

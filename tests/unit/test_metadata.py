@@ -89,6 +89,8 @@ def test_primary_imports_are_added_once() -> None:
     assert names[:2] == ["text_mutex", "jiffies"]
     assert sorted(names) == sorted({"jiffies", *kmod.PRIMARY_IMPORTS})
     assert kmod.with_primary_imports(t) == t
+    j = kmod.with_primary_imports(t, jump_labels=True)
+    assert [i.name for i in j.imports] == names + [kmod.JUMP_IMPORT]
 
 
 def test_checked_in_header_is_generated() -> None:

@@ -313,18 +313,56 @@ def test_alternative_needing_a_local_target_is_refused(compile_c):
     keep_primary(obj, ["alt_local", "local_fn"], TAG)  # carried along: resolvable
 
 
-def test_jump_label_entries_are_kept_or_refused_never_dropped(compile_c):
-    """An exported key stays for the loader; a key in the running kernel's own data
-    cannot be resolved by the loader, and dropping the entry would leave the branch
-    stale when the key toggles: refused, naming table, function and key."""
+def _jump_table(prim):
+    return next(s for s in prim.sections.values()
+                if s.name.startswith(objmanip.KSPLICE_JUMP_TABLE))
+
+
+@pytest.mark.parametrize(("function", "key"), [("jump_extern", "ext_key"),
+                                               ("jump_local", "local_key")])
+def test_jump_label_entries_move_out_of_the_loaders_table(compile_c, function, key):
+    """Every jump entry about kept code moves to the writable __ksplice_jump_table
+    (the loader never sees it; kmodsrc/patch.c registers it), its code and target
+    fields stay loader relocations into the kept code, and its key - exported or
+    the running kernel's own data - becomes a ksplice relocation record, PC64 with
+    the entry's flag bits in the addend.  Never refused, never dropped."""
     obj = _primary_tables(compile_c)
-    prim, _ = keep_primary(obj, ["jump_extern"], TAG)
-    jt = next(s for s in prim.sections.values() if s.name == "__jump_table")
-    assert jt.size == 16 and "ext_key" in _relocs_of(prim, "__jump_table")
-    with pytest.raises(objmanip.ObjmanipError,
-                       match=r"__jump_table entry about jump_local\+0x7: its key points at "
-                             r"local_key"):
-        keep_primary(obj, ["jump_local"], TAG)
+    prim, records = keep_primary(obj, [function], TAG)
+    assert not any(s.name == "__jump_table" for s in prim.sections.values())
+    jt = _jump_table(prim)
+    assert jt.name == f"{objmanip.KSPLICE_JUMP_TABLE}{TAG}_post"
+    assert jt.size == 16 and jt.flags & 0x3 == 0x3  # SHF_WRITE | SHF_ALLOC
+    left = _relocs_of(prim, jt.name)
+    assert key not in left and len(left) == 2  # code and target
+    [rec] = [r for r in records if r.section == jt.name]
+    assert (rec.symbol, rec.offset, rec.pcrel, rec.size, rec.addend) == (key, 8, True, 8, 0)
+
+
+def test_jump_label_key_in_kept_data_stays_for_the_loader(compile_c):
+    """A key the update itself carries (new data) is resolvable by the loader."""
+    obj = _primary_tables(compile_c)
+    prim, records = keep_primary(obj, ["jump_local"], TAG, new_data=["local_key"])
+    jt = _jump_table(prim)
+    assert not [r for r in records if r.section == jt.name]
+    assert len(_relocs_of(prim, jt.name)) == 3
+
+
+def test_return_site_in_a_carried_replacement_is_carried(compile_c):
+    """apply_returns() rewrites a return thunk jump inside a replacement before
+    apply_alternatives() copies it: the .return_sites entry of a carried alternative's
+    replacement comes along (it used to be dropped silently); the entry in the
+    replacement of an alternative not carried (relocation stripped) stays out."""
+    obj = _primary_tables(compile_c)
+    prim, _ = keep_primary(obj, ["alt_ret"], TAG)
+    rs = next(s for s in prim.sections.values() if s.name == ".return_sites")
+    assert rs.size == 4
+    assert _relocs_of(prim, ".return_sites") == [".altinstr_replacement"]
+    assert _relocs_of(prim, ".altinstr_replacement") == ["__x86_return_thunk"]
+    repl = next(k for k, s in prim.sections.items() if s.name == ".altinstr_replacement")
+    [site] = prim.relocs[next(k for k, s in prim.sections.items()
+                              if s.name == ".return_sites")]
+    [thunk] = prim.relocs[repl]
+    assert site.addend + prim.symbols[site.sym].value == thunk.offset - 1  # the e9
 
 
 def test_exception_fixup_outside_the_update_is_refused(compile_c):

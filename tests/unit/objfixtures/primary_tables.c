@@ -39,3 +39,13 @@ extern char cpu_caps[];
 	" jnz %l[" #yes "]\n jmp %l[" #no "]\n.popsection" : : : : yes, no)
 int cpu_has_user(int x) { CPU_HAS(yes, no); no: return x; yes: return -x; }
 int cpu_has_other(int x) { CPU_HAS(yes, no); no: return x + 1; yes: return -x - 1; }
+/* a return through the thunk inside an alternative's replacement, with its .return_sites
+ * entry (objtool lists those too; apply_returns() runs before apply_alternatives()) */
+#define ALT_RET() asm volatile("661: .byte 0x90,0x90,0x90,0x90,0x90\n662:\n" \
+	".pushsection .altinstructions,\"a\"\n .long 661b - .\n .long 663f - .\n" \
+	" .word 3\n .byte 662b-661b\n .byte 664f-663f\n .popsection\n" \
+	".pushsection .altinstr_replacement,\"ax\"\n663: jmp __x86_return_thunk\n664:\n" \
+	".popsection\n.pushsection .return_sites,\"a\"\n .long 663b - .\n .popsection" \
+	::: "memory")
+int alt_ret(int x) { ALT_RET(); return x + 6; }
+int alt_ret_other(int x) { ALT_RET(); return x + 7; }
