@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The corpus run's phases on a Debian target: prepare, cut, create, boot, report.
 
-bench/corpus.py is their command line; tests/system/test_corpus.py runs a
+bench/corpus.py is their command line; tests/system/test_corpus_subset.py runs a
 few real cases through the same functions.  The pure logic (cutting,
 classifying, the table, the guest side) is in :mod:`ksplice_tasks.testing.corpus`.
 Everything is cached under ``$KSPLICE_CACHE``: the Debian packages and trees
