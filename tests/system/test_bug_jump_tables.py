@@ -38,6 +38,8 @@ import ksplice_tasks
 from ksplice_tasks import names
 from ksplice_tasks.obj import elfread, kernel_sections
 from ksplice_tasks.obj.kernel_sections import Role
+from ksplice_tasks.obj.objmanip import KSPLICE_JUMP_TABLE
+from ksplice_tasks.stages import kmod
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
@@ -123,15 +125,23 @@ def test_primary_carries_the_warn_on_bug_entry(tarballs, tmp_path: Path) -> None
 
 
 def test_primary_carries_the_static_branch_jump_entry(tarballs, tmp_path: Path) -> None:
-    """One jump_entry: code and target in the primary's code, key the exported rps_needed."""
+    """One jump_entry, out of the loader's sight: not in ``__jump_table`` (the loader
+    would register it at load, before ksplice resolved its key) but in the writable
+    ``__ksplice_jump_table`` between ``ksplice_jump_start`` and ``ksplice_jump_stop``
+    (kmod.JUMP_LINK_SCRIPT), which kmodsrc/patch.c registers after resolution.  Its
+    code and target are loader relocations into the primary's code; its key, the
+    exported ``rps_needed``, is a ksplice relocation record written by the core."""
     obj = primary(tarballs["jump"], tmp_path)
-    rows = []
-    for e in entries(obj, "__jump_table"):
-        code, target, key = (e.site(obj, r) for r in (Role.CODE, Role.TARGET, Role.KEY))
-        assert code is not None and target is not None and key is not None, e
-        assert obj.sections[code.shndx].is_exec and obj.sections[target.shndx].is_exec, e
-        rows.append(key.symbol)
-    assert rows == ["rps_needed"]
+    assert obj.sections_named("__jump_table") == []
+    [jt] = [k for k, sec in obj.sections.items() if sec.name == KSPLICE_JUMP_TABLE]
+    value = {sym.name: sym.value for sym in obj.symbols if sym.shndx == jt}
+    assert value[kmod.JUMP_STOP] - value[kmod.JUMP_START] == 16  # one struct jump_entry
+    fields = [r for r in obj.relocs.get(jt, []) if r.offset < value[kmod.JUMP_STOP]]
+    assert [r.offset for r in fields] == [0, 4]  # code and target; the key is not the loader's
+    assert all(obj.sections[obj.symbols[r.sym].shndx].is_exec for r in fields)
+    strings = b"\0" + b"".join(sec.data for sec in obj.sections.values()
+                               if sec.name == ".ksplice.ksplice_relocs_str")
+    assert b"\0rps_needed\0" in strings and KSPLICE_JUMP_TABLE.encode() in strings
 
 
 def guest_script(warn: Path, jump: Path) -> str:
