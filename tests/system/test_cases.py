@@ -102,10 +102,7 @@ CASES: dict[str, Case] = {
         observe=("grep CommitPolicy /proc/meminfo; echo 2 > /proc/sys/vm/overcommit_memory; "
                  "grep CommitPolicy /proc/meminfo; echo 0 > /proc/sys/vm/overcommit_memory"),
         before="",
-        after=lambda _b: "CommitPolicy:   heuristic\nCommitPolicy:   never",
-        xfail=_issue10("apply aborts unresolved: the replacement meminfo_proc_show's "
-                       "static_cpu_has() jumps to .altinstr_aux, which the primary does "
-                       "not carry (kind 4); run-pre matching itself now matches")),
+        after=lambda _b: "CommitPolicy:   heuristic\nCommitPolicy:   never"),
     "08-changed-data-initializer": Case(observe=None),
     "09-extable-alternatives": Case(
         observe="ls -a / | wc -l",
