@@ -36,7 +36,6 @@ SLEEP_MS = 15000
 ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
 
 LOADAVG_FMT = '"%lu.%02lu %lu.%02lu %lu.%02lu %u/%d %d\\n"'
-MSLEEP_LINE = "\tunsigned long timeout = msecs_to_jiffies(msecs) + 1;\n\n\twhile (timeout)\n"
 
 
 def loadavg_post(src: str) -> str:
@@ -49,10 +48,6 @@ def loadavg_edited_pre(src: str) -> str:
     assert "FIXED_1/200" in src
     return src.replace("FIXED_1/200", "FIXED_1/100")
 
-
-def msleep_post(src: str) -> str:
-    assert MSLEEP_LINE in src
-    return src.replace(MSLEEP_LINE, MSLEEP_LINE.replace("+ 1;", "+ 2;"))
 
 
 OTHER_VARIANT = {"smp": "lp", "lp": "smp"}
@@ -69,7 +64,7 @@ def build_all(pb: Prebuilt, other: testkernel.TestKernel, d: Path) -> dict[str, 
                                         pre_text=loadavg_edited_pre(loadavg))
     oth = updates.build_from_objects(kernel, obj, loadavg_post(loadavg), d / "other",
                                      compile_with=other)
-    msl = updates.create_update(pb, "kernel/time/timer.c", msleep_post(timer), d / "msleep")
+    msl = updates.create_update(pb, "kernel/time/timer.c", updates.msleep_post(timer), d / "msleep")
     return {"good": good, "edited": edited, "other": oth, "msleep": msl,
             "sleeper": updates.build_sleeper(kernel, d / "sleeper")}
 

@@ -41,14 +41,9 @@ ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
 CASES = Path(os.environ.get("KSPLICE_CASES", ROOT.parent / "shared" / "cases"))
 KS = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
       " -m ksplice_tasks.target.apply")
-MSLEEP_LINE = "\tunsigned long timeout = msecs_to_jiffies(msecs) + 1;\n\n\twhile (timeout)\n"
 MSLEEP_INT = "\tunsigned long timeout = msecs_to_jiffies(msecs) + 1;\n\n\twhile (timeout && "
 SIGSEGV_LINE = "\tif (sig == SIGSEGV)\n\t\tforce_fatal_sig(SIGSEGV);\n"
 
-
-def msleep_post(src: str) -> str:
-    assert MSLEEP_LINE in src
-    return src.replace(MSLEEP_LINE, MSLEEP_LINE.replace("+ 1;", "+ 2;"))
 
 
 def edit_msleep_interruptible(src: str) -> str:
@@ -57,8 +52,7 @@ def edit_msleep_interruptible(src: str) -> str:
 
 
 def edit_msleep(src: str) -> str:
-    assert MSLEEP_LINE in src
-    return src.replace(MSLEEP_LINE, MSLEEP_LINE.replace("+ 1;", "+ 3;"))
+    return updates.msleep_post(src, 3)
 
 
 def signal_post(src: str) -> str:
@@ -115,10 +109,10 @@ def guest(prebuilt_lp: Prebuilt, tmp_path_factory: pytest.TempPathFactory) -> di
     timer = (kernel.source / "kernel/time/timer.c").read_text()
     obj = "kernel/time/timer.o"
     elsewhere = edit_msleep_interruptible(timer)
-    files["elsewhere"] = updates.build_from_objects(kernel, obj, msleep_post(elsewhere),
+    files["elsewhere"] = updates.build_from_objects(kernel, obj, updates.msleep_post(elsewhere),
                                                     d / "elsewhere", pre_text=elsewhere)
-    files["edited"] = updates.build_from_objects(kernel, obj, msleep_post(timer), d / "edited",
-                                                 pre_text=edit_msleep(timer))
+    files["edited"] = updates.build_from_objects(kernel, obj, updates.msleep_post(timer),
+                                                 d / "edited", pre_text=edit_msleep(timer))
     res = kernel.boot(guest_script(files), hostfs=True, timeout=900,
                       files=[(f"/m/{k}.tar.gz", v) for k, v in files.items()])
     out = parse_marked(res.guest_output)

@@ -32,6 +32,17 @@ from ksplice_tasks.tree import cmdfile, kbuild
 PATCH_OPTS = ("-p1",)
 
 
+# msleep() in kernel/time/timer.c: the function the code_busy and run-pre
+# refusal tests patch (a sleeper sits in it).
+MSLEEP_LINE = "\tunsigned long timeout = msecs_to_jiffies(msecs) + 1;\n\n\twhile (timeout)\n"
+
+
+def msleep_post(src: str, timeout_extra: int = 2) -> str:
+    """``src`` (kernel/time/timer.c) with msleep()'s ``+ 1`` timeout made ``+ timeout_extra``."""
+    assert MSLEEP_LINE in src
+    return src.replace(MSLEEP_LINE, MSLEEP_LINE.replace("+ 1;", f"+ {timeout_extra};"))
+
+
 def source_patch(rel: str, pre_text: str, post_text: str) -> str:
     """A ``-p1`` unified diff of one tree-relative source file."""
     return "".join(difflib.unified_diff(pre_text.splitlines(keepends=True),
