@@ -28,6 +28,7 @@
 /* A relocation the module resolves itself; the site is section_addr + offset. */
 struct ksplice_reloc {
 	const char *symbol; /* System.map name of the target */
+	const char *label; /* symbol, or symbol____<tag> if local to its object */
 	const char *section; /* collection section holding the site */
 	unsigned long section_addr; /* start of that section in this module */
 	unsigned long offset; /* site offset within the section */
@@ -42,6 +43,7 @@ struct ksplice_reloc {
 /* A function carried by this module and where the running kernel may have it. */
 struct ksplice_size {
 	const char *name; /* System.map name of the function */
+	const char *label; /* name, or name____<tag> if local to its object */
 	unsigned long size; /* bytes of the copy in this module */
 	unsigned long thismod_addr; /* the copy in this module */
 	const unsigned long *candidates; /* System.map addresses of name */
@@ -52,6 +54,7 @@ struct ksplice_size {
 /* An old function to redirect to its replacement in the primary. */
 struct ksplice_patch {
 	const char *oldname; /* System.map name of the old function */
+	const char *label; /* oldname, or oldname____<tag> if local */
 	const char *replname; /* symbol of the replacement */
 	unsigned long oldaddr; /* System.map address if unique, else 0 */
 	unsigned long repladdr; /* the replacement in this module */

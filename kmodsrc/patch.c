@@ -179,8 +179,8 @@ static int ksplice_find_old(struct ksplice_module *km,
 {
 	const struct ksplice_match *m;
 
-	m = ksplice_runpre_function(km->helper, p->oldname, size);
-	if (!m && ksplice_runpre_not_loaded(km->helper, p->oldname)) {
+	m = ksplice_runpre_function(km->helper, p->label, size);
+	if (!m && ksplice_runpre_not_loaded(km->helper, p->label)) {
 		pr_warn("%s: %s is neither in the kernel nor in a loaded module: load its module first\n",
 			KSPLICE_ID, p->oldname);
 		return ksplice_fail(km, KSPLICE_ABORT_NOT_LOADED);
@@ -260,7 +260,7 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 	unsigned long v = 0;
 	int ret;
 
-	ret = ksplice_runpre_lookup(km->helper, r->symbol, &v);
+	ret = ksplice_runpre_lookup(km->helper, r->label, &v);
 	if (ret == -EINVAL) {
 		pr_warn("%s: run-pre matching saw several values of %s\n",
 			KSPLICE_ID, r->symbol);

@@ -1010,7 +1010,7 @@ static void ksplice_log_mismatch(const struct ksplice_walk *w, const char *name,
 static bool ksplice_try(struct ksplice_module *h, unsigned int f,
 			unsigned long addr, const struct module *mod, u8 *buf,
 			struct ksplice_runval *vals, unsigned int *entry_nop,
-			bool *traced)
+			bool *traced, bool log)
 {
 	const struct ksplice_size *s = &h->size_tab[f];
 	struct ksplice_walk w = {
@@ -1042,7 +1042,8 @@ static bool ksplice_try(struct ksplice_module *h, unsigned int f,
 		return true;
 	}
 	*traced |= w.traced;
-	ksplice_log_mismatch(&w, s->name, bad);
+	if (log)
+		ksplice_log_mismatch(&w, s->name, bad);
 	return false;
 }
 
@@ -1084,7 +1085,9 @@ static bool ksplice_text_ok(const struct ksplice_module *h, unsigned long addr,
 /*
  * Match function @f at each of @n addresses; record what was found.
  * @mods (or NULL) gives each address's module, referenced by the caller;
- * a unique match in a module takes a reference of its own.
+ * a unique match in a module takes a reference of its own.  Where the
+ * bytes differ is logged only when no address matched: a static name
+ * System.map lists several times differs from all copies but one.
  */
 static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
 			      const unsigned long *addrs,
@@ -1102,7 +1105,8 @@ static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
 		if (!ksplice_text_ok(h, a, s->size, mod))
 			continue;
 		inside++;
-		if (!ksplice_try(h, f, a, mod, buf, vals, &nop, &m->traced))
+		if (!ksplice_try(h, f, a, mod, buf, vals, &nop, &m->traced,
+				 false))
 			continue;
 		if (found++ == 0) {
 			m->addr = a;
@@ -1123,6 +1127,11 @@ static void ksplice_match_one(struct ksplice_module *h, unsigned int f,
 		ksplice_commit(h, f, vals, false);
 	} else {
 		m->status = inside ? KSPLICE_MATCH_FAILED : KSPLICE_MATCH_OUTSIDE;
+		for (c = 0; c < n; c++)
+			if (ksplice_text_ok(h, addrs[c], s->size,
+					    mods ? mods[c] : NULL))
+				ksplice_try(h, f, addrs[c], mods ? mods[c] : NULL,
+					    buf, vals, &nop, &m->traced, true);
 	}
 }
 
@@ -1188,12 +1197,19 @@ static void ksplice_match_modules(struct ksplice_module *h,
 }
 
 /*
- * A function System.map does not list may still be reachable: another
- * matched function's call or jump says where it is.  Repeat while that
- * finds more.
+ * What a matched function's code says settles two kinds of function:
+ * - one System.map does not list, that the call or jump reaches;
+ * - a static one whose pre code matches several running copies, as a
+ *   header's static inline function outlined alike in two files does
+ *   (shared case 12: get_proc_task in fs/proc/base.o and fd.o).  Its label
+ *   is its object's own (ksplice_tasks.names.symbol_label), so only a
+ *   function of the same object, calling or referring to it, gives a
+ *   value for it: the copy that function uses.
+ * Either way the bytes there must still match.  Repeat while that finds
+ * more.
  */
-static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
-				    struct ksplice_runval *vals)
+static void ksplice_match_by_value(struct ksplice_module *h, u8 *buf,
+				   struct ksplice_runval *vals)
 {
 	bool progress = true;
 	unsigned int f;
@@ -1201,15 +1217,17 @@ static void ksplice_match_reachable(struct ksplice_module *h, u8 *buf,
 	while (progress) {
 		progress = false;
 		for (f = 0; f < h->nr_sizes; f++) {
+			const struct ksplice_match *m = &h->match[f];
 			unsigned long a;
 
-			if (h->match[f].status != KSPLICE_MATCH_OUTSIDE ||
-			    h->size_tab[f].nr_candidates)
+			if (m->status != KSPLICE_MATCH_SEVERAL &&
+			    (m->status != KSPLICE_MATCH_OUTSIDE ||
+			     h->size_tab[f].nr_candidates))
 				continue;
-			if (ksplice_runpre_lookup(h, h->size_tab[f].name, &a))
+			if (ksplice_runpre_lookup(h, h->size_tab[f].label, &a))
 				continue;
 			ksplice_match_one(h, f, &a, NULL, 1, buf, vals);
-			progress |= h->match[f].status == KSPLICE_MATCH_FOUND;
+			progress |= m->status == KSPLICE_MATCH_FOUND;
 		}
 	}
 }
@@ -1294,31 +1312,32 @@ static int ksplice_match_listed(struct ksplice_module *h, u8 *buf,
 }
 
 /*
- * Does the update rest on helper function @name?  It does when the primary
- * patches it, or when the primary's code refers to it (a relocation the
- * update resolves itself): the new code then calls or reads what the source
- * says it is.
+ * Does the update rest on the helper function labelled @label?  It does
+ * when the primary patches it, or when the primary's code refers to it (a
+ * relocation the update resolves itself): the new code then calls or reads
+ * what the source says it is.
  */
 static bool ksplice_runpre_needed(const struct ksplice_module *km,
-				  const char *name)
+				  const char *label)
 {
 	unsigned int i;
 
 	for (i = 0; i < km->nr_patches; i++)
-		if (!strcmp(km->patch_tab[i].oldname, name))
+		if (!strcmp(km->patch_tab[i].label, label))
 			return true;
 	for (i = 0; i < km->nr_relocs; i++)
-		if (!strcmp(km->reloc_tab[i].symbol, name))
+		if (!strcmp(km->reloc_tab[i].label, label))
 			return true;
 	return false;
 }
 
 /*
  * Log what matching found; abort when a function the update needs has
- * copies in the running kernel and none matched.  A function it does not
- * need (same object, neither patched nor referred to by the new code) that
- * failed is only reported: its values are not used (a value only it could
- * give leaves the primary's relocation unresolved, which aborts later).
+ * copies in the running kernel and none matched, or several matched and
+ * nothing told them apart.  A function it does not need (same object,
+ * neither patched nor referred to by the new code) that failed is only
+ * reported: its values are not used (a value only it could give leaves the
+ * primary's relocation unresolved, which aborts later).
  */
 static int ksplice_runpre_verdict(struct ksplice_module *km)
 {
@@ -1329,9 +1348,16 @@ static int ksplice_runpre_verdict(struct ksplice_module *km)
 	for (f = 0; f < h->nr_sizes; f++) {
 		const char *name = h->size_tab[f].name;
 
+		if (h->match[f].status == KSPLICE_MATCH_SEVERAL &&
+		    ksplice_runpre_needed(km, h->size_tab[f].label)) {
+			failed++;
+			pr_warn("%s run-pre: several running copies of %s match the update's pre code, and no matched function of its object tells which\n",
+				KSPLICE_ID, name);
+			continue;
+		}
 		if (h->match[f].status != KSPLICE_MATCH_FAILED)
 			continue;
-		if (!ksplice_runpre_needed(km, name)) {
+		if (!ksplice_runpre_needed(km, h->size_tab[f].label)) {
 			unneeded++;
 			pr_info("%s run-pre: no running copy of %s matches the update's pre code; not needed by the update\n",
 				KSPLICE_ID, name);
@@ -1385,7 +1411,7 @@ int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms)
 	}
 	if (mod_syms)
 		ksplice_match_modules(h, mod_syms, buf, vals);
-	ksplice_match_reachable(h, buf, vals);
+	ksplice_match_by_value(h, buf, vals);
 	ret = ksplice_runpre_verdict(km);
 out:
 	mutex_unlock(&h->lock);
@@ -1397,16 +1423,17 @@ out:
 /**
  * ksplice_runpre_lookup() - A symbol's value as run-pre matching saw it.
  * @h: the helper, or NULL
- * @name: the symbol's System.map name
+ * @label: the symbol's label: its System.map name, or for a static symbol
+ *	the name tagged with its object's tag (ksplice_tables.h)
  * @value: set to the value on success
  *
- * The value is a matched function of that name, or one read at a
+ * The value is a matched function of that label, or one read at a
  * relocation against it.
  *
- * Return: 0; -ENOENT when run-pre matching has nothing for @name,
+ * Return: 0; -ENOENT when run-pre matching has nothing for @label,
  * -EINVAL when it saw several values.
  */
-int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
+int ksplice_runpre_lookup(const struct ksplice_module *h, const char *label,
 			  unsigned long *value)
 {
 	unsigned int i;
@@ -1416,7 +1443,7 @@ int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
 		return -ENOENT;
 	for (i = 0; i < h->nr_sizes; i++) {
 		if (h->match[i].status != KSPLICE_MATCH_FOUND ||
-		    strcmp(h->size_tab[i].name, name))
+		    strcmp(h->size_tab[i].label, label))
 			continue;
 		if (have && *value != h->match[i].addr)
 			return -EINVAL;
@@ -1424,7 +1451,7 @@ int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
 		have = true;
 	}
 	for (i = 0; i < h->nr_relocs; i++) {
-		if (!h->runval[i].have || strcmp(h->reloc_tab[i].symbol, name))
+		if (!h->runval[i].have || strcmp(h->reloc_tab[i].label, label))
 			continue;
 		if (have && *value != h->runval[i].value)
 			return -EINVAL;
@@ -1437,14 +1464,14 @@ int ksplice_runpre_lookup(const struct ksplice_module *h, const char *name,
 /**
  * ksplice_runpre_function() - The running copy of a function, if unique.
  * @h: the helper, or NULL
- * @name: the function's System.map name
+ * @label: the function's label (see ksplice_runpre_lookup())
  * @size: set to the size of the helper's copy on success
  *
- * Return: the match of the helper function called @name when exactly one
- * running address matched, else NULL.
+ * Return: the match of the helper function labelled @label when exactly
+ * one running address matched, else NULL.
  */
 const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module *h,
-						    const char *name,
+						    const char *label,
 						    unsigned long *size)
 {
 	const struct ksplice_match *found = NULL;
@@ -1454,7 +1481,7 @@ const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module 
 		return NULL;
 	for (i = 0; i < h->nr_sizes; i++) {
 		if (h->match[i].status != KSPLICE_MATCH_FOUND ||
-		    strcmp(h->size_tab[i].name, name))
+		    strcmp(h->size_tab[i].label, label))
 			continue;
 		if (found && found->addr != h->match[i].addr)
 			return NULL;
@@ -1467,12 +1494,12 @@ const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module 
 /**
  * ksplice_runpre_not_loaded() - Is a function in a module that is not loaded?
  * @h: the helper, or NULL
- * @name: the function's name
+ * @label: the function's label (see ksplice_runpre_lookup())
  *
- * Return: true when the helper carries @name, System.map does not list it
+ * Return: true when the helper carries @label, System.map does not list it
  * and run-pre matching found it in no loaded module either.
  */
-bool ksplice_runpre_not_loaded(const struct ksplice_module *h, const char *name)
+bool ksplice_runpre_not_loaded(const struct ksplice_module *h, const char *label)
 {
 	unsigned int i;
 	bool seen = false;
@@ -1480,7 +1507,7 @@ bool ksplice_runpre_not_loaded(const struct ksplice_module *h, const char *name)
 	if (!h || !h->match)
 		return false;
 	for (i = 0; i < h->nr_sizes; i++) {
-		if (strcmp(h->size_tab[i].name, name))
+		if (strcmp(h->size_tab[i].label, label))
 			continue;
 		if (h->match[i].status != KSPLICE_MATCH_OUTSIDE ||
 		    h->size_tab[i].nr_candidates)

@@ -97,12 +97,12 @@ static inline bool ksplice_is_ftrace_nop(const u8 *p)
 int ksplice_runpre(struct ksplice_module *km, ksplice_mod_syms_fn mod_syms);
 void ksplice_runpre_free(struct ksplice_module *helper);
 int ksplice_runpre_lookup(const struct ksplice_module *helper,
-			  const char *name, unsigned long *value);
+			  const char *label, unsigned long *value);
 const struct ksplice_match *ksplice_runpre_function(const struct ksplice_module *helper,
-						    const char *name,
+						    const char *label,
 						    unsigned long *size);
 bool ksplice_runpre_not_loaded(const struct ksplice_module *helper,
-			       const char *name);
+			       const char *label);
 const char *ksplice_match_status_name(unsigned int status);
 
 #endif /* _KSPLICE_RUNPRE_H */

@@ -42,7 +42,11 @@ class RelocRecord:
     anonymous target, the name of the section it lies in); the field is
     ``size`` bytes at ``offset`` in output section ``section``, inside
     function ``function`` when it is code.  The value to store is
-    ``S + addend`` (minus the field's address when ``pcrel``).
+    ``S + addend`` (minus the field's address when ``pcrel``).  ``local`` is
+    True when the target is defined in the object itself with local binding
+    (a static symbol, or a section): then another object may have a target
+    of the same name, and the tables give it the object's label
+    (:func:`ksplice_tasks.names.symbol_label`).
     """
 
     symbol: str
@@ -54,6 +58,7 @@ class RelocRecord:
     type: int
     signed: bool
     function: str = ""
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,15 @@ class SiteRecord:
 
 @dataclass(frozen=True)
 class SizeRecord:
-    """A function's name, size (bytes) and section, for the sizes table."""
+    """A function's name, size (bytes) and section, for the sizes table.
+
+    ``local``: the function has local binding (``static``) in its object.
+    """
 
     name: str
     size: int
     section: str
+    local: bool = False
 
 
 @dataclass(frozen=True)

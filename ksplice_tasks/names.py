@@ -182,6 +182,19 @@ def parse_tagged(symbol: str) -> TaggedName | None:
     return TaggedName(m.group("name"), m.group("tag"), m.group("side"), bool(m.group("glob")))
 
 
+def symbol_label(name: str, tag: str, local: bool) -> str:
+    """Ksplice's label of a symbol: what tells it apart in the update's tables.
+
+    A global symbol (or one the object only refers to) is known by its
+    System.map ``name`` alone.  A symbol of local binding is only unique in
+    its object: two objects may each have a ``static`` function of one name,
+    and System.map lists both (e.g. an out-of-line copy of a header's static
+    inline function).  Its label is ``<name>____<tag>``, so that the kernel
+    side keeps one running address per label (kmodsrc/runpre.c).
+    """
+    return name + tag_infix(tag) if local else name
+
+
 def global_alias(symbol: str) -> str:
     """The globalize pass's alias of ``symbol`` (a name or a section name)."""
     return symbol + GLOBAL_SUFFIX

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ksplice_tasks.artifacts import RelocRecord, SiteRecord
-from ksplice_tasks.names import check_id
+from ksplice_tasks.names import check_id, symbol_label
 from ksplice_tasks.symbolmap import parse_system_map as parse_system_map
 
 SystemMap = Mapping[str, Sequence[int]]
@@ -138,6 +138,7 @@ SITE_KIND_VALUES: dict[str, int] = {
 RELOC = Struct("ksplice_reloc", "ksplice_relocs",
                "A relocation the module resolves itself; the site is section_addr + offset.", (
                    Field("symbol", "str", "System.map name of the target"),
+                   Field("label", "str", "symbol, or symbol____<tag> if local to its object"),
                    Field("section", "str", "collection section holding the site"),
                    Field("section_addr", "ptr", "start of that section in this module"),
                    Field("offset", "u64", "site offset within the section"),
@@ -152,6 +153,7 @@ RELOC = Struct("ksplice_reloc", "ksplice_relocs",
 SIZE = Struct("ksplice_size", "ksplice_sizes",
               "A function carried by this module and where the running kernel may have it.", (
                   Field("name", "str", "System.map name of the function"),
+                  Field("label", "str", "name, or name____<tag> if local to its object"),
                   Field("size", "u64", "bytes of the copy in this module"),
                   Field("thismod_addr", "ptr", "the copy in this module"),
                   Field("candidates", "cand", "System.map addresses of name"),
@@ -162,6 +164,7 @@ SIZE = Struct("ksplice_size", "ksplice_sizes",
 PATCH = Struct("ksplice_patch", "ksplice_patches",
                "An old function to redirect to its replacement in the primary.", (
                    Field("oldname", "str", "System.map name of the old function"),
+                   Field("label", "str", "oldname, or oldname____<tag> if local"),
                    Field("replname", "str", "symbol of the replacement"),
                    Field("oldaddr", "u64", "System.map address if unique, else 0"),
                    Field("repladdr", "ptr", "the replacement in this module"),
@@ -204,7 +207,9 @@ class RelocInput:
     """A relocation stripped from collection code, to be resolved by the module.
 
     ``anchor`` is a symbol of the collection object at the start of
-    ``section`` (the globalize pass's ``<section>_global``).
+    ``section`` (the globalize pass's ``<section>_global``).  ``label`` is
+    :func:`ksplice_tasks.names.symbol_label` of the target ("" means the
+    System.map name of ``symbol``).
     """
 
     symbol: str
@@ -216,31 +221,45 @@ class RelocInput:
     anchor: str
     type: int = 0
     signed: bool = False
+    label: str = ""
 
 
-def relocs_from_records(records: Iterable[RelocRecord], anchor_suffix: str = "_global"
-                        ) -> list[RelocInput]:
-    """Table inputs from pass records; each section's anchor is globalize's alias of it."""
+def relocs_from_records(records: Iterable[RelocRecord], anchor_suffix: str = "_global",
+                        tag: str = "") -> list[RelocInput]:
+    """Table inputs from one object's pass records (its ``tag`` labels local targets).
+
+    Each section's anchor is globalize's alias of it.
+    """
     return [RelocInput(r.symbol, r.section, r.offset, r.pcrel, r.addend, r.size,
-                       r.section + anchor_suffix, r.type, r.signed) for r in records]
+                       r.section + anchor_suffix, r.type, r.signed,
+                       symbol_label(map_name(r.symbol), tag, r.local and bool(tag)))
+            for r in records]
 
 
 @dataclass(frozen=True)
 class SizeInput:
-    """A function carried by the module; ``pointer`` names its copy in the collection."""
+    """A function carried by the module; ``pointer`` names its copy in the collection.
+
+    ``label`` as in :class:`RelocInput` ("" means ``name``).
+    """
 
     name: str
     size: int
     pointer: str
+    label: str = ""
 
 
 @dataclass(frozen=True)
 class PatchInput:
-    """Redirect ``oldname`` (running kernel) to ``replacement`` (a primary symbol)."""
+    """Redirect ``oldname`` (running kernel) to ``replacement`` (a primary symbol).
+
+    ``label`` as in :class:`RelocInput` ("" means ``oldname``).
+    """
 
     oldname: str
     replacement: str
     flags: int = 0
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -432,7 +451,8 @@ def _reloc_rows(relocs: Iterable[RelocInput], smap: SystemMap, em_cands
         if r.size not in (1, 2, 4, 8):
             raise ValueError(f"relocation at {r.section}+{r.offset:#x}: size {r.size}")
         c = candidates(smap, r.symbol)
-        yield ({"symbol": map_name(r.symbol), "section": r.section, "section_addr": r.anchor,
+        yield ({"symbol": map_name(r.symbol), "label": r.label or map_name(r.symbol),
+                "section": r.section, "section_addr": r.anchor,
                 "offset": r.offset, "addend": r.addend, "candidates": em_cands(c),
                 "nr_candidates": len(c), "type": r.type, "size": r.size,
                 "flags": reloc_flags(r)},
@@ -456,11 +476,13 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
     for rec in records:
         if struct is SIZE and isinstance(rec, SizeInput):
             c = candidates(smap, rec.name)
-            yield ({"name": map_name(rec.name), "size": rec.size, "thismod_addr": rec.pointer,
+            yield ({"name": map_name(rec.name), "label": rec.label or map_name(rec.name),
+                    "size": rec.size, "thismod_addr": rec.pointer,
                     "candidates": em_cands(c), "nr_candidates": len(c)},
                    f"{rec.name} size {rec.size:#x}")
         elif struct is PATCH and isinstance(rec, PatchInput):
-            yield ({"oldname": map_name(rec.oldname), "replname": rec.replacement,
+            yield ({"oldname": map_name(rec.oldname),
+                    "label": rec.label or map_name(rec.oldname), "replname": rec.replacement,
                     "oldaddr": unique_address(smap, rec.oldname), "repladdr": rec.replacement,
                     "flags": rec.flags},
                    f"{rec.oldname} -> {rec.replacement}")

@@ -89,19 +89,20 @@ def _record(view: ObjectView, sec: Section, r: Reloc, out_section: str, function
     kind, what, off = view.target(sec, r)
     s = view.obj.symbols[r.sym]
     if kind in ("undef", "abs"):
-        name, addend = s.name, r.addend
+        name, addend, local = s.name, r.addend, False
     elif kind == "item":
-        name, addend = what.name, off  # type: ignore[union-attr]
+        name, addend, local = what.name, off, what.local  # type: ignore[union-attr]
         name = renames.get(name, name)
     elif kind in ("str", "cst"):
-        name, addend = what.name, off  # type: ignore[union-attr]
+        name, addend, local = what.name, off, True  # type: ignore[union-attr]
     else:
         tsec = view.obj.sections.get(s.shndx)
         name = s.name if s.type != STT_SECTION or tsec is None else tsec.name
         addend = r.addend + (s.value if s.type == STT_SECTION else 0)
+        local = s.bind == STB_LOCAL
     info = reloc_info(r.type)
     return RelocRecord(name, out_section, r.offset, info.pcrel, addend, info.size, r.type,
-                       info.signed, function)
+                       info.signed, function, local)
 
 
 def _function_at(view: ObjectView, shndx: int, off: int) -> str:
@@ -832,7 +833,8 @@ def sizelist(obj: ElfObject) -> tuple[ElfObject, list[SizeRecord]]:
             continue
         if s.name.endswith("_global") and s.name[:-7] in names:
             continue
-        out.append(SizeRecord(s.name, s.size, obj.sections[s.shndx].name))
+        out.append(SizeRecord(s.name, s.size, obj.sections[s.shndx].name,
+                              s.bind == STB_LOCAL))
     return obj, out
 
 

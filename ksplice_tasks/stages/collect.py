@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ksplice_tasks import artifacts
-from ksplice_tasks.artifacts import ObjectRecords, RelocRecord
+from ksplice_tasks.artifacts import ObjectRecords
 from ksplice_tasks.commands import run
 from ksplice_tasks.encode import ksplice_tables as metadata
 from ksplice_tasks.errors import UserError
@@ -25,6 +25,7 @@ from ksplice_tasks.names import (
     ROLES,
     global_alias,
     kernel_name,
+    symbol_label,
     tagged_name,
 )
 from ksplice_tasks.obj.kernel_sections import is_discarded
@@ -43,26 +44,33 @@ def module_tables(records: Sequence[ObjectRecords], role: str) -> metadata.Modul
     The kernel side's own imports are not among them: the module build adds those.
     """
     side = side_of(role)
-    relocs: list[RelocRecord] = []
+    relocs: list[metadata.RelocInput] = []
     sizes: list[metadata.SizeInput] = []
     patches: list[metadata.PatchInput] = []
     sites: list[metadata.SiteInput] = []
     for rec in records:
         if rec.empty:
             continue
-        relocs += [r for r in getattr(rec, f"{role}_relocs") if not is_discarded(r.section)]
-        sizes += [metadata.SizeInput(kernel_name(z.name, rec.tag, side), z.size,
-                                     global_alias(z.name))
-                  for z in getattr(rec, f"{role}_sizes") if not is_discarded(z.section)]
+        relocs += metadata.relocs_from_records(
+            [r for r in getattr(rec, f"{role}_relocs") if not is_discarded(r.section)],
+            GLOBAL_SUFFIX, rec.tag)
+        for z in getattr(rec, f"{role}_sizes"):
+            if is_discarded(z.section):
+                continue
+            name = kernel_name(z.name, rec.tag, side)
+            sizes.append(metadata.SizeInput(name, z.size, global_alias(z.name),
+                                            symbol_label(name, rec.tag, z.local)))
         if role != PRIMARY:
             sites += metadata.sites_from_records(
                 [z for z in rec.helper_sites if not is_discarded(z.section)], GLOBAL_SUFFIX)
         if role == PRIMARY:
-            patches += [metadata.PatchInput(rec.renames.get(f, f),
-                                            tagged_name(f, rec.tag, POST, is_global=True))
-                        for f in patched_functions(rec)]
-    return metadata.ModuleTables(relocs=metadata.relocs_from_records(relocs, GLOBAL_SUFFIX),
-                                 sizes=sizes, patches=patches, sites=sites)
+            local = {z.name: z.local for z in rec.primary_sizes}
+            for f in patched_functions(rec):
+                old = rec.renames.get(f, f)
+                patches.append(metadata.PatchInput(
+                    old, tagged_name(f, rec.tag, POST, is_global=True),
+                    label=symbol_label(old, rec.tag, local[tagged_name(f, rec.tag, POST)])))
+    return metadata.ModuleTables(relocs=relocs, sizes=sizes, patches=patches, sites=sites)
 
 
 def patched_functions(rec: ObjectRecords) -> list[str]:

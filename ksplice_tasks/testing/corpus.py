@@ -50,6 +50,7 @@ from pathlib import Path
 
 from ksplice_tasks.testing import kcore
 from ksplice_tasks.tree import datalayout
+from ksplice_tasks.tree.csource import strip_c
 
 KINDS = ("code", "data", "init", "noop", "header", "notbuilt", "other")
 BUILT_KINDS = ("code", "data", "init", "noop")      # the kinds a run builds
@@ -67,36 +68,6 @@ JMP32 = 0xE9
 
 
 # -- C text ------------------------------------------------------------------------------
-
-
-def strip_c(text: str) -> str:
-    """``text`` without C comments and without any white space (string literals kept whole).
-
-    Two files with equal results differ only in comments or layout: a no-op
-    change.  (``a b`` and ``ab`` compare equal; no real patch is that.)
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "/" and text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        elif c == "/" and text.startswith("//", i):
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-        elif c in "\"'":
-            j = i + 1
-            while j < n and text[j] != c:
-                j += 2 if text[j] == "\\" else 1
-            out.append(text[i:j + 1])
-            i = j + 1
-        elif c.isspace():
-            i += 1
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
 
 
 @dataclass(frozen=True)

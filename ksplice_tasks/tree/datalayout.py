@@ -54,6 +54,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from ksplice_tasks.tree.csource import blank_comments
+
 _DEF_HEAD = re.compile(
     r"\b(struct|union)\s+((?:__\w+(?:\([^()]*(?:\([^()]*\))*[^()]*\))?\s+)*)([A-Za-z_]\w*)?\s*\{")
 _TYPE_SIZEOF = re.compile(r"\bsizeof\s*\(\s*((?:struct|union)\s+[A-Za-z_]\w*)\s*\)")
@@ -70,36 +72,6 @@ class TypeDef:
     name: str
     line: int
     members: str
-
-
-def blank_comments(text: str) -> str:
-    """``text`` with comments and string/char literals' contents turned into spaces.
-
-    Newlines are kept, so offsets and line numbers stay those of ``text``.
-    """
-    out = list(text)
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "/" and text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            end = n if end < 0 else end + 2
-        elif c == "/" and text.startswith("//", i):
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-        elif c in "\"'":
-            end = i + 1
-            while end < n and text[end] != c and text[end] != "\n":
-                end += 2 if text[end] == "\\" else 1
-            i, end = i + 1, min(end, n)
-        else:
-            i += 1
-            continue
-        for k in range(i, end):
-            if out[k] != "\n":
-                out[k] = " "
-        i = end + 1 if c in "\"'" else end
-    return "".join(out)
 
 
 def _hide_directives(text: str) -> str:

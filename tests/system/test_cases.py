@@ -72,10 +72,6 @@ class Case:
     xfail: str | None = None
 
 
-def _issue10(what: str) -> str:
-    return f"issue 10: {what}"
-
-
 CASES: dict[str, Case] = {
     "01-static-local-state": Case(
         observe="echo 1 > /proc/sys/vm/drop_caches; dmesg | grep 'drop_caches:' | tail -n 1",
@@ -114,9 +110,7 @@ CASES: dict[str, Case] = {
     "12-header-inline-many-objects": Case(
         observe=("cat /proc/self/comm; ls /proc/self/ns | wc -l; "
                  "head -n 1 /proc/self/maps | sed 's/.* //'"),
-        fmt=r"cat\n\d+\n\S+",
-        xfail=_issue10("apply aborts with no match: no running copy of m_next, show_smap, "
-                       "show_type, swp_offset_pfn, ... (same-named locals)")),
+        fmt=r"cat\n\d+\n\S+"),
     "15-module-binfmt-misc": Case(
         observe=f"grep -c '^flags: $' {BM}/ksp",
         before="1",

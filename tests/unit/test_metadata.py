@@ -125,8 +125,8 @@ def test_struct_layout_matches_c(tmp_path: Path) -> None:
 
 
 def test_layout_rules() -> None:
-    assert md.RELOC.size == 56 and md.RELOC.offset("nr_candidates") == 48
-    assert md.PATCH.size == 40  # 36 bytes of fields, padded to 8
+    assert md.RELOC.size == 64 and md.RELOC.offset("nr_candidates") == 56
+    assert md.PATCH.size == 48  # 44 bytes of fields, padded to 8
     for s in md.STRUCTS:
         assert s.size % 8 == 0
         assert all(off % f.size == 0 for f, off in s.layout())
@@ -163,7 +163,7 @@ RELOCS = (
     md.RelocInput("loadavg_proc_show", SEC, 0x10, True, -4, 4, "ksplice_test_fn____post",
                   type=2, signed=True),
     md.RelocInput(".text.signal_pending", SEC, 0x20, True, -4, 4, "ksplice_test_fn____post",
-                  type=4, signed=True),
+                  type=4, signed=True, label="signal_pending____1a2b3c4d"),
     md.RelocInput("ksplice_no_such_symbol", ".text.ksplice_other____post", 0x3, False,
                   0x123456789, 8, "ksplice_other____post", type=1),
     md.RelocInput("loadavg_proc_show", SEC, 0x30, False, 0, 8, "ksplice_test_fn____post",
@@ -173,7 +173,8 @@ TABLES = md.ModuleTables(
     relocs=RELOCS,
     sizes=(md.SizeInput("loadavg_proc_show", 0x5c, "ksplice_other____post"),),
     patches=(md.PatchInput("loadavg_proc_show", "ksplice_test_fn____post", flags=1),
-             md.PatchInput("signal_pending", "ksplice_other____post")),
+             md.PatchInput("signal_pending", "ksplice_other____post",
+                           label="signal_pending____1a2b3c4d")),
     imports=(md.ImportInput("text_mutex"), md.ImportInput("missing_import")),
 )
 
@@ -277,26 +278,30 @@ def test_tables_read_back(linked: Path, smap: dict[str, list[int]]) -> None:
     lp = 0xFFFFFFFF8110B000
     sp = [0xFFFFFFFF8103F635, 0xFFFFFFFF8105FDB5]
     assert t["ksplice_relocs"] == [
-        {"symbol": "loadavg_proc_show", "section": SEC, "section_addr": "ksplice_test_fn____post",
-         "offset": 0x10, "addend": -4, "candidates": [lp], "nr_candidates": 1, "type": 2,
-         "size": 4, "flags": 3},
-        {"symbol": "signal_pending", "section": SEC, "section_addr": "ksplice_test_fn____post",
-         "offset": 0x20, "addend": -4, "candidates": sp, "nr_candidates": 2, "type": 4,
-         "size": 4, "flags": 3},
-        {"symbol": "ksplice_no_such_symbol", "section": ".text.ksplice_other____post",
+        {"symbol": "loadavg_proc_show", "label": "loadavg_proc_show", "section": SEC,
+         "section_addr": "ksplice_test_fn____post", "offset": 0x10, "addend": -4,
+         "candidates": [lp], "nr_candidates": 1, "type": 2, "size": 4, "flags": 3},
+        {"symbol": "signal_pending", "label": "signal_pending____1a2b3c4d", "section": SEC,
+         "section_addr": "ksplice_test_fn____post", "offset": 0x20, "addend": -4,
+         "candidates": sp, "nr_candidates": 2, "type": 4, "size": 4, "flags": 3},
+        {"symbol": "ksplice_no_such_symbol", "label": "ksplice_no_such_symbol",
+         "section": ".text.ksplice_other____post",
          "section_addr": "ksplice_other____post", "offset": 3, "addend": 0x123456789,
          "candidates": [], "nr_candidates": 0, "type": 1, "size": 8, "flags": 0},
-        {"symbol": "loadavg_proc_show", "section": SEC, "section_addr": "ksplice_test_fn____post",
-         "offset": 0x30, "addend": 0, "candidates": [lp], "nr_candidates": 1, "type": 1,
-         "size": 8, "flags": 0},
+        {"symbol": "loadavg_proc_show", "label": "loadavg_proc_show", "section": SEC,
+         "section_addr": "ksplice_test_fn____post", "offset": 0x30, "addend": 0,
+         "candidates": [lp], "nr_candidates": 1, "type": 1, "size": 8, "flags": 0},
     ]
     assert t["ksplice_sizes"] == [
-        {"name": "loadavg_proc_show", "size": 0x5c, "thismod_addr": "ksplice_other____post",
-         "candidates": [lp], "nr_candidates": 1, "flags": 0}]
+        {"name": "loadavg_proc_show", "label": "loadavg_proc_show", "size": 0x5c,
+         "thismod_addr": "ksplice_other____post", "candidates": [lp], "nr_candidates": 1,
+         "flags": 0}]
     assert t["ksplice_patches"] == [
-        {"oldname": "loadavg_proc_show", "replname": "ksplice_test_fn____post", "oldaddr": lp,
+        {"oldname": "loadavg_proc_show", "label": "loadavg_proc_show",
+         "replname": "ksplice_test_fn____post", "oldaddr": lp,
          "repladdr": "ksplice_test_fn____post", "flags": 1},
-        {"oldname": "signal_pending", "replname": "ksplice_other____post", "oldaddr": 0,
+        {"oldname": "signal_pending", "label": "signal_pending____1a2b3c4d",
+         "replname": "ksplice_other____post", "oldaddr": 0,
          "repladdr": "ksplice_other____post", "flags": 0}]
     assert t["ksplice_imports"] == [
         {"name": "text_mutex", "candidates": [0xFFFFFFFF81A34DC0], "nr_candidates": 1,
@@ -369,4 +374,9 @@ def test_relocs_from_pass_records() -> None:
     rec = RelocRecord("foo", ".text.bar____1_x_post", 5, True, -4, 4, 4, True, "bar")
     assert md.relocs_from_records([rec]) == [
         md.RelocInput("foo", ".text.bar____1_x_post", 5, True, -4, 4,
-                      ".text.bar____1_x_post_global", 4, True)]
+                      ".text.bar____1_x_post_global", 4, True, "foo")]
+    # a static target is labelled with its object's tag; a global one is not
+    static = RelocRecord(".text.foo", ".text.bar____1a2b3c4d_post", 5, True, -4, 4, 4, True,
+                         "bar", local=True)
+    got = md.relocs_from_records([rec, static], tag="1a2b3c4d")
+    assert [r.label for r in got] == ["foo", "foo____1a2b3c4d"]

@@ -110,3 +110,33 @@ def test_discarded_code_stays_out_of_the_primary(
     assert collect.collect([out], work) == {"changed": ["g"], "new": []}
     assert "ignoring changes to code that has already run and been freed" \
         " (__init/__exit): my_setup" in capsys.readouterr().out
+
+
+def test_static_functions_of_two_objects_get_their_objects_labels(
+        fixture_pair: Callable[[str], tuple[Path, Path]], tmp_path: Path) -> None:
+    """Two objects each with a changed static helper(): shared case 12's shape.
+
+    The kernel side tells the two running copies apart by label only
+    (kmodsrc/runpre.c): each object's static symbols, and the relocations
+    against them, carry that object's tag; global ones keep their name.
+    """
+    pre, post = fixture_pair("shared_static_name")
+    work = CreateLayout(tmp_path / "create")
+    rels = ["fs/proc/base.o", "fs/proc/fd.o"]
+    outs = []
+    for rel in rels:
+        out = work.object(rel)
+        extract.diff_object(pre, post, rel, out, None, "")
+        extract.extract_object(pre, post, rel, out)
+        outs.append(out)
+    collect.collect(outs, work)
+    tags = [names.object_tag(r) for r in rels]
+    labels = {f"helper____{t}" for t in tags}
+    primary = collect.TABLES.read(work.tables_json(names.PRIMARY))
+    assert {(p.oldname, p.label) for p in primary.patches} == {("helper", x) for x in labels}
+    helper = collect.TABLES.read(work.tables_json(names.HELPER))
+    assert {(z.name, z.label) for z in helper.sizes} == (
+        {("helper", x) for x in labels} | {("api_a", "api_a")})
+    calls = {r.label for r in helper.relocs if r.symbol == "helper"}
+    assert calls == labels
+    assert all(r.label == r.symbol for r in helper.relocs if r.symbol == "_printk")
