@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         r.say("cut: " + ", ".join(f"{k} {sum(c.kind == k for c in all_cases)}"
                                   for k in corpus.KINDS)
               + f"; sampled {len(cases)} ({sum(c.kind == 'code' for c in cases)} code)")
-        corpus_run.create(r, kernel, cases)
+        headers = [c.path for c in all_cases if c.kind == "header"]
+        corpus_run.create(r, kernel, cases, corpus_run.Trees(old_src, new_src, headers))
         corpus_run.boot(r, kernel, cases)
         r.seconds["total"] = time.monotonic() - t0
         meta = {"pair": args.pair, "versions": list(corpus.PAIRS[args.pair][:2]),

@@ -265,6 +265,7 @@ class Case:
     create_seconds: float = 0.0
     log: list[str] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)   # changed headers it includes
+    companions: list[str] = field(default_factory=list)  # headers whose hunks it needed
 
     @property
     def name(self) -> str:
@@ -308,6 +309,52 @@ def unified(path: str, old: str, new: str) -> str:
     out = []
     for line in lines:
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+# gcc quotes names with U+2018/U+2019 under a UTF-8 locale, with ' otherwise
+_QUOTED = re.compile("[\u2018'`]([^\u2019'`\n]+)[\u2019']")
+_TYPE_WORDS = frozenset({"struct", "union", "enum", "const", "volatile", "unsigned", "signed",
+                         "int", "char", "long", "short", "void", "bool", "float", "double"})
+
+
+def missing_names(build_log: str) -> list[str]:
+    """The names a failed build's ``error:`` lines quote, in order: what the file lacks.
+
+    ``‘struct task_struct’ has no member named ‘user_dumpable’`` gives
+    ``user_dumpable``: a quoted type is context, not what is missing, and so
+    is gcc's ``did you mean`` suggestion.
+    """
+    out: list[str] = []
+    for line in build_log.splitlines():
+        if "error:" not in line:
+            continue
+        msg = line.split("error:", 1)[1].split("did you mean", 1)[0]
+        for quoted in _QUOTED.findall(msg):
+            words = quoted.split()
+            if len(words) != 1 or words[0] in _TYPE_WORDS or not _IDENT.fullmatch(words[0]):
+                continue
+            if words[0] not in out:
+                out.append(words[0])
+    return out
+
+
+def companion_text(old: str, new: str, names: Iterable[str]) -> str:
+    """``old`` with those changes of ``new`` applied whose lines name one of ``names``.
+
+    The changes are difflib's line groups (the hunks of a zero-context
+    diff); a group is taken when a removed or added line has one of the
+    names as a whole word.  The header side of a fix whose ``.c`` side does
+    not build alone: a new member, macro, declaration or inline function.
+    """
+    words = [re.compile(rf"\b{re.escape(n)}\b") for n in names]
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    out: list[str] = []
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        changed = "".join(a[i1:i2] + b[j1:j2])
+        take = tag != "equal" and any(w.search(changed) for w in words)
+        out += b[j1:j2] if take else a[i1:i2]
     return "".join(out)
 
 
@@ -419,7 +466,9 @@ def table(cases: Sequence[Case]) -> list[str]:
             "|---|---|---|---|---|---|"]
     for c in cases:
         reason = c.reason or c.why
-        if c.created is False and c.headers:
+        if c.companions:
+            reason += f" [with hunks of {', '.join(c.companions)}]"
+        elif c.created is False and c.headers:
             reason += f" [includes changed {', '.join(c.headers)}]"
         reason = reason.replace("|", "/")[:220]
         rows.append(f"| {c.path} | {c.kind} | {_mark(c.created)} | {_mark(c.applied)} | "
@@ -430,7 +479,8 @@ def table(cases: Sequence[Case]) -> list[str]:
 NO_OBJECT_CHANGE = "create: no change in the object (the config compiles it out, or const/ONCE)"
 INIT_ONLY = "create: only __init/__exit code changes (nothing running to patch)"
 BUILD_ALONE = "create: does not build alone (needs a companion change the cut lacks)"
-NOT_A_FIX = (NO_OBJECT_CHANGE, INIT_ONLY, BUILD_ALONE)
+OVER_BUDGET = "the header side it needs reaches more objects than the harness builds"
+NOT_A_FIX = (NO_OBJECT_CHANGE, INIT_ONLY, BUILD_ALONE, "create: " + OVER_BUDGET)
 
 
 def reason_group(reason: str) -> str:
@@ -438,8 +488,10 @@ def reason_group(reason: str) -> str:
 
     The create refusals that say nothing about live patching get fixed names
     (NOT_A_FIX): no change in the object, only ``__init``/``__exit`` code
-    changed, and a patch that does not build without a change the per-file
-    cut left out; they are not counted as code fixes in ``code_fixes``.
+    changed, a patch that does not build without a change the per-file cut
+    left out (nor with the header hunks found for it), and one whose header
+    side reaches more objects than the harness builds (OVER_BUDGET); they
+    are not counted as code fixes in ``code_fixes``.
     """
     if "only __init/__exit code changed" in reason:
         return INIT_ONLY
@@ -447,6 +499,8 @@ def reason_group(reason: str) -> str:
         return NO_OBJECT_CHANGE
     if "break the kernel build" in reason:
         return BUILD_ALONE
+    if OVER_BUDGET in reason:
+        return "create: " + OVER_BUDGET
     text = re.sub(r"0x[0-9a-f]+|\b[0-9a-f]{8,}\b", "#", reason)
     text = re.sub(r"update \w{8}", "update #", text)
     return text[:100]

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ksplice_tasks import names
+from ksplice_tasks import artifacts, names
 from ksplice_tasks.distro import debian
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import cache_root, extract_tarball, locked, write_atomic
 from ksplice_tasks.stages.inputs import target_make_vars
+from ksplice_tasks.stages.layout import state_layout
 from ksplice_tasks.testing import corpus, debian_guest, qemu, testkernel
-from ksplice_tasks.tree import deps
+from ksplice_tasks.tree import datalayout, deps
 
 REPO = Path(__file__).resolve().parents[2]
 _TARBALL = re.compile(rf"Ksplice update tarball written to ({names.TARBALL_RE.pattern})")
@@ -208,8 +209,72 @@ def cut(r: Run, kernel: Target, old_src: Path, new_src: Path,
     return cases
 
 
-def create(r: Run, kernel: Target, cases: Sequence[corpus.Case]) -> None:
-    """``ksplice-create --patch`` of each case against the target; sets created/tarball/reason."""
+_BUILD_LOG = re.compile(r"break the kernel build: .*\(make exited \d+; log: (\S+)\)")
+COMPANION_ROUNDS = 3
+# A header side reaching more objects is not built: a pre and a post build of
+# hundreds of objects per case would dwarf the rest of the run.
+COMPANION_MAX_OBJECTS = 40
+
+
+@dataclass(frozen=True)
+class Trees:
+    """The pair's two source trees and the headers that differ between them."""
+
+    old: Path
+    new: Path
+    headers: Sequence[str]
+
+
+def _companions(trees: Trees, names: Sequence[str]) -> tuple[dict[str, str], bool]:
+    """Header path -> ``-p1`` patch of its hunks that name one of ``names`` (none: left out),
+    and whether those hunks change a data layout (ksplice-create refuses that before building).
+    """
+    out, layout = {}, False
+    for h in trees.headers:
+        a, b = trees.old / h, trees.new / h
+        old = a.read_text(errors="replace") if a.is_file() else ""
+        new = b.read_text(errors="replace") if b.is_file() else ""
+        part = corpus.companion_text(old, new, names)
+        if part != old:
+            out[h] = corpus.unified(h, old, part)
+            layout |= bool(datalayout.layout_changes(old, part))
+    return out, layout
+
+
+def reach(kernel: Target, touched: Sequence[str]) -> int | None:
+    """How many objects of the target's targeted prebuild a patch to ``touched`` can change
+    (:func:`ksplice_tasks.tree.deps.affected_objects`); None when that cannot be told."""
+    lay = state_layout(kernel.orig_config)
+    try:
+        units = deps.units_from_record(artifacts.INVENTORY.read(lay.inventory))
+        scan = deps.scan_from_record(artifacts.INCLUDES.read(lay.includes))
+    except (OSError, ValueError):
+        return None
+    objects, _why = deps.affected_objects(units, scan, touched)
+    return None if objects is None else len(objects)
+
+
+def _create_one(r: Run, kernel: Target, patch: Path, out: Path) -> tuple[str, str]:
+    """One ``ksplice-create --patch``: (its output, the tarball written or "")."""
+    res = r.run([*r.create_argv(), f"--patch={patch}", f"--config={kernel.orig_config}",
+                 kernel.source], cwd=out)
+    m = _TARBALL.search(res.stdout)
+    return res.stdout + res.stderr, (str(out / m.group(1)) if res.returncode == 0 and m else "")
+
+
+def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
+           trees: Trees | None = None) -> None:
+    """``ksplice-create --patch`` of each case against the target; sets created/tarball/reason.
+
+    With ``trees``, a case whose patch breaks the build (it needs the header
+    side of its fix, which the per-file cut left out) is tried again with the
+    hunks of the pair's changed headers that name what the compiler says is
+    missing (:func:`corpus.missing_names`), up to COMPANION_ROUNDS times;
+    the headers taken are in ``companions``.  A case that then is refused
+    for a data-layout change is a data case: its header side changes a
+    layout.  A header side that reaches more than COMPANION_MAX_OBJECTS
+    objects is not built (the reason says so; :data:`corpus.OVER_BUDGET`).
+    """
     t0 = time.monotonic()
     out = r.work / "updates"
     out.mkdir(exist_ok=True)
@@ -217,17 +282,43 @@ def create(r: Run, kernel: Target, cases: Sequence[corpus.Case]) -> None:
     for i, c in enumerate(cases, 1):
         r.say(f"[create {i}/{len(cases)}] {c.path} ({c.kind})")
         t1 = time.monotonic()
-        res = r.run([*r.create_argv(), f"--patch={r.work / 'patches' / (c.name + '.patch')}",
-                     f"--config={kernel.orig_config}", kernel.source], cwd=out)
+        patch = r.work / "patches" / (c.name + ".patch")
+        text, tarball = _create_one(r, kernel, patch, out)
+        names: list[str] = []
+        skipped = ""
+        for _ in range(COMPANION_ROUNDS if trees is not None else 0):
+            m = _BUILD_LOG.search(text)
+            log = Path(m.group(1)) if m else None
+            if tarball or log is None or not log.is_file():
+                break
+            more = [n for n in corpus.missing_names(log.read_text(errors="replace"))
+                    if n not in names]
+            if not more:
+                break
+            names += more
+            extra, layout = _companions(trees, names)  # type: ignore[arg-type]
+            if not extra:
+                break
+            c.companions = sorted(extra)
+            n = None if layout else reach(kernel, [c.path, *c.companions])
+            if not layout and (n is None or n > COMPANION_MAX_OBJECTS):
+                skipped = (f"create: {corpus.OVER_BUDGET}: {', '.join(c.companions)} "
+                           f"reach {'?' if n is None else n} objects")
+                break
+            r.say(f"  needs {', '.join(more)}: again with hunks of {', '.join(c.companions)}")
+            patch = r.work / "patches" / (c.name + ".companion.patch")
+            write_atomic(patch, (r.work / "patches" / (c.name + ".patch")).read_text()
+                         + "".join(extra[h] for h in c.companions))
+            text, tarball = _create_one(r, kernel, patch, out)
         c.create_seconds = round(time.monotonic() - t1, 1)
-        text = res.stdout + res.stderr
         write_atomic(r.work / "logs" / f"{c.name}.create.log", text)
-        m = _TARBALL.search(res.stdout)
-        c.created = res.returncode == 0 and m is not None
-        if m is not None and c.created:
-            c.tarball = str(out / m.group(1))
+        c.created = bool(tarball)
+        if c.created:
+            c.tarball = tarball
         else:
-            c.reason = "create: " + error_line(text)
+            c.reason = skipped or "create: " + error_line(text)
+            if c.companions and "data layout change" in c.reason and c.kind == "code":
+                c.kind, c.why = "data", "its header side changes a data layout"
         r.say(f"  {'created' if c.created else 'refused'} in {c.create_seconds:.0f} s"
               + ("" if c.created else f": {c.reason}"))
     r.seconds["create"] = time.monotonic() - t0

@@ -256,3 +256,38 @@ def test_site_patched_without_kcore_compares_the_primarys_hashes(tmp_path: Path)
     assert corpus.site_patched(row, tmp_path)            # no tmp_path/kcore
     assert not corpus.site_patched({**row, "now": "aa"}, tmp_path)
     assert not corpus.site_patched({**row, "before": "", "now": ""}, tmp_path)
+
+
+def test_missing_names_from_gcc_errors() -> None:
+    log = ("kernel/exit.c:558:16: error: \u2018struct task_struct\u2019 has no member named "
+           "\u2018user_dumpable\u2019\n"
+           "net/ipv4/tcp_output.c:4213:36: error: implicit declaration of function "
+           "\u2018tcp_sk_rw\u2019; did you mean \u2018tcp_sk\u2019? [-Werror]\n"
+           "x.c:1:1: note: \u2018note_only\u2019 declared here\n"
+           "y.c:2:2: error: 'MAX_PROBE_EVENT_SIZE' undeclared (first use in this function)\n"
+           "z.c:3:3: error: redefinition of \u2018dqgrab\u2019\n"
+           "z.c:4:3: error: redefinition of \u2018dqgrab\u2019\n")
+    assert corpus.missing_names(log) == ["user_dumpable", "tcp_sk_rw", "MAX_PROBE_EVENT_SIZE",
+                                         "dqgrab"]
+
+
+def test_companion_text_takes_only_the_hunks_naming_what_is_missing() -> None:
+    old = "struct a {\n\tint x;\n};\n#define OLD 1\nint f(void);\n"
+    new = ("struct a {\n\tint x;\n\tint user_dumpable;\n};\n#define OLD 2\nint f(void);\n"
+           "int g(void);\n")
+    part = corpus.companion_text(old, new, ["user_dumpable"])
+    assert part == "struct a {\n\tint x;\n\tint user_dumpable;\n};\n#define OLD 1\nint f(void);\n"
+    assert corpus.companion_text(old, new, ["nothing"]) == old
+    assert corpus.companion_text(old, new, ["g"]).endswith("int f(void);\nint g(void);\n")
+
+
+def test_over_budget_and_build_alone_are_not_counted_as_fixes() -> None:
+    over = "create: " + corpus.OVER_BUDGET + ": include/net/tcp.h reach 312 objects"
+    assert corpus.reason_group(over) in corpus.NOT_A_FIX
+    alone = ("create: ksplice-create: error: Aborting: Applying the patch appears to break "
+             "the kernel build: x.c:1:1: error: ...")
+    assert corpus.reason_group(alone) == corpus.BUILD_ALONE
+    cases = [corpus.Case("a.c", "code", reason=over), corpus.Case("b.c", "code", created=True,
+                                                                   applied=True, undone=True)]
+    assert corpus.totals(cases, cases)["code_fixes"] == {
+        "cases": 2, "unmeasurable": 1, "measured": 1, "created": 1, "applied": 1, "undone": 1}
