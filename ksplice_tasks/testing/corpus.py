@@ -184,6 +184,35 @@ def _strip_annotations(lines: Sequence[str]) -> str:
     return strip_c(_ANNOTATION.sub("", "\n".join(lines)))
 
 
+# ``static int limit = 4;``: one line defining a scalar with its initial value, at
+# column 0 as kernel style puts file-scope definitions (a body's statements are indented,
+# also in a function whose ``{`` the block scan missed)
+_SCALAR_DEF = re.compile(r"^(?!(?:return|typedef|extern)\b)[A-Za-z_][^=()\[\]{};]*?"
+                         r"\b([A-Za-z_]\w*)\s*=\s*([^;{]+);\s*$")
+
+
+def _scalar_values(lines: Sequence[str], bs: Sequence[Block]) -> dict[str, str]:
+    """Name -> initial value of each one-line file-scope scalar definition."""
+    out = {}
+    for k, line in enumerate(lines):
+        m = _SCALAR_DEF.match(line)
+        if m and _block_at(bs, k) is None:
+            out[m.group(1)] = strip_c(m.group(2))
+    return out
+
+
+def _changed_values(a: Sequence[str], ablocks: Sequence[Block], b: Sequence[str],
+                    bblocks: Sequence[Block]) -> list[str]:
+    """File-scope scalars defined on both sides with different initial values.
+
+    A declaration that moved, gained an annotation or lost its initializer
+    is not one: ksplice-create compares the data itself, and refuses a
+    changed initial value of data the running kernel holds.
+    """
+    old, new = _scalar_values(a, ablocks), _scalar_values(b, bblocks)
+    return sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+
+
 def classify(old: str, new: str) -> Classification:
     """The kind of the change from ``old`` to ``new`` (one C file's text); see the module doc.
 
@@ -220,12 +249,7 @@ def classify(old: str, new: str) -> Classification:
             if not strip_c(text):
                 continue
             if blk is None:
-                s = text.strip()
-                old_side = tag != "insert"
-                if (old_side and s.endswith(";") and "(" not in s.split("=")[0]
-                        and not s.startswith(("#", "EXPORT_SYMBOL", "return"))):
-                    data.append(f"variable: {s[:60]}")
-                continue
+                continue  # file-scope lines: initial values are compared below
             if blk.kind == "function":
                 funcs[blk.name] = funcs.get(blk.name, True) and bool(_INIT_MARK.search(blk.head))
             elif blk.kind == "type":
@@ -234,6 +258,7 @@ def classify(old: str, new: str) -> Classification:
                 funcs[f"{blk.name} (init data)"] = True
             elif blk.kind == "initializer":
                 data.append(f"initializer of {blk.name}")
+    data += [f"initial value of {n}" for n in _changed_values(a, ablocks, b, bblocks)]
     names = tuple(sorted(funcs))
     if not counted:
         return Classification("noop", (), "only comments, white space or __annotations differ")

@@ -291,3 +291,19 @@ def test_over_budget_and_build_alone_are_not_counted_as_fixes() -> None:
                                                                    applied=True, undone=True)]
     assert corpus.totals(cases, cases)["code_fixes"] == {
         "cases": 2, "unmeasurable": 1, "measured": 1, "created": 1, "applied": 1, "undone": 1}
+
+
+@pytest.mark.parametrize(("old", "new", "kind"), [
+    # a body statement of a function whose "{" ends its head line (kernel/auditsc.c)
+    ("static int f(int n) {\n\tint h = hash((u32)n);\n\treturn h;\n}\n",
+     "static int f(int n) {\n\tint h = hash(n);\n\treturn h;\n}\n", "code"),
+    # a prototype's continuation line (kernel/events/core.c)
+    ("static void g(int a,\n\t\tenum s state);\n", "static void g(int a,\n\t\tenum t state);\n",
+     "code"),
+    # a definition that loses its initializer, or moves: the data is the same
+    ("static bool busy = false;\nint x;\n", "int x;\nstatic bool busy;\n", "code"),
+    ("static int limit = 4;\n", "static int limit = 8;\n", "data"),
+    ("static int limit __read_mostly = 4;\n", "static int limit __read_mostly = 4 * 2;\n", "data"),
+])
+def test_classify_initial_values(old: str, new: str, kind: str) -> None:
+    assert corpus.classify(old, new).kind == kind, corpus.classify(old, new)
