@@ -75,7 +75,7 @@ def main() -> int:
             floors.append(time.monotonic() - t0)
         floor = min(floors)
 
-        units, _ = prebuild.load_inventory(s)
+        units, _ = prebuild.load_inventory(s.layout)
         objects = sorted(units)
         step = max(1, len(objects) // args.sample)
         sample = objects[::step][: args.sample]

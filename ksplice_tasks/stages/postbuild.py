@@ -177,7 +177,7 @@ def targeted_objects(s: Settings, touched: Sequence[str]) -> list[str]:
     UserError when only a full build could tell (a Makefile, Kconfig, ...), or
     when the config builds nothing the patch touches.
     """
-    units, scan = prebuild.load_inventory(s)
+    units, scan = prebuild.load_inventory(s.layout)
     objects, why = deps.affected_objects(units, scan, touched)
     if objects is None:
         raise UserError(f"{why}; a targeted prebuild cannot tell which objects that changes: "

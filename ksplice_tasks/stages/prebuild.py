@@ -22,6 +22,7 @@ from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import file_sha256, write_atomic, write_json
 from ksplice_tasks.stages import kmod
 from ksplice_tasks.stages.inputs import Settings
+from ksplice_tasks.stages.layout import StateLayout
 from ksplice_tasks.tree import cmdfile, deps, kbuild, snapshot
 
 BUILD_FILES = ("Makefile", "Kbuild", "Kconfig")
@@ -396,11 +397,13 @@ def inventory(s: Settings) -> dict[str, deps.CompileUnit]:
     return units
 
 
-def load_inventory(s: Settings) -> tuple[dict[str, deps.CompileUnit], deps.IncludeScan]:
-    """The targeted prebuild's inventory and include index; UserError when unreadable."""
+def load_inventory(layout: StateLayout
+                   ) -> tuple[dict[str, deps.CompileUnit], deps.IncludeScan]:
+    """The targeted prebuild's inventory and include index (``layout``: its ORIG_CONFIG's
+    state, ``Settings.layout``); UserError when unreadable."""
     try:
-        units = deps.units_from_record(artifacts.INVENTORY.read(s.layout.inventory))
-        scan = deps.scan_from_record(artifacts.INCLUDES.read(s.layout.includes))
+        units = deps.units_from_record(artifacts.INVENTORY.read(layout.inventory))
+        scan = deps.scan_from_record(artifacts.INCLUDES.read(layout.includes))
     except (OSError, ValueError) as e:
         raise UserError(f"the targeted prebuild's inventory is unreadable ({e}); run "
                         "ksplice-create --prebuild again") from None

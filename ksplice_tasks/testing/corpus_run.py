@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ksplice_tasks import artifacts, names
+from ksplice_tasks import names
 from ksplice_tasks.distro import debian
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import cache_root, extract_tarball, locked, write_atomic
+from ksplice_tasks.stages import prebuild
 from ksplice_tasks.stages.inputs import target_make_vars
 from ksplice_tasks.stages.layout import state_layout
 from ksplice_tasks.testing import corpus, debian_guest, qemu, testkernel
@@ -244,11 +245,9 @@ def _companions(trees: Trees, names: Sequence[str]) -> tuple[dict[str, str], boo
 def reach(kernel: Target, touched: Sequence[str]) -> int | None:
     """How many objects of the target's targeted prebuild a patch to ``touched`` can change
     (:func:`ksplice_tasks.tree.deps.affected_objects`); None when that cannot be told."""
-    lay = state_layout(kernel.orig_config)
     try:
-        units = deps.units_from_record(artifacts.INVENTORY.read(lay.inventory))
-        scan = deps.scan_from_record(artifacts.INCLUDES.read(lay.includes))
-    except (OSError, ValueError):
+        units, scan = prebuild.load_inventory(state_layout(kernel.orig_config))
+    except UserError:
         return None
     objects, _why = deps.affected_objects(units, scan, touched)
     return None if objects is None else len(objects)
@@ -260,6 +259,42 @@ def _create_one(r: Run, kernel: Target, patch: Path, out: Path) -> tuple[str, st
                  kernel.source], cwd=out)
     m = _TARBALL.search(res.stdout)
     return res.stdout + res.stderr, (str(out / m.group(1)) if res.returncode == 0 and m else "")
+
+
+def _with_companions(r: Run, kernel: Target, c: corpus.Case, trees: Trees, out: Path,
+                     text: str) -> tuple[str, str, str]:
+    """Create ``c`` again with the header hunks its failed build's errors ask for.
+
+    ``text`` is the failed create's output.  Returns the last create's output,
+    its tarball ("" if none) and, when a header side is over the budget, the
+    reason it was not built ("" otherwise); sets ``c.companions``.
+    """
+    missing: list[str] = []
+    tarball = ""
+    for _ in range(COMPANION_ROUNDS):
+        m = _BUILD_LOG.search(text)
+        log = Path(m.group(1)) if m else None
+        if tarball or log is None or not log.is_file():
+            break
+        more = [n for n in corpus.missing_names(log.read_text(errors="replace"))
+                if n not in missing]
+        if not more:
+            break
+        missing += more
+        extra, layout = _companions(trees, missing)
+        if not extra:
+            break
+        c.companions = sorted(extra)
+        n = None if layout else reach(kernel, [c.path, *c.companions])
+        if not layout and (n is None or n > COMPANION_MAX_OBJECTS):
+            return text, "", (f"create: {corpus.OVER_BUDGET}: {', '.join(c.companions)} "
+                              f"reach {'?' if n is None else n} objects")
+        r.say(f"  needs {', '.join(more)}: again with hunks of {', '.join(c.companions)}")
+        patch = r.work / "patches" / (c.name + ".companion.patch")
+        write_atomic(patch, (r.work / "patches" / (c.name + ".patch")).read_text()
+                     + "".join(extra[h] for h in c.companions))
+        text, tarball = _create_one(r, kernel, patch, out)
+    return text, tarball, ""
 
 
 def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
@@ -284,32 +319,9 @@ def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
         t1 = time.monotonic()
         patch = r.work / "patches" / (c.name + ".patch")
         text, tarball = _create_one(r, kernel, patch, out)
-        names: list[str] = []
         skipped = ""
-        for _ in range(COMPANION_ROUNDS if trees is not None else 0):
-            m = _BUILD_LOG.search(text)
-            log = Path(m.group(1)) if m else None
-            if tarball or log is None or not log.is_file():
-                break
-            more = [n for n in corpus.missing_names(log.read_text(errors="replace"))
-                    if n not in names]
-            if not more:
-                break
-            names += more
-            extra, layout = _companions(trees, names)  # type: ignore[arg-type]
-            if not extra:
-                break
-            c.companions = sorted(extra)
-            n = None if layout else reach(kernel, [c.path, *c.companions])
-            if not layout and (n is None or n > COMPANION_MAX_OBJECTS):
-                skipped = (f"create: {corpus.OVER_BUDGET}: {', '.join(c.companions)} "
-                           f"reach {'?' if n is None else n} objects")
-                break
-            r.say(f"  needs {', '.join(more)}: again with hunks of {', '.join(c.companions)}")
-            patch = r.work / "patches" / (c.name + ".companion.patch")
-            write_atomic(patch, (r.work / "patches" / (c.name + ".patch")).read_text()
-                         + "".join(extra[h] for h in c.companions))
-            text, tarball = _create_one(r, kernel, patch, out)
+        if not tarball and trees is not None:
+            text, tarball, skipped = _with_companions(r, kernel, c, trees, out, text)
         c.create_seconds = round(time.monotonic() - t1, 1)
         write_atomic(r.work / "logs" / f"{c.name}.create.log", text)
         c.created = bool(tarball)

@@ -48,7 +48,7 @@ def test_the_targeted_prebuild_builds_no_object(targeted_lp: Prebuilt) -> None:
 def test_the_inventory_is_what_the_full_build_compiled(targeted_lp: Prebuilt,
                                                        prebuilt_lp: Prebuilt) -> None:
     """Every kernel object the whole-tree make compiled is in make -n's inventory, and back."""
-    units, _ = prebuild.load_inventory(settings(targeted_lp))
+    units, _ = prebuild.load_inventory(settings(targeted_lp).layout)
     # Not code of the running kernel: the bzImage's setup and decompressor
     # (arch/x86/boot), modpost's .mod.o, and objects made at the vmlinux link.
     link_time = re.compile(r"^(arch/x86/boot/|\.vmlinux\.export\.o$|init/version-timestamp\.o$)"
@@ -77,7 +77,7 @@ def kernel_objects(tree: Path, orig: Path) -> dict[str, str]:
 def test_a_header_patch_finds_every_object_that_reads_it(header: str, targeted_lp: Prebuilt,
                                                          prebuilt_lp: Prebuilt) -> None:
     """The include scan's objects include every object whose .cmd deps name the header."""
-    units, scan = prebuild.load_inventory(settings(targeted_lp))
+    units, scan = prebuild.load_inventory(settings(targeted_lp).layout)
     found, why = deps.affected_objects(units, scan, [header])
     assert found is not None, why
     truth = postbuild.affected_objects(prebuilt_lp.ksrc, [header]) or []
@@ -134,7 +134,7 @@ def test_the_header_case_changes_the_same_objects_as_the_full_build(
     res = create(targeted_lp, patch, tmp_path)
     record = artifacts.POST_BUILD.read(settings(targeted_lp).layout.create.post_build)
     assert record.mode == "targeted", res.stdout[-2000:] + res.stderr
-    units, scan = prebuild.load_inventory(settings(targeted_lp))
+    units, scan = prebuild.load_inventory(settings(targeted_lp).layout)
     assert record.targets == deps.affected_objects(units, scan, ["fs/proc/internal.h"])[0]
     assert {"fs/proc/base.o", "fs/proc/fd.o", "fs/proc/namespaces.o",
             "fs/proc/task_mmu.o"} <= set(record.changed), record.changed
