@@ -761,6 +761,10 @@ static int ksplice_stop_fn(void *data)
 	return 0;
 }
 
+/*
+ * TSC cycles to ns at the rate the kernel calibrated; fallback_ns when it
+ * has none (tsc_khz is 0 when calibration failed, e.g. under qemu's TCG).
+ */
 static u64 ksplice_cycles_ns(u64 cycles, u64 fallback_ns)
 {
 	if (!tsc_khz)

@@ -12,6 +12,7 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/sysfs.h>
+#include <asm/tsc.h>
 
 #include "patch.h"
 #include "resolve.h"
@@ -122,7 +123,7 @@ static ssize_t abort_cause_show(struct kobject *kobj,
 
 static struct kobj_attribute abort_cause_attr = __ATTR_RO_MODE(abort_cause, 0400);
 
-/* Timing of the last stop_machine call: "pause_us stopped_us max_us tries ops". */
+/* The last stop_machine call, whole, in microseconds with 3 decimals. */
 static ssize_t pause_us_show(struct kobject *kobj, struct kobj_attribute *attr,
 			     char *buf)
 {
@@ -138,6 +139,13 @@ static ssize_t pause_us_show(struct kobject *kobj, struct kobj_attribute *attr,
 
 static struct kobj_attribute pause_us_attr = __ATTR_RO_MODE(pause_us, 0400);
 
+/*
+ * Counters of the last stop_machine call, one "name value" per line.
+ * tsc_khz is the time base: with 0 the kernel never learnt the TSC's rate
+ * (arch/x86/kernel/tsc.c: "could not calculate TSC khz"), pause_ns then
+ * comes from ktime, whose clocksource may count in jiffies, and stopped_ns
+ * is 0.
+ */
 static ssize_t timing_show(struct kobject *kobj, struct kobj_attribute *attr,
 			   char *buf)
 {
@@ -146,10 +154,10 @@ static ssize_t timing_show(struct kobject *kobj, struct kobj_attribute *attr,
 
 	mutex_lock(&km->lock);
 	n = sysfs_emit(buf,
-		       "pause_ns %llu\nstopped_ns %llu\nmax_pause_ns %llu\ntries %u\noperations %u\ntasks_checked %u\nidle_checked %u\nint3_hits %lu\n",
+		       "pause_ns %llu\nstopped_ns %llu\nmax_pause_ns %llu\ntries %u\noperations %u\ntasks_checked %u\nidle_checked %u\nint3_hits %lu\ntsc_khz %u\n",
 		       km->pause_ns, km->stopped_ns, km->pause_max_ns, km->tries,
 		       km->operations, km->tasks_checked, km->idle_checked,
-		       km->int3_hits);
+		       km->int3_hits, tsc_khz);
 	mutex_unlock(&km->lock);
 	return n;
 }

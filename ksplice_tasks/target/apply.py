@@ -286,6 +286,21 @@ class UpdateView:
     pause_us: str
     abort_cause: str
     runpre: tuple[RunPre, ...] = ()
+    tsc_khz: int | None = None   # the pause's time base; 0: ktime, None: not reported
+
+
+def parse_timing(text: str) -> dict[str, int]:
+    """The primary's ``timing`` file (``name value`` lines, kmodsrc/sysfs.c) as a dict.
+
+    Lines that are not one name and one decimal value are skipped, so a module
+    built before a field existed reads as that field missing.
+    """
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
 
 
 def view_update(kernel: Kernel, update_id: str) -> UpdateView:
@@ -303,8 +318,12 @@ def view_update(kernel: Kernel, update_id: str) -> UpdateView:
     if not runpre:
         runpre = tuple(RunPre(r[0], "found", int(r[1], 16)) for r in rows
                        if len(r) >= 2 and _is_hex(r[1]))
+    try:
+        timing = parse_timing(kernel.read(m, "timing"))
+    except FileNotFoundError:
+        timing = {}
     return UpdateView(update_id, kernel.read(m, "stage"), funcs, kernel.read(m, "pause_us"),
-                      kernel.read(m, "abort_cause"), runpre)
+                      kernel.read(m, "abort_cause"), runpre, timing.get("tsc_khz"))
 
 
 def _is_hex(text: str) -> bool:
@@ -318,7 +337,8 @@ def _is_hex(text: str) -> bool:
 def format_view(v: UpdateView) -> str:
     lines = [f"ksplice-{v.id}: {v.stage}",
              f"  functions: {' '.join(v.functions) or '-'}",
-             f"  stop_machine pause: {v.pause_us} us"]
+             f"  stop_machine pause: {v.pause_us} us"
+             + (" (kernel clock: this kernel has no TSC rate)" if v.tsc_khz == 0 else "")]
     lines += [f"  {line}" for line in format_runpre(v.runpre)]
     if v.abort_cause != "none":
         lines.append(f"  last abort: {explain(v.abort_cause)}")

@@ -27,6 +27,7 @@ from helpers import Prebuilt, exit_code, parse_marked
 
 import ksplice_tasks
 from ksplice_tasks import names
+from ksplice_tasks.target import apply
 from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
@@ -262,14 +263,80 @@ def test_apply_undo_cycles_under_load(guest) -> None:
     assert exit_code(g["stress_apply"]) == 0
     assert int(g["cycles"]) == CYCLES
     p = pauses(g)
-    assert len(p) == 2 * CYCLES and all(x > 0 for x in p)
+    assert len(p) == 2 * CYCLES and all(x >= 0 for x in p)
+    # Under TCG the guest's TSC calibration fails in some boots (tsc_khz 0,
+    # clocksource refined-jiffies): the pause then comes from a jiffy clock and
+    # one shorter than a jiffy reads 0.  With a TSC rate every pause is > 0.
+    tsc_khz = apply.parse_timing(g["timing"]).get("tsc_khz")
+    assert tsc_khz is not None, g["timing"]
+    if tsc_khz:
+        assert all(x > 0 for x in p), p
     assert exit_code(g["stress_undo"]) == 0 and not is_patched(g["final"])
     assert g["left_final"] == "end"
     print(f"\n{variant}: {CYCLES} cycles, stop_machine pause median "
-          f"{statistics.median(p):.1f} us, max {max(p):.1f} us")
+          f"{statistics.median(p):.1f} us, max {max(p):.1f} us, tsc_khz {tsc_khz}")
 
 
 def test_no_oops_or_warning(guest) -> None:
     _v, g = guest
     for bad in ("WARNING", "BUG", "Oops", "FAIL", "ftrace failed", "BAD "):
         assert bad not in g["dmesg"] and bad not in g["stress_apply"], g["dmesg"][-3000:]
+
+
+NO_TSC_CYCLES = 20
+
+
+def test_a_kernel_without_a_tsc_rate_times_pauses_with_its_own_clock(
+        prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    """``clearcpuid=tsc``: the SMP kernel never learns a TSC rate (tsc_khz 0) and counts
+    time in refined-jiffies, as in the TCG boots whose TSC calibration fails.
+
+    The update still applies, cycles and undoes; ``timing`` says ``tsc_khz 0``, the
+    work inside stop_machine is not timed (``stopped_ns 0``) and ``ksplice-view``
+    says the pause is the kernel clock's.
+    """
+    kernel = prebuilt_smp.kernel
+    loadavg = (kernel.source / "fs/proc/loadavg.c").read_text()
+    good = updates.create_update(prebuilt_smp, "fs/proc/loadavg.c", loadavg_post(loadavg),
+                                 tmp_path / "good")
+    uid = update_id(good)
+    ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
+          " -m ksplice_tasks.target.apply")
+    m = f"/sys/module/{names.sysfs_module(uid)}/ksplice"
+    script = f"""
+cp /m/good.tar.gz /host/run/
+KS="{ks}"
+mark() {{ echo "@@$1"; }}
+mark clocksource; cat /sys/devices/system/clocksource/clocksource0/current_clocksource
+mark apply; $KS apply /run/good.tar.gz 2>&1; echo "rc=$?"
+i=0
+while [ $i -lt {NO_TSC_CYCLES} ]; do
+    echo reverse > {m}/stage && cat {m}/pause_us >> /tmp/pauses
+    echo apply > {m}/stage && cat {m}/pause_us >> /tmp/pauses
+    i=$((i + 1))
+done
+mark pauses; cat /tmp/pauses
+mark timing; cat {m}/timing
+mark view; $KS view --id {uid} 2>&1; echo "rc=$?"
+mark after; cat /proc/loadavg
+mark undo; $KS undo {uid} 2>&1; echo "rc=$?"
+mark final; cat /proc/loadavg
+mark dmesg; dmesg | grep -E 'WARNING|BUG|Oops|divide error'
+mark end
+"""
+    res = kernel.boot(script, hostfs=True, timeout=600, append="clearcpuid=tsc",
+                      files=[("/m/good.tar.gz", good)])
+    g = parse_marked(res.guest_output)
+    assert res.ok and "end" in g, res.output[-4000:]
+    assert g["clocksource"] == "refined-jiffies", g["clocksource"]
+    assert exit_code(g["apply"]) == 0, g["apply"]
+    timing = apply.parse_timing(g["timing"])
+    assert timing["tsc_khz"] == 0 and timing["stopped_ns"] == 0, g["timing"]
+    assert timing["operations"] == 2 * NO_TSC_CYCLES + 1, g["timing"]
+    p = pauses(g)
+    assert len(p) == 2 * NO_TSC_CYCLES and all(x >= 0 for x in p), p
+    assert exit_code(g["view"]) == 0
+    assert re.search(r"stop_machine pause: \d+\.\d{3} us \(kernel clock: this kernel has no"
+                     r" TSC rate\)", g["view"]), g["view"]
+    assert is_patched(g["after"]) and exit_code(g["undo"]) == 0 and not is_patched(g["final"])
+    assert g["dmesg"] == "", g["dmesg"]

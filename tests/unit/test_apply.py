@@ -28,6 +28,7 @@ class FakeKernel(apply.Kernel):
         (root / "module").mkdir(parents=True, exist_ok=True)
         self.cause, self.reverse_cause = cause, reverse_cause
         self.log: list[str] = []
+        self.tsc_khz = 2600000
 
     def load(self, ko: Path) -> None:
         name = ko.name[:-3].replace("-", "_")
@@ -67,6 +68,7 @@ class FakeKernel(apply.Kernel):
         stage = "applied" if value == "apply" else "reversed"
         (self.attr_dir(module) / "stage").write_text(stage + "\n")
         (self.attr_dir(module) / "pause_us").write_text("612.345\n")
+        (self.attr_dir(module) / "timing").write_text(f"pause_ns 612345\ntsc_khz {self.tsc_khz}\n")
 
 
 def make_tarball(path: Path, update_id: str = ID, *, extra: dict[str, bytes] | None = None,
@@ -199,6 +201,10 @@ def test_view_and_undo(tmp_path: Path, capsys, root_user) -> None:
                                 "  stop_machine pause: 612.345 us",
                                 "  run-pre: loadavg_proc_show: found at 0xffffffff81000000"]
     assert run(apply._view, ["--id", "zzzzzzzz"], k, capsys)[0] == 1
+    k.tsc_khz = 0
+    k.write(f"ksplice_{ID}", "stage", "apply")
+    out = run(apply._view, ["--id", ID], k, capsys)[1]
+    assert "  stop_machine pause: 612.345 us (kernel clock: this kernel has no TSC rate)" in out
     code, out, _ = run(apply._undo, [ID], k, capsys)
     assert code == 0 and out == "Done!\n" and k.update_ids() == []
     assert f"write ksplice_{ID} stage reverse" in k.log
@@ -260,3 +266,9 @@ def test_view_shows_where_run_pre_found_each_function(tmp_path: Path) -> None:
     text = apply.format_view(apply.view_update(kernel, ID))
     # the helper is gone: the primary's functions file gives the address run-pre settled
     assert "run-pre: loadavg_proc_show: found at 0xffffffff81000000" in text
+
+
+def test_parse_timing_skips_lines_that_are_not_a_name_and_a_count() -> None:
+    text = "pause_ns 8000500\ntries 1\ntsc_khz 0\nclock jiffies\n\nodd 1 2\n"
+    assert apply.parse_timing(text) == {"pause_ns": 8000500, "tries": 1, "tsc_khz": 0}
+    assert apply.parse_timing("") == {}
