@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksplice_tasks import names
+from ksplice_tasks.target.apply import parse_timing
 
 BAD_LOG = re.compile(r"WARNING|BUG|Oops|general protection|int3")
 
@@ -93,7 +94,7 @@ def parse(output: str) -> Result:
 
     hashes = field("hash ")
     mism = tuple(h for h in hashes if not restored(h))
-    timing = {k: int(v) for k, v in (t.split() for t in field("timing ") if len(t.split()) == 2)}
+    timing = parse_timing("\n".join(field("timing ")))
     cpus = field("cpus ")
     left = field("lsmod ")
     return Result(cycles=len(field("done ")), refused=tuple(field("refused ")),

@@ -76,9 +76,14 @@ def update_id(tarball: Path) -> str:
     return uid
 
 
+def ks_command() -> str:
+    """The guest's ksplice-apply/view/undo: this checkout's code, over the host's root."""
+    return (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
+            " -m ksplice_tasks.target.apply")
+
+
 def guest_script(good: str, msleep: str) -> str:
-    ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
-          " -m ksplice_tasks.target.apply")
+    ks = ks_command()
     m = f"/sys/module/{names.sysfs_module(good)}/ksplice"
     busy_mod = names.sysfs_module(msleep)
     busy = f"/sys/module/{busy_mod}/ksplice"
@@ -300,8 +305,7 @@ def test_a_kernel_without_a_tsc_rate_times_pauses_with_its_own_clock(
     good = updates.create_update(prebuilt_smp, "fs/proc/loadavg.c", loadavg_post(loadavg),
                                  tmp_path / "good")
     uid = update_id(good)
-    ks = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
-          " -m ksplice_tasks.target.apply")
+    ks = ks_command()
     m = f"/sys/module/{names.sysfs_module(uid)}/ksplice"
     script = f"""
 cp /m/good.tar.gz /host/run/
