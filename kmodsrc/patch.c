@@ -251,7 +251,31 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 	return ksplice_encode_jump(km, rt);
 }
 
-/* The value of one of the primary's relocations. */
+/*
+ * A function this update adds under a global name the running kernel lacks:
+ * new code in another of the update's objects calls it by that name.
+ */
+static bool ksplice_own_function(const struct ksplice_module *km,
+				 const char *label, unsigned long *addr)
+{
+	unsigned int i;
+
+	for (i = 0; i < km->nr_sizes; i++) {
+		const struct ksplice_size *z = &km->size_tab[i];
+
+		if (!z->nr_candidates && !strcmp(z->label, label)) {
+			*addr = z->thismod_addr;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * The value of one of the primary's relocations: what run-pre matching saw
+ * at that label, else the one System.map address, else (for a name
+ * System.map lacks) the update's own new function of that name.
+ */
 static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			       char *buf, unsigned long *value)
 {
@@ -273,6 +297,9 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			r->symbol, (void *)v, (void *)st->addr);
 		return ksplice_fail(km, KSPLICE_ABORT_MAP_MISMATCH);
 	}
+	if (ret && st->status == KSPLICE_SYM_MISSING &&
+	    ksplice_own_function(km, r->label, value))
+		return 0;
 	if (ret && st->status != KSPLICE_SYM_RESOLVED) {
 		pr_warn("%s: no value for %s (%s)\n", KSPLICE_ID, r->symbol,
 			st->status == KSPLICE_SYM_MISSING ? "not in System.map" :

@@ -451,12 +451,45 @@ def _reloc_rows(relocs: Iterable[RelocInput], smap: SystemMap, em_cands
         if r.size not in (1, 2, 4, 8):
             raise ValueError(f"relocation at {r.section}+{r.offset:#x}: size {r.size}")
         c = candidates(smap, r.symbol)
-        yield ({"symbol": map_name(r.symbol), "label": r.label or map_name(r.symbol),
+        yield ({"symbol": map_name(r.symbol), "label": reloc_label(r),
                 "section": r.section, "section_addr": r.anchor,
                 "offset": r.offset, "addend": r.addend, "candidates": em_cands(c),
                 "nr_candidates": len(c), "type": r.type, "size": r.size,
                 "flags": reloc_flags(r)},
                f"{r.section}+{r.offset:#x} -> {r.symbol}{r.addend:+#x}")
+
+
+def reloc_label(r: RelocInput) -> str:
+    """The label the kernel side looks ``r`` up by (``label`` field of ksplice_reloc)."""
+    return r.label or map_name(r.symbol)
+
+
+def size_label(z: SizeInput) -> str:
+    """The label of a carried function (``label`` field of ksplice_size)."""
+    return z.label or map_name(z.name)
+
+
+def unresolvable_relocs(primary: ModuleTables, helper: ModuleTables,
+                        system_map: SystemMap) -> list[RelocInput]:
+    """The primary's relocations that no apply can give a value: each would abort it.
+
+    Mirrors kmodsrc/patch.c ``ksplice_reloc_value``, which takes a value, by
+    label, from run-pre matching (a matched helper function, or a value read
+    at a helper relocation: kmodsrc/runpre.c ``ksplice_runpre_lookup``), else
+    from the one System.map candidate, else, for a name System.map lacks,
+    from a function of the primary itself that System.map lacks too (a new
+    function another of the update's objects calls).  What is left aborts
+    as ``unresolved``: a name the running kernel lacks and the update does
+    not define, or one System.map has several times that run-pre never sees.
+    """
+    seen = {reloc_label(r) for r in helper.relocs} | {size_label(z) for z in helper.sizes}
+    own = {size_label(z) for z in primary.sizes if not candidates(system_map, z.name)}
+    out = []
+    for r in primary.relocs:
+        label, n = reloc_label(r), len(candidates(system_map, r.symbol))
+        if label not in seen and (n > 1 or (n == 0 and label not in own)):
+            out.append(r)
+    return out
 
 
 def render_table(struct: Struct, records: Sequence[object], system_map: SystemMap) -> str:
@@ -476,7 +509,7 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
     for rec in records:
         if struct is SIZE and isinstance(rec, SizeInput):
             c = candidates(smap, rec.name)
-            yield ({"name": map_name(rec.name), "label": rec.label or map_name(rec.name),
+            yield ({"name": map_name(rec.name), "label": size_label(rec),
                     "size": rec.size, "thismod_addr": rec.pointer,
                     "candidates": em_cands(c), "nr_candidates": len(c)},
                    f"{rec.name} size {rec.size:#x}")

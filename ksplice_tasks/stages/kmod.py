@@ -305,8 +305,34 @@ def write_tables(work: CreateLayout, system_map: Path, pre_tree: Path | None = N
     if pre_tree is not None:
         changed = artifacts.POST_BUILD.read(work.post_build).changed
         check_pre_objects(pre_tree, changed, smap, system_map)
+    tables = {role: module_tables(work, role) for role in ROLES}
+    check_resolvable(tables[PRIMARY], tables[HELPER], smap, system_map)
     for role in ROLES:
-        write_tables_asm(work.tables_asm(role), module_tables(work, role), smap)
+        write_tables_asm(work.tables_asm(role), tables[role], smap)
+
+
+def check_resolvable(primary: metadata.ModuleTables, helper: metadata.ModuleTables,
+                     smap: metadata.SystemMap, map_file: Path) -> None:
+    """Refuse, at create, an update whose every apply would abort as ``unresolved``.
+
+    :func:`ksplice_tasks.encode.ksplice_tables.unresolvable_relocs` names the
+    primary's relocations the kernel side can give no value.  Typically a fix
+    whose other file, the one defining a new function, is not in the patch.
+    UserError naming the first symbol and the function that refers to it.
+    """
+    bad = metadata.unresolvable_relocs(primary, helper, smap)
+    if not bad:
+        return
+    r = bad[0]
+    tagged = parse_tagged(metadata.map_name(r.section))
+    fn = tagged.name if tagged else r.section
+    n = len(metadata.candidates(smap, r.symbol))
+    why = (f"which {map_file.name} lists {n} times and run-pre matching never sees"
+           if n else f"which neither the running kernel ({map_file.name}) nor the update "
+           "defines: the change that defines it must be in the patch too")
+    names = sorted({metadata.map_name(b.symbol) for b in bad})
+    more = f" ({len(names)} such symbols: {', '.join(names[:6])})" if len(names) > 1 else ""
+    raise UserError(f"the new code of {fn} refers to {metadata.map_name(r.symbol)}, {why}{more}")
 
 
 def assemble_tables(work: CreateLayout, *, verbose: bool = False) -> None:

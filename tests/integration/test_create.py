@@ -159,6 +159,19 @@ def test_refuses_a_data_change_naming_the_symbol(prebuilt_smp: Prebuilt,
     refused(prebuilt_smp, PATCHES / "bad-data-change.patch", tmp_path, "'overflowuid'")
 
 
+def test_refuses_new_code_calling_a_function_no_file_of_the_patch_defines(
+        prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
+    """The caller's half of two-files-new-function.patch: every apply would abort as
+    unresolved, so create refuses it, naming the symbol and the function."""
+    text = (PATCHES / "two-files-new-function.patch").read_text()
+    half = tmp_path / "caller-only.patch"
+    half.write_text(text[:text.index("--- a/fs/proc/version.c")])
+    err = refused(prebuilt_smp, half, tmp_path / "out",
+                  "the new code of loadavg_proc_show refers to ksplice_two_file_value, which "
+                  "neither the running kernel (System.map) nor the update defines")
+    assert len(err.splitlines()) == 1, err
+
+
 def test_refuses_a_patch_that_does_not_apply(prebuilt_smp: Prebuilt, tmp_path: Path) -> None:
     bad = tmp_path / "stale.patch"
     bad.write_text((PATCHES / "loadavg-string.patch").read_text()

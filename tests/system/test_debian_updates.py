@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import EXPECTED, Prebuilt, create, tarball_from
+import updates
+from helpers import EXPECTED, Prebuilt, create, parse_marked, tarball_from
 from test_update_load import COUNTS, unpack
 
 from ksplice_tasks import names
@@ -116,3 +117,21 @@ def test_the_example_applies_and_undoes_on_debians_kernel(
     boot = kernel_debian.boot(script, hostfs=True, timeout=300)
     demo.check_story(boot, kernel_debian)
     assert "run-pre: loadavg_proc_show: found at 0x" in boot.guest_output, boot.guest_output
+
+
+def test_a_new_function_in_one_file_called_from_another(
+        prebuilt_debian: Prebuilt, kernel_debian: debian_guest.DebianKernel,
+        tmp_path: Path) -> None:
+    """tests/patches/two-files-new-function.patch on Debian's kernel: the primary's
+    call from loadavg.c's new code reaches version.c's new function, which neither
+    kallsyms nor run-pre matching knows."""
+    res = create(prebuilt_debian, REPO / "tests/patches/two-files-new-function.patch", tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    tb = tarball_from(res.stdout, tmp_path)
+    uid = names.tarball_id(tb.name)
+    assert uid is not None
+    boot = kernel_debian.boot(updates.two_files_script(KS, tb, uid, names.sysfs_module(uid)),
+                              hostfs=True, timeout=300)
+    g = parse_marked(boot.guest_output)
+    assert boot.ok and "end" in g, boot.output[-4000:]
+    updates.check_two_files(g)

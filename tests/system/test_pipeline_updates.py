@@ -27,6 +27,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import updates
 from elftools.elf.elffile import ELFFile
 from helpers import (
     EXPECTED,
@@ -324,3 +325,23 @@ def test_same_name_static_behaviour(same_name) -> None:
     assert g["kallsyms_after"] == g["kallsyms_before"]
     for bad in ("WARNING", "BUG", "Oops"):
         assert bad not in g["dmesg"]
+
+
+@pytest.mark.parametrize("variant", ["smp", "lp"])
+def test_a_new_function_in_one_file_called_from_another(
+        variant: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """tests/patches/two-files-new-function.patch: version.c gains a global function that
+    loadavg.c's changed code calls.  No running copy exists and run-pre never sees it;
+    the primary's relocation resolves to the update's own new function."""
+    pb: Prebuilt = request.getfixturevalue(f"prebuilt_{variant}")
+    res = create(pb, PATCHES / "two-files-new-function.patch", tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert "collect: 2 object(s), 1 function(s) to patch (loadavg_proc_show), 1 new" \
+        in res.stdout, res.stdout[-3000:]
+    tb = tarball_from(res.stdout, tmp_path)
+    uid = uid_of(tb)
+    boot = pb.kernel.boot(updates.two_files_script(KS, tb, uid, f"ksplice_{uid}"),
+                          hostfs=True, timeout=300)
+    g = parse_marked(boot.guest_output)
+    assert boot.ok and "end" in g, boot.output[-4000:]
+    updates.check_two_files(g)

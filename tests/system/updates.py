@@ -19,7 +19,7 @@ import difflib
 import subprocess
 from pathlib import Path
 
-from helpers import Prebuilt, create, tarball_from
+from helpers import Prebuilt, create, exit_code, tarball_from
 
 from ksplice_tasks import artifacts
 from ksplice_tasks.files import write_atomic
@@ -163,3 +163,39 @@ def build_sleeper(kernel: TestKernel, workdir: Path) -> Path:
     subprocess.run(["make", "-C", str(kernel.build), f"M={workdir}", "modules"], check=True,
                    capture_output=True)
     return workdir / "msleeper.ko"
+
+
+# tests/patches/two-files-new-function.patch: fs/proc/version.c gains a global
+# function ksplice_two_file_value() (returns 7) that loadavg_proc_show() in
+# fs/proc/loadavg.c calls; /proc/loadavg ends in " two7" while it is applied.
+TWO_FILES_STEPS = {"before": False, "after": True, "reversed": False, "after2": True,
+                   "restored": False}
+
+
+def two_files_script(ks: str, tarball: Path, update_id: str, sysfs_module: str) -> str:
+    """Guest shell: the two-file update applied, reversed, re-applied and undone."""
+    m = f"/sys/module/{sysfs_module}/ksplice"
+    return f"""KS="{ks}"
+mark() {{ echo "@@$1"; }}
+mark before; cat /proc/loadavg
+mark apply; $KS apply {tarball} 2>&1; echo "rc=$?"
+mark after; cat /proc/loadavg
+mark reverse; echo reverse > {m}/stage; echo "rc=$?"
+mark reversed; cat /proc/loadavg
+mark reapply; echo apply > {m}/stage; echo "rc=$?"
+mark after2; cat /proc/loadavg
+mark undo; $KS undo {update_id} 2>&1; echo "rc=$?"
+mark restored; cat /proc/loadavg
+mark left; ls /sys/module | grep ksplice; echo end
+mark log; dmesg | grep -E 'WARNING|BUG|Oops|no value for'; echo end
+mark end
+"""
+
+
+def check_two_files(g: dict[str, str]) -> None:
+    """Assert the guest saw " two7" exactly while the update was applied, and a clean undo."""
+    seen = {step: g[step].endswith(" two7") for step in TWO_FILES_STEPS}
+    assert seen == TWO_FILES_STEPS, {s: g[s] for s in TWO_FILES_STEPS}
+    for step in ("apply", "reverse", "reapply", "undo"):
+        assert exit_code(g[step]) == 0, (step, g[step])
+    assert g["left"] == "end" and g["log"] == "end", (g["left"], g["log"])

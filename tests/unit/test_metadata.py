@@ -380,3 +380,38 @@ def test_relocs_from_pass_records() -> None:
                          "bar", local=True)
     got = md.relocs_from_records([rec, static], tag="1a2b3c4d")
     assert [r.label for r in got] == ["foo", "foo____1a2b3c4d"]
+
+
+def _reloc(symbol: str, label: str = "") -> md.RelocInput:
+    return md.RelocInput(symbol, ".text.f____1234abcd_post", 4, True, -4, 4,
+                         ".text.f____1234abcd_post_global", label=label)
+
+
+def test_unresolvable_relocs_mirror_the_kernel_sides_order() -> None:
+    """kmodsrc/patch.c ksplice_reloc_value: run-pre label, one map address, own new function."""
+    smap = {"printk": [0x1000], "dup": [0x2000, 0x3000], "changed": [0x4000]}
+    helper = md.ModuleTables(relocs=(_reloc("dup", "dup____1234abcd"),),
+                             sizes=(md.SizeInput("seen_fn", 16, "p"),))
+    primary = md.ModuleTables(
+        relocs=(_reloc("printk"), _reloc("dup", "dup____1234abcd"), _reloc("seen_fn"),
+                _reloc("new_fn"), _reloc("changed"),
+                _reloc("other_file_fn"), _reloc("dup")),
+        sizes=(md.SizeInput("new_fn", 8, "q"), md.SizeInput("changed", 8, "r")))
+    bad = md.unresolvable_relocs(primary, helper, smap)
+    # other_file_fn: no map address, no run-pre value, not defined by the update;
+    # dup without its label: two map addresses and run-pre never reads it
+    assert [(r.symbol, r.label) for r in bad] == [("other_file_fn", ""), ("dup", "")]
+    assert md.unresolvable_relocs(md.ModuleTables(), helper, smap) == []
+
+
+def test_check_resolvable_names_the_symbol_and_the_function(tmp_path: Path) -> None:
+    primary = md.ModuleTables(relocs=(_reloc("other_file_fn"), _reloc("another")))
+    with pytest.raises(UserError) as e:
+        kmod.check_resolvable(primary, md.ModuleTables(), {}, tmp_path / "System.map")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("the new code of f refers to other_file_fn, which neither the "
+                          "running kernel (System.map) nor the update defines")
+    assert msg.endswith("(2 such symbols: another, other_file_fn)")
+    kmod.check_resolvable(md.ModuleTables(relocs=(_reloc("x"),)), md.ModuleTables(),
+                          {"x": [1]}, tmp_path / "System.map")
