@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                                   for k in corpus.KINDS)
               + f"; sampled {len(cases)} ({sum(c.kind == 'code' for c in cases)} code)")
         headers = [c.path for c in all_cases if c.kind == "header"]
-        corpus_run.create(r, kernel, cases, corpus_run.Trees(old_src, new_src, headers))
+        sources = [c.path for c in all_cases if c.kind in corpus.BUILT_KINDS]
+        corpus_run.create(r, kernel, cases,
+                          corpus_run.Trees(old_src, new_src, headers, sources))
         corpus_run.boot(r, kernel, cases)
         r.seconds["total"] = time.monotonic() - t0
         meta = {"pair": args.pair, "versions": list(corpus.PAIRS[args.pair][:2]),

@@ -290,7 +290,7 @@ class Case:
     create_seconds: float = 0.0
     log: list[str] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)   # changed headers it includes
-    companions: list[str] = field(default_factory=list)  # headers whose hunks it needed
+    companions: list[str] = field(default_factory=list)  # files whose hunks it needed
 
     @property
     def name(self) -> str:
@@ -381,6 +381,16 @@ def companion_text(old: str, new: str, names: Iterable[str]) -> str:
         take = tag != "equal" and any(w.search(changed) for w in words)
         out += b[j1:j2] if take else a[i1:i2]
     return "".join(out)
+
+
+def defines_function(text: str, name: str) -> bool:
+    """Whether C ``text`` has a definition head of function ``name`` at column 0.
+
+    A line starting at column 0 that names ``name(`` and does not end in
+    ``;`` (that would be a prototype or a call in a macro line).
+    """
+    head = re.compile(rf"^(?![\s#]).*\b{re.escape(name)}\s*\((?!.*;\s*$)", re.M)
+    return bool(head.search(text))
 
 
 def changed_files(old_tree: Path, new_tree: Path) -> list[str]:

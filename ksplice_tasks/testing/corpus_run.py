@@ -224,6 +224,7 @@ class Trees:
     old: Path
     new: Path
     headers: Sequence[str]
+    sources: Sequence[str] = ()     # the changed .c files the target builds
 
 
 def _companions(trees: Trees, names: Sequence[str]) -> tuple[dict[str, str], bool]:
@@ -297,6 +298,51 @@ def _with_companions(r: Run, kernel: Target, c: corpus.Case, trees: Trees, out: 
     return text, tarball, ""
 
 
+# ksplice-create's refusal of new code that calls what neither the running kernel
+# nor the update defines (stages/kmod.py check_resolvable).
+_NOT_DEFINED = re.compile(r"refers to (\S+), which neither the running kernel")
+
+
+def _definer(trees: Trees, c: corpus.Case, name: str) -> tuple[str, str, str] | None:
+    """(path, old text, new text) of the changed ``.c`` file that newly defines ``name``."""
+    for src in trees.sources:
+        if src == c.path:
+            continue
+        a, b = trees.old / src, trees.new / src
+        old = a.read_text(errors="replace") if a.is_file() else ""
+        new = b.read_text(errors="replace") if b.is_file() else ""
+        if corpus.defines_function(new, name) and not corpus.defines_function(old, name):
+            return src, old, new
+    return None
+
+
+def _with_definition(r: Run, kernel: Target, c: corpus.Case, trees: Trees, out: Path,
+                     text: str) -> tuple[str, str]:
+    """Create ``c`` again with the hunks of the file that defines what its new code calls.
+
+    ``text`` is the refused create's output: the fix adds a function in
+    another ``.c`` file of the release (the per-file cut split it in two).
+    The hunks of that file naming the function are added, once.  Returns the
+    create's output and its tarball ("" if none); adds the file to
+    ``c.companions``.
+    """
+    m = _NOT_DEFINED.search(text)
+    if m is None:
+        return text, ""
+    name = m.group(1)
+    found = _definer(trees, c, name)
+    if found is None:
+        return text, ""
+    src, old, new = found
+    base = r.work / "patches" / (c.name + (".companion.patch" if c.companions else ".patch"))
+    c.companions = [*c.companions, src]
+    r.say(f"  needs {name}: again with its definition's hunks of {src}")
+    patch = r.work / "patches" / (c.name + ".companion.patch")
+    write_atomic(patch, base.read_text()
+                 + corpus.unified(src, old, corpus.companion_text(old, new, [name])))
+    return _create_one(r, kernel, patch, out)
+
+
 def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
            trees: Trees | None = None) -> None:
     """``ksplice-create --patch`` of each case against the target; sets created/tarball/reason.
@@ -309,6 +355,9 @@ def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
     for a data-layout change is a data case: its header side changes a
     layout.  A header side that reaches more than COMPANION_MAX_OBJECTS
     objects is not built (the reason says so; :data:`corpus.OVER_BUDGET`).
+    A case refused because its new code calls a function that another
+    changed ``.c`` file of the release adds (``trees.sources``) is tried
+    again with that file's hunks naming the function.
     """
     t0 = time.monotonic()
     out = r.work / "updates"
@@ -322,6 +371,8 @@ def create(r: Run, kernel: Target, cases: Sequence[corpus.Case],
         skipped = ""
         if not tarball and trees is not None:
             text, tarball, skipped = _with_companions(r, kernel, c, trees, out, text)
+        if not tarball and not skipped and trees is not None:
+            text, tarball = _with_definition(r, kernel, c, trees, out, text)
         c.create_seconds = round(time.monotonic() - t1, 1)
         write_atomic(r.work / "logs" / f"{c.name}.create.log", text)
         c.created = bool(tarball)

@@ -307,3 +307,34 @@ def test_over_budget_and_build_alone_are_not_counted_as_fixes() -> None:
 ])
 def test_classify_initial_values(old: str, new: str, kind: str) -> None:
     assert corpus.classify(old, new).kind == kind, corpus.classify(old, new)
+
+
+def test_defines_function_sees_definition_heads_not_prototypes_or_calls() -> None:
+    assert corpus.defines_function("int foo(void)\n{\n}\n", "foo")
+    assert corpus.defines_function("static struct sk_buff *foo(struct sk_buff *p,\n"
+                                   "\t\tstruct sk_buff *skb)\n{\n", "foo")
+    assert not corpus.defines_function("int foo(void);\n", "foo")
+    assert not corpus.defines_function("\treturn foo(1);\n", "foo")
+    assert not corpus.defines_function("#define BAR foo(1)\n", "foo")
+    assert not corpus.defines_function("int foobar(void)\n{\n", "foo")
+
+
+def test_definer_is_the_other_changed_file_that_newly_defines_the_name(tmp_path: Path) -> None:
+    from ksplice_tasks.testing import corpus_run
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d in (old, new):
+        (d / "net").mkdir(parents=True)
+    (old / "net/a.c").write_text("void a(void)\n{\n}\n")
+    (new / "net/a.c").write_text("void a(void)\n{\n\tpeek(1);\n}\n")
+    (old / "net/b.c").write_text("int peek(int x);\n")          # only a prototype before
+    (new / "net/b.c").write_text("int peek(int x)\n{\n\treturn x;\n}\n")
+    (old / "net/c.c").write_text("int other(void)\n{\n}\n")
+    (new / "net/c.c").write_text("int other(void)\n{\n\treturn peek(2);\n}\n")
+    trees = corpus_run.Trees(old, new, [], ["net/a.c", "net/c.c", "net/b.c"])
+    case = corpus.Case("net/a.c", "code")
+    found = corpus_run._definer(trees, case, "peek")
+    assert found is not None and found[0] == "net/b.c"
+    assert corpus_run._definer(trees, case, "nothing") is None
+    assert corpus_run._NOT_DEFINED.search(
+        "ksplice-create: error: the new code of a refers to peek, which neither the running "
+        "kernel (System.map) nor the update defines: ...").group(1) == "peek"
