@@ -252,19 +252,22 @@ static int ksplice_resolve_patch(struct ksplice_module *km, unsigned int i)
 }
 
 /*
- * A function this update adds under a global name the running kernel lacks:
- * new code in another of the update's objects calls it by that name.
+ * A function this update adds: one the primary carries (ksplice_sizes) and
+ * does not patch in (ksplice_patches).  New code in another of the update's
+ * objects calls it by its global name, which System.map may lack, or list
+ * for an unrelated static function of that name elsewhere.
  */
 static bool ksplice_own_function(const struct ksplice_module *km,
 				 const char *label, unsigned long *addr)
 {
 	unsigned int i;
 
+	for (i = 0; i < km->nr_patches; i++)
+		if (!strcmp(km->patch_tab[i].label, label))
+			return false;
 	for (i = 0; i < km->nr_sizes; i++) {
-		const struct ksplice_size *z = &km->size_tab[i];
-
-		if (!z->nr_candidates && !strcmp(z->label, label)) {
-			*addr = z->thismod_addr;
+		if (!strcmp(km->size_tab[i].label, label)) {
+			*addr = km->size_tab[i].thismod_addr;
 			return true;
 		}
 	}
@@ -272,9 +275,9 @@ static bool ksplice_own_function(const struct ksplice_module *km,
 }
 
 /*
- * The value of one of the primary's relocations: what run-pre matching saw
- * at that label, else the one System.map address, else (for a name
- * System.map lacks) the update's own new function of that name.
+ * The value of one of the primary's relocations: the update's own new
+ * function of that label, else what run-pre matching saw at that label,
+ * else the one System.map address.
  */
 static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			       char *buf, unsigned long *value)
@@ -284,6 +287,8 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 	unsigned long v = 0;
 	int ret;
 
+	if (ksplice_own_function(km, r->label, value))
+		return 0;
 	ret = ksplice_runpre_lookup(km->helper, r->label, &v);
 	if (ret == -EINVAL) {
 		pr_warn("%s: run-pre matching saw several values of %s\n",
@@ -297,9 +302,6 @@ static int ksplice_reloc_value(struct ksplice_module *km, unsigned int i,
 			r->symbol, (void *)v, (void *)st->addr);
 		return ksplice_fail(km, KSPLICE_ABORT_MAP_MISMATCH);
 	}
-	if (ret && st->status == KSPLICE_SYM_MISSING &&
-	    ksplice_own_function(km, r->label, value))
-		return 0;
 	if (ret && st->status != KSPLICE_SYM_RESOLVED) {
 		pr_warn("%s: no value for %s (%s)\n", KSPLICE_ID, r->symbol,
 			st->status == KSPLICE_SYM_MISSING ? "not in System.map" :

@@ -469,27 +469,33 @@ def size_label(z: SizeInput) -> str:
     return z.label or map_name(z.name)
 
 
+def own_new_functions(primary: ModuleTables) -> set[str]:
+    """Labels of the functions the primary adds: carried (sizes) but patched in nowhere.
+
+    kmodsrc/patch.c ``ksplice_own_function`` resolves a relocation of one of
+    these labels to the primary's own copy, before run-pre and System.map:
+    System.map may lack the name, or list an unrelated static of that name.
+    """
+    patched = {z.label or map_name(z.oldname) for z in primary.patches}
+    return {size_label(z) for z in primary.sizes} - patched
+
+
 def unresolvable_relocs(primary: ModuleTables, helper: ModuleTables,
                         system_map: SystemMap) -> list[RelocInput]:
     """The primary's relocations that no apply can give a value: each would abort it.
 
     Mirrors kmodsrc/patch.c ``ksplice_reloc_value``, which takes a value, by
-    label, from run-pre matching (a matched helper function, or a value read
-    at a helper relocation: kmodsrc/runpre.c ``ksplice_runpre_lookup``), else
-    from the one System.map candidate, else, for a name System.map lacks,
-    from a function of the primary itself that System.map lacks too (a new
-    function another of the update's objects calls).  What is left aborts
-    as ``unresolved``: a name the running kernel lacks and the update does
-    not define, or one System.map has several times that run-pre never sees.
+    label, from the primary's own new function (:func:`own_new_functions`),
+    else from run-pre matching (a matched helper function, or a value read
+    at a helper relocation: kmodsrc/runpre.c ``ksplice_runpre_lookup``),
+    else from the one System.map candidate.  What is left aborts as
+    ``unresolved``: a name the running kernel lacks and the update does not
+    define, or one System.map has several times that run-pre never sees.
     """
     seen = {reloc_label(r) for r in helper.relocs} | {size_label(z) for z in helper.sizes}
-    own = {size_label(z) for z in primary.sizes if not candidates(system_map, z.name)}
-    out = []
-    for r in primary.relocs:
-        label, n = reloc_label(r), len(candidates(system_map, r.symbol))
-        if label not in seen and (n > 1 or (n == 0 and label not in own)):
-            out.append(r)
-    return out
+    seen |= own_new_functions(primary)
+    return [r for r in primary.relocs
+            if reloc_label(r) not in seen and len(candidates(system_map, r.symbol)) != 1]
 
 
 def render_table(struct: Struct, records: Sequence[object], system_map: SystemMap) -> str:

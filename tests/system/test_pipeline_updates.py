@@ -40,6 +40,7 @@ from helpers import (
 )
 
 import ksplice_tasks
+from ksplice_tasks.stages import kmod
 from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
@@ -327,14 +328,28 @@ def test_same_name_static_behaviour(same_name) -> None:
         assert bad not in g["dmesg"]
 
 
+# A global name for the new function that System.map already lists once, for the
+# static uptime_proc_show() of fs/proc/uptime.c: the call must still reach the
+# update's own function, not the running kernel's static of that name.
+COLLIDING = "uptime_proc_show"
+
+
+@pytest.mark.parametrize("name", ["ksplice_two_file_value", COLLIDING])
 @pytest.mark.parametrize("variant", ["smp", "lp"])
 def test_a_new_function_in_one_file_called_from_another(
-        variant: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        variant: str, name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """tests/patches/two-files-new-function.patch: version.c gains a global function that
     loadavg.c's changed code calls.  No running copy exists and run-pre never sees it;
-    the primary's relocation resolves to the update's own new function."""
+    the primary's relocation resolves to the update's own new function, also when
+    System.map lists an unrelated static function of that name."""
     pb: Prebuilt = request.getfixturevalue(f"prebuilt_{variant}")
-    res = create(pb, PATCHES / "two-files-new-function.patch", tmp_path)
+    patch = tmp_path / "two-files.patch"
+    patch.write_text((PATCHES / "two-files-new-function.patch").read_text()
+                     .replace("ksplice_two_file_value", name))
+    if name == COLLIDING:
+        smap = kmod.read_system_map(pb.orig / "System.map")
+        assert len(smap.get(COLLIDING, ())) == 1, smap.get(COLLIDING)
+    res = create(pb, patch, tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     assert "collect: 2 object(s), 1 function(s) to patch (loadavg_proc_show), 1 new" \
         in res.stdout, res.stdout[-3000:]

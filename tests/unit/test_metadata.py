@@ -388,19 +388,23 @@ def _reloc(symbol: str, label: str = "") -> md.RelocInput:
 
 
 def test_unresolvable_relocs_mirror_the_kernel_sides_order() -> None:
-    """kmodsrc/patch.c ksplice_reloc_value: run-pre label, one map address, own new function."""
-    smap = {"printk": [0x1000], "dup": [0x2000, 0x3000], "changed": [0x4000]}
+    """kmodsrc/patch.c ksplice_reloc_value: own new function, run-pre label, one map address."""
+    smap = {"printk": [0x1000], "dup": [0x2000, 0x3000], "collide": [0x4000]}
     helper = md.ModuleTables(relocs=(_reloc("dup", "dup____1234abcd"),),
                              sizes=(md.SizeInput("seen_fn", 16, "p"),))
     primary = md.ModuleTables(
         relocs=(_reloc("printk"), _reloc("dup", "dup____1234abcd"), _reloc("seen_fn"),
-                _reloc("new_fn"), _reloc("changed"),
+                _reloc("new_fn"), _reloc("collide"), _reloc("patched_fn"),
                 _reloc("other_file_fn"), _reloc("dup")),
-        sizes=(md.SizeInput("new_fn", 8, "q"), md.SizeInput("changed", 8, "r")))
+        sizes=(md.SizeInput("new_fn", 8, "q"), md.SizeInput("collide", 8, "r"),
+               md.SizeInput("patched_fn", 8, "s")),
+        patches=(md.PatchInput("patched_fn", "s"),))
+    assert md.own_new_functions(primary) == {"new_fn", "collide"}
     bad = md.unresolvable_relocs(primary, helper, smap)
-    # other_file_fn: no map address, no run-pre value, not defined by the update;
-    # dup without its label: two map addresses and run-pre never reads it
-    assert [(r.symbol, r.label) for r in bad] == [("other_file_fn", ""), ("dup", "")]
+    # patched_fn and other_file_fn: no map address, no run-pre value, no new function of
+    # the update; dup without its label: two map addresses and run-pre never reads it
+    assert [(r.symbol, r.label) for r in bad] == [("patched_fn", ""), ("other_file_fn", ""),
+                                                  ("dup", "")]
     assert md.unresolvable_relocs(md.ModuleTables(), helper, smap) == []
 
 
