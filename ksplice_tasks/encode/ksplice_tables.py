@@ -469,6 +469,11 @@ def size_label(z: SizeInput) -> str:
     return z.label or map_name(z.name)
 
 
+def patch_label(p: PatchInput) -> str:
+    """The label of a patched function (``label`` field of ksplice_patch)."""
+    return p.label or map_name(p.oldname)
+
+
 def own_new_functions(primary: ModuleTables) -> set[str]:
     """Labels of the functions the primary adds: carried (sizes) but patched in nowhere.
 
@@ -476,7 +481,7 @@ def own_new_functions(primary: ModuleTables) -> set[str]:
     these labels to the primary's own copy, before run-pre and System.map:
     System.map may lack the name, or list an unrelated static of that name.
     """
-    patched = {z.label or map_name(z.oldname) for z in primary.patches}
+    patched = {patch_label(p) for p in primary.patches}
     return {size_label(z) for z in primary.sizes} - patched
 
 
@@ -521,7 +526,7 @@ def _rows(struct: Struct, records: Sequence[object], smap: SystemMap, em_cands
                    f"{rec.name} size {rec.size:#x}")
         elif struct is PATCH and isinstance(rec, PatchInput):
             yield ({"oldname": map_name(rec.oldname),
-                    "label": rec.label or map_name(rec.oldname), "replname": rec.replacement,
+                    "label": patch_label(rec), "replname": rec.replacement,
                     "oldaddr": unique_address(smap, rec.oldname), "repladdr": rec.replacement,
                     "flags": rec.flags},
                    f"{rec.oldname} -> {rec.replacement}")
