@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import re
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import updates
 from helpers import Prebuilt, exit_code, parse_marked
 
-import ksplice_tasks
 from ksplice_tasks import names
 from ksplice_tasks.target import apply
 from ksplice_tasks.testing import testkernel
@@ -34,7 +32,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
 CYCLES = 200
 SLEEP_MS = 15000
-ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
 
 LOADAVG_FMT = '"%lu.%02lu %lu.%02lu %lu.%02lu %u/%d %d\\n"'
 
@@ -76,14 +73,8 @@ def update_id(tarball: Path) -> str:
     return uid
 
 
-def ks_command() -> str:
-    """The guest's ksplice-apply/view/undo: this checkout's code, over the host's root."""
-    return (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
-            " -m ksplice_tasks.target.apply")
-
-
 def guest_script(good: str, msleep: str) -> str:
-    ks = ks_command()
+    ks = updates.GUEST_KS
     m = f"/sys/module/{names.sysfs_module(good)}/ksplice"
     busy_mod = names.sysfs_module(msleep)
     busy = f"/sys/module/{busy_mod}/ksplice"
@@ -305,7 +296,7 @@ def test_a_kernel_without_a_tsc_rate_times_pauses_with_its_own_clock(
     good = updates.create_update(prebuilt_smp, "fs/proc/loadavg.c", loadavg_post(loadavg),
                                  tmp_path / "good")
     uid = update_id(good)
-    ks = ks_command()
+    ks = updates.GUEST_KS
     m = f"/sys/module/{names.sysfs_module(uid)}/ksplice"
     script = f"""
 cp /m/good.tar.gz /host/run/

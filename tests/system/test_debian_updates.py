@@ -130,7 +130,7 @@ def test_a_new_function_in_one_file_called_from_another(
     tb = tarball_from(res.stdout, tmp_path)
     uid = names.tarball_id(tb.name)
     assert uid is not None
-    boot = kernel_debian.boot(updates.two_files_script(KS, tb, uid, names.sysfs_module(uid)),
+    boot = kernel_debian.boot(updates.two_files_script(KS, tb, uid),
                               hostfs=True, timeout=300)
     g = parse_marked(boot.guest_output)
     assert boot.ok and "end" in g, boot.output[-4000:]

@@ -39,15 +39,12 @@ from helpers import (
     tarball_from,
 )
 
-import ksplice_tasks
 from ksplice_tasks.stages import kmod
 from ksplice_tasks.testing import testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
-ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
-KS = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
-      " -m ksplice_tasks.target.apply")
+KS = updates.GUEST_KS
 PY = f"chroot /host {sys.executable}"
 BM = "/bm"
 
@@ -355,7 +352,7 @@ def test_a_new_function_in_one_file_called_from_another(
         in res.stdout, res.stdout[-3000:]
     tb = tarball_from(res.stdout, tmp_path)
     uid = uid_of(tb)
-    boot = pb.kernel.boot(updates.two_files_script(KS, tb, uid, f"ksplice_{uid}"),
+    boot = pb.kernel.boot(updates.two_files_script(KS, tb, uid),
                           hostfs=True, timeout=300)
     g = parse_marked(boot.guest_output)
     assert boot.ok and "end" in g, boot.output[-4000:]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import difflib
 import subprocess
+import sys
 from pathlib import Path
 
 from helpers import Prebuilt, create, exit_code, tarball_from
 
-from ksplice_tasks import artifacts
+import ksplice_tasks
+from ksplice_tasks import artifacts, names
 from ksplice_tasks.files import write_atomic
 from ksplice_tasks.obj.kernel_sections import LOADER_SYMBOLS
 from ksplice_tasks.stages import collect, extract, kmod, package
@@ -30,6 +32,11 @@ from ksplice_tasks.testing.testkernel import TestKernel
 from ksplice_tasks.tree import cmdfile, kbuild
 
 PATCH_OPTS = ("-p1",)
+
+# The guest's ksplice-apply/view/undo: this checkout's code, over the host's root (9p).
+ROOT = Path(ksplice_tasks.__file__).resolve().parent.parent
+GUEST_KS = (f"chroot /host env PYTHONPATH={ROOT} TMPDIR=/run {sys.executable}"
+            " -m ksplice_tasks.target.apply")
 
 
 # msleep() in kernel/time/timer.c: the function the code_busy and run-pre
@@ -172,9 +179,9 @@ TWO_FILES_STEPS = {"before": False, "after": True, "reversed": False, "after2": 
                    "restored": False}
 
 
-def two_files_script(ks: str, tarball: Path, update_id: str, sysfs_module: str) -> str:
+def two_files_script(ks: str, tarball: Path, update_id: str) -> str:
     """Guest shell: the two-file update applied, reversed, re-applied and undone."""
-    m = f"/sys/module/{sysfs_module}/ksplice"
+    m = f"/sys/module/{names.sysfs_module(update_id)}/ksplice"
     return f"""KS="{ks}"
 mark() {{ echo "@@$1"; }}
 mark before; cat /proc/loadavg
