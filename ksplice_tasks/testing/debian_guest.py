@@ -210,8 +210,12 @@ class DebianKernel:
         return line.startswith(f"Linux version {head})") and line.endswith(f") #{tail}")
 
     def boot(self, script: str, **kwargs) -> qemu.BootResult:
-        """qemu.boot with -smp 2 and 1 GiB; with hostfs=True the 9p stack is loaded first."""
+        """qemu.boot with -smp 2 and 1 GiB; with hostfs=True the 9p stack is loaded first.
+
+        A hang report names RIPs from the captured ORIG_CONFIG/kallsyms, if any.
+        """
         kwargs.setdefault("cpus", self.cpus)
+        kwargs.setdefault("symbols", self.orig_config / "kallsyms")
         kwargs.setdefault("memory_mb", MEMORY_MB)
         if kwargs.get("hostfs"):
             kwargs.setdefault("preload", self.ninep_modules())

@@ -12,6 +12,7 @@ qemu whatever the guest does, so a boot never hangs a test.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
@@ -31,6 +32,11 @@ from ksplice_tasks.files import write_atomic
 BUSYBOX = Path("/bin/busybox")
 EXIT_MARK = "KSPLICE-GUEST-EXIT="
 BEGIN_MARK = "KSPLICE-GUEST-BEGIN"
+# /init prints the running kernel's _text (from /proc/kallsyms) after this mark,
+# so a hang report can undo KASLR; empty without CONFIG_KALLSYMS.
+TEXT_MARK = "KSPLICE-GUEST-TEXT="
+# boot() appends one line after this mark when the guest ran out of time.
+HANG_MARK = "KSPLICE-HANG:"
 HOST_MOUNT = "/host"
 
 _INIT_HEAD = """#!/bin/busybox sh
@@ -75,6 +81,7 @@ def preload_files(modules: Sequence[Path]) -> list[tuple[str, Path]]:
 
 
 _INIT_TAIL = f"""export TMPDIR=/run
+echo "{TEXT_MARK}$(grep -m1 ' _text$' /proc/kallsyms 2>/dev/null | cut -d' ' -f1)"
 echo {BEGIN_MARK}
 sh /guest.sh
 echo "{EXIT_MARK}$?"
@@ -229,12 +236,16 @@ def boot(
     append: str = "",
     preload: Sequence[Path] = (),
     monitor: Path | None = None,
+    symbols: Path | None = None,
 ) -> BootResult:
     """Boot, run `script` with busybox sh as root, and always return within `timeout`.
 
     ``preload``: modules /init loads in order before anything else (see
     make_initramfs); a failed load ends the boot with status PRELOAD_FAILED.
-    ``monitor``: a unix socket path for qemu's human monitor (see inject_nmis).
+    ``monitor``: a unix socket path for qemu's human monitor (see inject_nmis);
+    without it boot() opens its own, and on a timeout appends hang_lines():
+    where each vCPU is, named from ``symbols`` (a System.map or kallsyms of
+    this kernel) when given.
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise UserError("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
@@ -242,21 +253,171 @@ def boot(
     with tempfile.TemporaryDirectory(prefix="ksplice-boot-") as tmp:
         initrd = make_initramfs(gen_init_cpio, script, Path(tmp) / "initramfs.cpio.gz",
                                 hostfs=hostfs, files=files, preload=preload)
+        own_monitor = monitor is None
+        if own_monitor:
+            monitor = Path(tmp) / "monitor"
         argv = qemu_argv(bzimage, initrd, cpus=cpus, memory_mb=mem, hostfs=hostfs,
                          append=append, monitor=monitor)
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         timed_out = False
+        hang = ""
         try:
             raw, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            # the guest's CPUs as they are now: where it hangs, whatever the guest prints
+            states, stacks = vcpu_report(monitor) if own_monitor else ([], {})
             proc.kill()
             raw, _ = proc.communicate()
+            hang = hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols)
         seconds = time.monotonic() - t0
-    output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n") + hang
     return BootResult(output, parse_status(output), timed_out, seconds)
+
+
+@dataclass(frozen=True)
+class VcpuState:
+    """One vCPU in qemu's ``info registers``: its number, RIP, RSP, privilege level, halted."""
+
+    cpu: int
+    rip: int
+    rsp: int
+    cpl: int
+    halted: bool
+
+
+_CPU_RE = re.compile(r"^CPU#(\d+)", re.M)
+_RSP_RE = re.compile(r"RSP=([0-9a-f]{16})\b")
+_RIP_RE = re.compile(r"RIP=([0-9a-f]{16})\b.*?CPL=(\d).*?HLT=(\d)", re.S)
+_WORDS_RE = re.compile(r"^[0-9a-f]+:((?: 0x[0-9a-f]{16})+)", re.M)
+STACK_WORDS = 64
+
+
+def parse_registers(text: str) -> list[VcpuState]:
+    """The vCPUs in the text of qemu's ``info registers -a`` (x86-64 target); [] when none."""
+    parts = _CPU_RE.split(text)
+    states = []
+    for num, body in zip(parts[1::2], parts[2::2], strict=True):
+        m, sp = _RIP_RE.search(body), _RSP_RE.search(body)
+        if m and sp:
+            states.append(VcpuState(int(num), int(m[1], 16), int(sp[1], 16), int(m[2]),
+                                    m[3] == "1"))
+    return states
+
+
+def parse_words(text: str) -> list[int]:
+    """The 64-bit words of qemu's ``x/Ngx ADDR`` answer, in address order."""
+    return [int(w, 16) for line in _WORDS_RE.findall(text) for w in line.split()]
+
+
+def _until_prompt(sock: socket.socket, deadline: float) -> str:
+    data = b""
+    while b"(qemu) " not in data and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", errors="replace")
+
+
+def monitor_commands(monitor: Path, commands: Sequence[str], timeout_s: float = 5.0) -> list[str]:
+    """qemu's human-monitor answers, in order, to ``commands`` sent to the socket ``monitor``.
+
+    Each answer is what came before the next "(qemu) " prompt; "" for each
+    command not answered within ``timeout_s`` in all (qemu itself hung, or
+    another client holds the socket).
+    """
+    deadline = time.monotonic() + timeout_s
+    answers: list[str] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(monitor))
+            _until_prompt(sock, deadline)  # the banner
+            for command in commands:
+                sock.sendall(command.encode() + b"\n")
+                answers.append(_until_prompt(sock, deadline))
+    except OSError:
+        pass
+    return answers + [""] * (len(commands) - len(answers))
+
+
+def vcpu_report(monitor: Path) -> tuple[list[VcpuState], dict[int, list[int]]]:
+    """Each vCPU's registers, and STACK_WORDS words from the stack of each one in the kernel."""
+    states = parse_registers(monitor_commands(monitor, ["info registers -a"])[0])
+    stacks = {}
+    for st in states:
+        if st.cpl == 0:
+            _, words = monitor_commands(monitor, [f"cpu {st.cpu}",
+                                                  f"x/{STACK_WORDS}gx {st.rsp:#x}"])
+            stacks[st.cpu] = parse_words(words)
+    return states, stacks
+
+
+def load_symbols(path: Path) -> list[tuple[int, str]]:
+    """The text symbols of a System.map or /proc/kallsyms file, sorted by address.
+
+    Lines are ``<hex address> <type> <name>[\t[module]]`` (scripts/mksysmap,
+    kernel/kallsyms.c s_show()); only types t/T are kept.
+    """
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and fields[1] in ("t", "T"):
+                with contextlib.suppress(ValueError):
+                    out.append((int(fields[0], 16), fields[2]))
+    out.sort()
+    return out
+
+
+def _text_of(symbols: list[tuple[int, str]]) -> int | None:
+    return next((a for a, n in symbols if n == "_text"), None)
+
+
+# A return address is at most this far into its function; further is past the last symbol.
+_MAX_OFFSET = 0x10000
+
+
+def symbolize(addr: int, symbols: list[tuple[int, str]], slide: int = 0) -> str:
+    """``name+0xoff`` of the run-time ``addr`` in ``symbols`` moved by ``slide`` (KASLR); "?"."""
+    i = bisect.bisect_right(symbols, (addr - slide, "\uffff")) - 1
+    if i < 0 or not symbols:
+        return "?"
+    base, name = symbols[i]
+    off = addr - slide - base
+    return f"{name}+{off:#x}" if off < _MAX_OFFSET else "?"
+
+
+def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output: str,
+               symbols: Path | None) -> str:
+    """What boot() appends on a timeout: one HANG_MARK line per vCPU.
+
+    Each names the RIP and, for a vCPU in the kernel, the text addresses on
+    its stack (return addresses and stale ones alike: a hint, not an unwind),
+    when ``symbols`` allows. The KASLR slide is the guest's _text (TEXT_MARK
+    in ``output``) minus the file's _text. Without states (qemu's monitor did
+    not answer) one line says so.
+    """
+    if not states:
+        return f"\n{HANG_MARK} qemu's monitor gave no vCPU state\n"
+    syms = load_symbols(symbols) if symbols and symbols.is_file() else []
+    m = re.search(re.escape(TEXT_MARK) + r"([0-9a-f]+)", output)
+    base = _text_of(syms)
+    slide = int(m[1], 16) - base if m and base is not None else 0
+    lines = []
+    for st in states:
+        where = symbolize(st.rip, syms, slide) if syms and st.cpl == 0 else ""
+        line = (f"{HANG_MARK} CPU#{st.cpu} RIP={st.rip:#x}{f' {where}' if where else ''} "
+                f"CPL={st.cpl}{' halted' if st.halted else ''}")
+        names = [symbolize(w, syms, slide) for w in stacks.get(st.cpu, [])] if syms else []
+        names = [n for n in names if n != "?" and not n.startswith("_etext+")]
+        if names:
+            line += " stack: " + " ".join(names)
+        lines.append(line)
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def inject_nmis(monitor: Path, stop: threading.Event, interval_s: float = 0.005,

@@ -174,7 +174,9 @@ class TestKernel:
         return self.banner().strip() in proc_version
 
     def boot(self, script: str, **kwargs) -> qemu.BootResult:
+        """qemu.boot with this kernel's CPU count; a hang report names RIPs from System.map."""
         kwargs.setdefault("cpus", self.cpus)
+        kwargs.setdefault("symbols", self.build / "System.map")
         return qemu.boot(self.bzimage, self.gen_init_cpio, script, **kwargs)
 
 

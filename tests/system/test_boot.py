@@ -9,7 +9,7 @@ import sys
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from ksplice_tasks.testing import testkernel
+from ksplice_tasks.testing import qemu, testkernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
@@ -61,6 +61,21 @@ def test_boot_never_hangs(kernel_up: testkernel.TestKernel) -> None:
     assert res.timed_out and res.status is None
     assert res.seconds < 40
     assert "sleeping" in res.guest_output
+
+
+def test_a_hung_guest_reports_where_each_cpu_is(kernel_smp: testkernel.TestKernel) -> None:
+    # one CPU busy in the kernel (read_zero), the other in a user-space loop
+    res = kernel_smp.boot("dd if=/dev/zero of=/dev/null bs=1M &\nwhile :; do :; done\n", timeout=25)
+    assert res.timed_out and res.status is None
+    lines = [ln for ln in res.output.splitlines() if ln.startswith(qemu.HANG_MARK)]
+    cpus = [re.match(re.escape(qemu.HANG_MARK) + r" CPU#(\d) RIP=0x[0-9a-f]+( \S+)? CPL=(\d)", ln)
+            for ln in lines]
+    assert [c and c[1] for c in cpus] == ["0", "1"], res.output[-2000:]
+    kernel = [(c[2] or "").strip() for c in cpus if c and c[3] == "0"]
+    # KASLR moved the kernel: each kernel RIP is named through the reported _text,
+    # and the stack of a busy kernel CPU names its callers
+    assert kernel and all(n and n != "?" for n in kernel), lines
+    assert any("stack: " in ln for ln in lines), lines
 
 
 def test_guest_failure_is_reported(kernel_up: testkernel.TestKernel) -> None:

@@ -46,3 +46,56 @@ def test_guest_output_is_between_the_marks() -> None:
     r = qemu.BootResult("boot noise\nKSPLICE-GUEST-BEGIN\nhello\nKSPLICE-GUEST-EXIT=0\n",
                         0, False, 1.0)
     assert r.guest_output == "\nhello\n" and r.ok
+
+
+# qemu 7.2's `info registers -a` for a 64-bit guest, cut to the lines parse_registers reads
+_REGISTERS = (
+    "(qemu) info registers -a\r\n\r\nCPU#0\r\n"
+    "RAX=0000000000000000 RBX=ffffffff82a0f940 RCX=0000000000000001 RDX=0000000000000000\r\n"
+    "RSI=0000000000000000 RDI=0000000000000000 RBP=0000000000000000 RSP=ffffc90000013e80\r\n"
+    "RIP=ffffffff9c0531a4 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n"
+    "ES =0000 0000000000000000 00000000 00000000\r\n\r\nCPU#1\r\n"
+    "RSI=0000000000000000 RDI=0000000000000000 RBP=0000000000000000 RSP=00007ffd1c2b3a10\r\n"
+    "RIP=000000000040a1b2 RFL=00000202 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0\r\n(qemu) "
+)
+# and its `x/4gx` answer
+_WORDS = ("(qemu) x/4gx 0xffffc90000013e80\r\n"
+          "ffffc90000013e80: 0xffffffff9c053180 0x0000000000000010\r\n"
+          "ffffc90000013e90: 0xffffffff9c053210 0xffff888003c1a000\r\n(qemu) ")
+
+
+def test_parse_registers_reads_each_vcpu() -> None:
+    assert qemu.parse_registers(_REGISTERS) == [
+        qemu.VcpuState(0, 0xffffffff9c0531a4, 0xffffc90000013e80, 0, True),
+        qemu.VcpuState(1, 0x40a1b2, 0x7ffd1c2b3a10, 3, False),
+    ]
+    assert qemu.parse_registers("") == []
+
+
+def test_parse_words_reads_the_memory_dump() -> None:
+    assert qemu.parse_words(_WORDS) == [0xffffffff9c053180, 0x10, 0xffffffff9c053210,
+                                        0xffff888003c1a000]
+    assert qemu.parse_words("(qemu) ") == []
+
+
+def test_hang_lines_name_kernel_rips_and_stacks_through_the_kaslr_slide(tmp_path: Path) -> None:
+    smap = tmp_path / "System.map"
+    smap.write_text("ffffffff81000000 T _text\nffffffff81053000 T default_idle\n"
+                    "ffffffff81053100 t other\nffffffff81053200 T _etext\n"
+                    "ffffffff82000000 D some_data\n")
+    output = "noise\nKSPLICE-GUEST-TEXT=ffffffff9c000000\nKSPLICE-GUEST-BEGIN\n"
+    states = qemu.parse_registers(_REGISTERS)
+    stacks = {0: qemu.parse_words(_WORDS)}
+    assert qemu.hang_lines(states, stacks, output, smap).strip().splitlines() == [
+        "KSPLICE-HANG: CPU#0 RIP=0xffffffff9c0531a4 other+0xa4 CPL=0 halted "
+        "stack: other+0x80",
+        "KSPLICE-HANG: CPU#1 RIP=0x40a1b2 CPL=3",
+    ]
+    # without the guest's _text the file's addresses are taken as they are
+    assert "other" not in qemu.hang_lines(states, stacks, "", smap)
+    assert "RIP=0xffffffff9c0531a4 CPL=0 halted\n" in qemu.hang_lines(states, stacks, output, None)
+    assert "no vCPU state" in qemu.hang_lines([], {}, output, smap)
+
+
+def test_monitor_commands_are_unanswered_when_nothing_listens(tmp_path: Path) -> None:
+    assert qemu.monitor_commands(tmp_path / "absent", ["cpu 0", "x/4gx 0"], 0.5) == ["", ""]
