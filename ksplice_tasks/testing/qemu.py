@@ -268,10 +268,11 @@ def boot(
         except subprocess.TimeoutExpired:
             timed_out = True
             # the guest's CPUs as they are now: where it hangs, whatever the guest prints
-            states, stacks = vcpu_report(monitor) if own_monitor else ([], {})
+            states, stacks, code = vcpu_report(monitor) if own_monitor else ([], {}, {})
             proc.kill()
             raw, _ = proc.communicate()
-            hang = hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols)
+            hang = hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols,
+                              code)
         seconds = time.monotonic() - t0
     output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n") + hang
     return BootResult(output, parse_status(output), timed_out, seconds)
@@ -292,7 +293,9 @@ _CPU_RE = re.compile(r"^CPU#(\d+)", re.M)
 _RSP_RE = re.compile(r"RSP=([0-9a-f]{16})\b")
 _RIP_RE = re.compile(r"RIP=([0-9a-f]{16})\b.*?CPL=(\d).*?HLT=(\d)", re.S)
 _WORDS_RE = re.compile(r"^[0-9a-f]+:((?: 0x[0-9a-f]{16})+)", re.M)
+_BYTES_RE = re.compile(r"^[0-9a-f]+:((?: 0x[0-9a-f]{2})+)\s*$", re.M)
 STACK_WORDS = 64
+CODE_BYTES = 5
 
 
 def parse_registers(text: str) -> list[VcpuState]:
@@ -344,16 +347,24 @@ def monitor_commands(monitor: Path, commands: Sequence[str], timeout_s: float = 
     return answers + [""] * (len(commands) - len(answers))
 
 
-def vcpu_report(monitor: Path) -> tuple[list[VcpuState], dict[int, list[int]]]:
-    """Each vCPU's registers, and STACK_WORDS words from the stack of each one in the kernel."""
+def parse_bytes(text: str) -> bytes:
+    """The bytes of qemu's ``x/Nbx ADDR`` answer, in address order."""
+    return bytes(int(b, 16) for line in _BYTES_RE.findall(text) for b in line.split())
+
+
+def vcpu_report(monitor: Path) -> tuple[list[VcpuState], dict[int, list[int]], dict[int, bytes]]:
+    """Each vCPU's registers; for each one in the kernel, STACK_WORDS words of its
+    stack and the CODE_BYTES bytes at its RIP as memory holds them now."""
     states = parse_registers(monitor_commands(monitor, ["info registers -a"])[0])
-    stacks = {}
+    stacks, code = {}, {}
     for st in states:
         if st.cpl == 0:
-            _, words = monitor_commands(monitor, [f"cpu {st.cpu}",
-                                                  f"x/{STACK_WORDS}gx {st.rsp:#x}"])
+            _, words, text = monitor_commands(monitor, [
+                f"cpu {st.cpu}", f"x/{STACK_WORDS}gx {st.rsp:#x}",
+                f"x/{CODE_BYTES}bx {st.rip:#x}"])
             stacks[st.cpu] = parse_words(words)
-    return states, stacks
+            code[st.cpu] = parse_bytes(text)
+    return states, stacks, code
 
 
 def load_symbols(path: Path) -> list[tuple[int, str]]:
@@ -392,14 +403,16 @@ def symbolize(addr: int, symbols: list[tuple[int, str]], slide: int = 0) -> str:
 
 
 def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output: str,
-               symbols: Path | None) -> str:
+               symbols: Path | None, code: dict[int, bytes] | None = None) -> str:
     """What boot() appends on a timeout: one HANG_MARK line per vCPU.
 
-    Each names the RIP and, for a vCPU in the kernel, the text addresses on
-    its stack (return addresses and stale ones alike: a hint, not an unwind),
-    when ``symbols`` allows. The KASLR slide is the guest's _text (TEXT_MARK
-    in ``output``) minus the file's _text. Without states (qemu's monitor did
-    not answer) one line says so.
+    Each names the RIP and, for a vCPU in the kernel, the bytes memory holds
+    at the RIP (``code``: a vCPU looping on an instruction memory no longer
+    holds shows here) and the text addresses on its stack (return addresses
+    and stale ones alike: a hint, not an unwind), when ``symbols`` allows.
+    The KASLR slide is the guest's _text (TEXT_MARK in ``output``) minus the
+    file's _text. Without states (qemu's monitor did not answer) one line
+    says so.
     """
     if not states:
         return f"\n{HANG_MARK} qemu's monitor gave no vCPU state\n"
@@ -412,6 +425,8 @@ def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output
         where = symbolize(st.rip, syms, slide) if syms and st.cpl == 0 else ""
         line = (f"{HANG_MARK} CPU#{st.cpu} RIP={st.rip:#x}{f' {where}' if where else ''} "
                 f"CPL={st.cpl}{' halted' if st.halted else ''}")
+        if code and code.get(st.cpu):
+            line += " code: " + code[st.cpu].hex(" ")
         names = [symbolize(w, syms, slide) for w in stacks.get(st.cpu, [])] if syms else []
         names = [n for n in names if n != "?" and not n.startswith("_etext+")]
         if names:

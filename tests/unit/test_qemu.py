@@ -63,6 +63,10 @@ _WORDS = ("(qemu) x/4gx 0xffffc90000013e80\r\n"
           "ffffc90000013e80: 0xffffffff9c053180 0x0000000000000010\r\n"
           "ffffc90000013e90: 0xffffffff9c053210 0xffff888003c1a000\r\n(qemu) ")
 
+# and its `x/5bx`
+_CODE = ("(qemu) x/5bx 0xffffffff9c0531a4\r\n"
+         "ffffffff9c0531a4: 0x0f 0x1f 0x44 0x00 0x00\r\n(qemu) ")
+
 
 def test_parse_registers_reads_each_vcpu() -> None:
     assert qemu.parse_registers(_REGISTERS) == [
@@ -76,6 +80,8 @@ def test_parse_words_reads_the_memory_dump() -> None:
     assert qemu.parse_words(_WORDS) == [0xffffffff9c053180, 0x10, 0xffffffff9c053210,
                                         0xffff888003c1a000]
     assert qemu.parse_words("(qemu) ") == []
+    assert qemu.parse_bytes(_CODE) == bytes.fromhex("0f1f440000")
+    assert qemu.parse_words(_CODE) == [] and qemu.parse_bytes(_WORDS) == b""
 
 
 def test_hang_lines_name_kernel_rips_and_stacks_through_the_kaslr_slide(tmp_path: Path) -> None:
@@ -86,9 +92,10 @@ def test_hang_lines_name_kernel_rips_and_stacks_through_the_kaslr_slide(tmp_path
     output = "noise\nKSPLICE-GUEST-TEXT=ffffffff9c000000\nKSPLICE-GUEST-BEGIN\n"
     states = qemu.parse_registers(_REGISTERS)
     stacks = {0: qemu.parse_words(_WORDS)}
-    assert qemu.hang_lines(states, stacks, output, smap).strip().splitlines() == [
+    code = {0: qemu.parse_bytes(_CODE)}
+    assert qemu.hang_lines(states, stacks, output, smap, code).strip().splitlines() == [
         "KSPLICE-HANG: CPU#0 RIP=0xffffffff9c0531a4 other+0xa4 CPL=0 halted "
-        "stack: other+0x80",
+        "code: 0f 1f 44 00 00 stack: other+0x80",
         "KSPLICE-HANG: CPU#1 RIP=0x40a1b2 CPL=3",
     ]
     # without the guest's _text the file's addresses are taken as they are
