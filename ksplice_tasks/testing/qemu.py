@@ -271,8 +271,9 @@ def boot(
             states, stacks, code = vcpu_report(monitor) if own_monitor else ([], {}, {})
             proc.kill()
             raw, _ = proc.communicate()
-            hang = hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols,
-                              code)
+            hang = (hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols,
+                               code) if own_monitor else
+                    f"\n{HANG_MARK} vCPU state not read: the caller holds qemu's monitor\n")
         seconds = time.monotonic() - t0
     output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n") + hang
     return BootResult(output, parse_status(output), timed_out, seconds)
