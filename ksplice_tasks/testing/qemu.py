@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ksplice_tasks import symbolmap
 from ksplice_tasks.errors import UserError
 from ksplice_tasks.files import write_atomic
 
@@ -368,39 +369,34 @@ def vcpu_report(monitor: Path) -> tuple[list[VcpuState], dict[int, list[int]], d
     return states, stacks, code
 
 
-def load_symbols(path: Path) -> list[tuple[int, str]]:
-    """The text symbols of a System.map or /proc/kallsyms file, sorted by address.
-
-    Lines are ``<hex address> <type> <name>[\t[module]]`` (scripts/mksysmap,
-    kernel/kallsyms.c s_show()); only types t/T are kept.
-    """
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 3 and fields[1] in ("t", "T"):
-                with contextlib.suppress(ValueError):
-                    out.append((int(fields[0], 16), fields[2]))
-    out.sort()
-    return out
+def text_symbols(path: Path) -> list[tuple[int, str]]:
+    """(link-time address, name) of each symbol in [_text, _etext) of a System.map
+    or kallsyms (read by :func:`ksplice_tasks.symbolmap.load`), sorted, then
+    _etext itself; [] when the file is missing or not a symbol map."""
+    try:
+        symbols = symbolmap.load(path)
+    except (UserError, OSError):
+        return []
+    lo, hi = symbols.get("_text", [None])[0], symbols.get("_etext", [None])[0]
+    if lo is None or hi is None:
+        return []
+    inside = sorted((a, n) for n, addrs in symbols.items() for a in addrs if lo <= a < hi)
+    return inside + [(hi, "_etext")]
 
 
 def _text_of(symbols: list[tuple[int, str]]) -> int | None:
     return next((a for a, n in symbols if n == "_text"), None)
 
 
-# A return address is at most this far into its function; further is past the last symbol.
-_MAX_OFFSET = 0x10000
-
-
 def symbolize(addr: int, symbols: list[tuple[int, str]], slide: int = 0) -> str:
-    """``name+0xoff`` of the run-time ``addr`` in ``symbols`` moved by ``slide`` (KASLR); "?"."""
+    """``name+0xoff`` of the run-time ``addr`` in ``symbols`` (text_symbols()) moved by
+    ``slide`` (KASLR); "?" outside them."""
     i = bisect.bisect_right(symbols, (addr - slide, "\uffff")) - 1
-    if i < 0 or not symbols:
+    if i < 0 or i == len(symbols) - 1:
         return "?"
     base, name = symbols[i]
     off = addr - slide - base
-    return f"{name}+{off:#x}" if off < _MAX_OFFSET else "?"
+    return f"{name}+{off:#x}"
 
 
 def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output: str,
@@ -417,7 +413,7 @@ def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output
     """
     if not states:
         return f"\n{HANG_MARK} qemu's monitor gave no vCPU state\n"
-    syms = load_symbols(symbols) if symbols and symbols.is_file() else []
+    syms = text_symbols(symbols) if symbols else []
     m = re.search(re.escape(TEXT_MARK) + r"([0-9a-f]+)", output)
     base = _text_of(syms)
     slide = int(m[1], 16) - base if m and base is not None else 0
@@ -429,7 +425,7 @@ def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output
         if code and code.get(st.cpu):
             line += " code: " + code[st.cpu].hex(" ")
         names = [symbolize(w, syms, slide) for w in stacks.get(st.cpu, [])] if syms else []
-        names = [n for n in names if n != "?" and not n.startswith("_etext+")]
+        names = [n for n in names if n != "?"]
         if names:
             line += " stack: " + " ".join(names)
         lines.append(line)

@@ -106,3 +106,20 @@ def test_hang_lines_name_kernel_rips_and_stacks_through_the_kaslr_slide(tmp_path
 
 def test_monitor_commands_are_unanswered_when_nothing_listens(tmp_path: Path) -> None:
     assert qemu.monitor_commands(tmp_path / "absent", ["cpu 0", "x/4gx 0"], 0.5) == ["", ""]
+
+
+def test_text_symbols_of_a_kallsyms_are_link_time_and_stop_at_etext(tmp_path: Path) -> None:
+    (tmp_path / ".config").write_text("CONFIG_PHYSICAL_START=0x1000000\n")
+    ksyms = tmp_path / "kallsyms"
+    ksyms.write_text("0000000000000000 A fixed_percpu_data\nffffffff9c000000 T _text\n"
+                     "ffffffff9c053000 t default_idle\nffffffff9c200000 T _etext\n"
+                     "ffffffff9c400000 D jiffies\nffffffffc0001000 t mod_fn\t[mod]\n")
+    syms = qemu.text_symbols(ksyms)
+    assert syms == [(0xffffffff81000000, "_text"), (0xffffffff81053000, "default_idle"),
+                    (0xffffffff81200000, "_etext")]
+    assert qemu.symbolize(0xffffffff9c053010, syms, 0x1b000000) == "default_idle+0x10"
+    assert qemu.symbolize(0xffffffff9c400000, syms, 0x1b000000) == "?"  # data
+    assert qemu.text_symbols(tmp_path / "absent") == []
+    (tmp_path / "System.map").write_text("ffffffffffffffff B The real System.map is in the "
+                                         "linux-image-6.1.0-57-amd64-dbg package\n")
+    assert qemu.text_symbols(tmp_path / "System.map") == []  # Debian's stub
