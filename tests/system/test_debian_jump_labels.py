@@ -21,8 +21,8 @@ set_next_entity(), which both vCPUs run all the time, and qemu 7.2's multi-threa
 TCG sometimes keeps executing the int3 of the kernel's own text_poke_bp() after the
 bytes are restored: kprobe_int3_handler() finds no int3 in memory and rewinds, so both
 vCPUs loop there (soft lockups, no progress). Measured without any update loaded, on
-two vCPUs: 1 hang in the first 600 on/off toggles (stop 17's CI timed out the same
-way); on one vCPU: none in 3600.
+two vCPUs: 1 boot of 4 hung, within 1500 on/off toggles (stop 17's CI timed out the
+same way); on one vCPU: no hang in 3600 toggles, nor in 1200 with this update.
 """
 
 from __future__ import annotations
