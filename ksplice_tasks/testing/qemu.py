@@ -194,11 +194,19 @@ def qemu_argv(
     argv = [
         "qemu-system-x86_64",
         "-accel", "tcg",
+        # RDRAND, trusted (random.trust_cpu, drivers/char/random.c): the CRNG is
+        # seeded in start_kernel(), so its crng_is_ready key flips on one CPU at
+        # boot. Without it the first getrandom() (the guest's Python) spins in
+        # try_to_generate_entropy() while a worker flips that key on the other
+        # vCPU, and TCG can run the stale int3 of text_poke_bp() (see
+        # bench/tcg_key_race.py): an "int3: 0000 [#1]" oops or a hang.
+        "-cpu", "qemu64,+rdrand",
         "-m", str(memory_mb),
         "-kernel", str(bzimage),
         "-initrd", str(initramfs),
         # loglevel=4: warnings and oopses reach the console, chatter does not.
-        "-append", f"console=ttyS0 loglevel=4 panic=-1 oops=panic {append}".strip(),
+        "-append", f"console=ttyS0 loglevel=4 panic=-1 oops=panic random.trust_cpu=on "
+                   f"{append}".strip(),
         "-display", "none",
         "-serial", "stdio",
         "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",

@@ -78,6 +78,19 @@ def test_a_hung_guest_reports_where_each_cpu_is(kernel_smp: testkernel.TestKerne
     assert any("stack: " in ln for ln in lines), lines
 
 
+def test_the_crng_is_ready_before_init_runs(kernel_smp: testkernel.TestKernel) -> None:
+    # seeded from RDRAND in start_kernel(), so no getrandom() in the guest spins in
+    # try_to_generate_entropy() while crng_is_ready flips (qemu.qemu_argv)
+    res = kernel_smp.boot("cat /proc/cpuinfo\necho @@dmesg\ndmesg\n", timeout=60)
+    assert res.ok, res.output[-3000:]
+    cpuinfo, _, dmesg = res.guest_output.partition("@@dmesg")
+    assert " rdrand" in cpuinfo
+    lines = dmesg.splitlines()
+    ready = [i for i, ln in enumerate(lines) if "random: crng init done" in ln]
+    init = [i for i, ln in enumerate(lines) if "Run /init as init process" in ln]
+    assert ready and init and ready[0] < init[0], dmesg[-3000:]
+
+
 def test_guest_failure_is_reported(kernel_up: testkernel.TestKernel) -> None:
     res = kernel_up.boot("echo about to fail\nexit 7\n", timeout=120)
     assert res.status == 7 and not res.ok and not res.timed_out

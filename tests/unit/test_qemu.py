@@ -36,6 +36,13 @@ def test_qemu_argv_smp_and_hostfs() -> None:
     assert "-smp" not in qemu.qemu_argv(Path("bz"), Path("rd"))
 
 
+def test_qemu_argv_gives_a_trusted_rdrand() -> None:
+    argv = qemu.qemu_argv(Path("bz"), Path("rd"), append="nokaslr")
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert "random.trust_cpu=on" in cmdline and cmdline[-1] == "nokaslr"
+
+
 def test_parse_status_takes_the_last_report() -> None:
     assert qemu.parse_status("x\nKSPLICE-GUEST-EXIT=0\n") == 0
     assert qemu.parse_status("KSPLICE-GUEST-EXIT=3\nKSPLICE-GUEST-EXIT=7\n") == 7
