@@ -271,20 +271,21 @@ def boot(
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         timed_out = False
-        hang = ""
+        report = None
         try:
             raw, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             # the guest's CPUs as they are now: where it hangs, whatever the guest prints
-            states, stacks, code = vcpu_report(monitor) if own_monitor else ([], {}, {})
+            report = vcpu_report(monitor) if own_monitor else None
             proc.kill()
             raw, _ = proc.communicate()
-            hang = (hang_lines(states, stacks, raw.decode("utf-8", errors="replace"), symbols,
-                               code) if own_monitor else
-                    f"\n{HANG_MARK} vCPU state not read: the caller holds qemu's monitor\n")
         seconds = time.monotonic() - t0
-    output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n") + hang
+    output = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    if report is not None:
+        output += hang_lines(*report[:2], output, symbols, report[2])
+    elif timed_out:
+        output += f"\n{HANG_MARK} vCPU state not read: the caller holds qemu's monitor\n"
     return BootResult(output, parse_status(output), timed_out, seconds)
 
 
@@ -392,10 +393,6 @@ def text_symbols(path: Path) -> list[tuple[int, str]]:
     return inside + [(hi, "_etext")]
 
 
-def _text_of(symbols: list[tuple[int, str]]) -> int | None:
-    return next((a for a, n in symbols if n == "_text"), None)
-
-
 def symbolize(addr: int, symbols: list[tuple[int, str]], slide: int = 0) -> str:
     """``name+0xoff`` of the run-time ``addr`` in ``symbols`` (text_symbols()) moved by
     ``slide`` (KASLR); "?" outside them."""
@@ -423,8 +420,8 @@ def hang_lines(states: Sequence[VcpuState], stacks: dict[int, list[int]], output
         return f"\n{HANG_MARK} qemu's monitor gave no vCPU state\n"
     syms = text_symbols(symbols) if symbols else []
     m = re.search(re.escape(TEXT_MARK) + r"([0-9a-f]+)", output)
-    base = _text_of(syms)
-    slide = int(m[1], 16) - base if m and base is not None else 0
+    # text_symbols() starts at _text
+    slide = int(m[1], 16) - syms[0][0] if m and syms else 0
     lines = []
     for st in states:
         where = symbolize(st.rip, syms, slide) if syms and st.cpl == 0 else ""
